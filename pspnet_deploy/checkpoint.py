@@ -1,0 +1,96 @@
+"""Checkpoints: a state dict plus JSON-serialisable metadata, written atomically, loaded safely.
+
+Format (a dict saved with ``torch.save``, loaded with ``weights_only=True``):
+``{"format": "pspnet-deploy/checkpoint", "version": 1, "meta": "<json>", "state_dict": {...},
+  "train_state": {...} (optional: optimizer, epoch, RNG; only in training checkpoints)}``.
+``meta`` holds ``model`` (PSPNet constructor arguments), ``classes``, ``palette``,
+``ignore_index``, ``preprocess`` (see :class:`~pspnet_deploy.data.Preprocess`), ``dataset``,
+``metrics`` and anything else the trainer records.
+"""
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from .data.preprocess import Preprocess
+from .errors import UserError
+from .model import PSPNet, build_model
+from .utils import atomic_path, sha256_file
+
+FORMAT = "pspnet-deploy/checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, meta: dict, train_state: dict | None = None,
+                    half: bool = False, drop_aux: bool = False) -> Path:
+    """Write atomically. ``half`` stores floating tensors as FP16; ``drop_aux`` omits the aux head."""
+    state = model.state_dict()
+    if drop_aux:
+        state = {k: v for k, v in state.items() if not k.startswith("aux_head.")}
+    if half:
+        state = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
+    meta = dict(meta)
+    meta.setdefault("model", dict(getattr(model, "config", {})))
+    meta["storage_dtype"] = "float16" if half else "float32"
+    meta["has_aux_head"] = not drop_aux and getattr(model, "aux_head", None) is not None
+    payload = {"format": FORMAT, "version": VERSION, "meta": json.dumps(meta), "state_dict": state}
+    if train_state is not None:
+        payload["train_state"] = train_state
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Load and validate; returns the payload with ``meta`` decoded. Never runs pickled code."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{path}: cannot read checkpoint (corrupt, truncated or not a PyTorch file: {msg[:160]})") from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise UserError(f"{path}: not a pspnet-deploy checkpoint (no '{FORMAT}' header); train one with pspnet-train")
+    if int(payload.get("version", 0)) > VERSION:
+        raise UserError(f"{path}: checkpoint version {payload['version']} is newer than this toolkit reads ({VERSION}); upgrade pspnet-deploy")
+    try:
+        payload["meta"] = json.loads(payload["meta"])
+    except (KeyError, TypeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: checkpoint metadata is missing or corrupt") from e
+    return payload
+
+
+def load_model(path: str | Path, map_location="cpu", aux: bool = False) -> tuple[PSPNet, dict]:
+    """Build the model described by the checkpoint and load its weights (FP32, eval mode)."""
+    payload = load_checkpoint(path, map_location)
+    meta = payload["meta"]
+    try:
+        model = build_model(meta["model"], aux=aux)
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path}: checkpoint has no usable model description ({e})") from e
+    state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
+    if not aux:
+        state = {k: v for k, v in state.items() if not k.startswith("aux_head.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(f"{path}: weights do not match the model it describes "
+                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.eval()
+    meta["sha256"] = sha256_file(path)
+    return model, meta
+
+
+def preprocess_of(meta: dict) -> Preprocess:
+    return Preprocess.from_dict(meta["preprocess"])
+
+
+def read_bytes_checkpoint(data: bytes) -> dict:  # pragma: no cover - convenience for in-memory use
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

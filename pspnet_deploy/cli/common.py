@@ -1,0 +1,48 @@
+"""Shared CLI plumbing: one clear line for bad input, ``--debug`` for the traceback."""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from typing import Callable, Sequence
+
+from ..errors import UserError
+
+
+def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    return p
+
+
+def run(prog: str, main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
+    """Call ``main(argv)``; turn UserError, missing files and interrupts into one line + exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        return int(main(args) or 0)
+    except UserError as e:
+        if debug:
+            traceback.print_exc()
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - last resort: still one line unless --debug
+        if debug:
+            traceback.print_exc()
+        else:
+            print(f"{prog}: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+                  f"(run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def size_arg(values) -> tuple[int, int] | None:
+    if values is None:
+        return None
+    h, w = (int(v) for v in values)
+    if h <= 0 or w <= 0:
+        raise UserError(f"input size must be positive, got {h}x{w}")
+    return h, w

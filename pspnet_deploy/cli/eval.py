@@ -1,0 +1,75 @@
+"""pspnet-eval: accuracy of a model file (.pt, .onnx, .engine) on a dataset split."""
+from __future__ import annotations
+
+import sys
+
+from ..utils import atomic_write_json
+from .common import make_parser, run, size_arg
+
+PROG = "pspnet-eval"
+
+
+def build_parser():
+    p = make_parser(PROG, "Confusion-matrix mIoU, pixel accuracy and per-class IoU of a model on a dataset split.")
+    p.add_argument("model", help="checkpoint (.pt), ONNX (.onnx) or TensorRT engine (.engine)")
+    p.add_argument("--data", required=True, help="dataset folder or synthetic[:SEED]")
+    p.add_argument("--split", default="val")
+    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="model input size (.pt only; ONNX and engines have theirs fixed)")
+    p.add_argument("--limit", type=int, default=None, help="first N images only")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch / onnxruntime")
+    p.add_argument("--mode", choices=["whole", "slide"], default="whole", help="whole image or sliding window")
+    p.add_argument("--flip", action="store_true", help="average with the horizontally flipped prediction")
+    p.add_argument("--stride", type=float, default=2 / 3, help="sliding-window stride as a fraction of the window")
+    p.add_argument("--json", default=None, help="write the results here as JSON")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv=None) -> int:
+    import torch
+
+    from ..data import open_dataset
+    from ..errors import UserError
+    from ..evaluate import evaluate
+    from ..metrics import format_table
+    from ..runners import load_runner
+
+    a = build_parser().parse_args(argv)
+    if a.limit is not None and a.limit <= 0:
+        raise UserError(f"--limit must be positive, got {a.limit}")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    kwargs = {}
+    size = size_arg(a.input_size)
+    if size is not None:
+        if not str(a.model).endswith((".pt", ".pth")):
+            raise UserError("--input-size applies to .pt checkpoints only; ONNX and engine sizes are fixed at export")
+        kwargs["input_size"] = size
+    if a.threads and str(a.model).endswith(".onnx"):
+        kwargs["threads"] = a.threads
+    runner = load_runner(a.model, device=a.device, **kwargs)
+    ds = open_dataset(a.data, a.split)
+    predict = None
+    if a.mode == "slide" or a.flip:
+        from ..sliding import make_predictor
+
+        predict = make_predictor(mode=a.mode, flip=a.flip, stride=a.stride)
+    res = evaluate(runner, ds, limit=a.limit, batch_size=a.batch_size, progress=not a.no_progress, predict=predict)
+    res["model"] = runner.describe()
+    res["data"] = {"path": str(a.data), "split": a.split, "mode": a.mode, "flip": a.flip}
+    print(format_table(res, f"{a.model} on {a.data} [{a.split}], {res['num_images']} images, {a.mode}"
+                            f"{' + flip' if a.flip else ''}"))
+    if a.json:
+        atomic_write_json(a.json, res)
+    return 0
+
+
+def entry() -> None:
+    sys.exit(run(PROG, main))
+
+
+if __name__ == "__main__":
+    entry()

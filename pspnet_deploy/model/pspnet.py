@@ -1,0 +1,126 @@
+"""PSPNet (Zhao et al., CVPR 2017): dilated ResNet + pyramid pooling module + auxiliary head."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .resnet import resnet
+
+__all__ = ["PyramidPooling", "PSPNet", "feature_size", "build_model"]
+
+
+def _conv_out(size: int, kernel: int, stride: int, pad: int) -> int:
+    return (size + 2 * pad - kernel) // stride + 1
+
+
+def feature_size(size: int, output_stride: int = 8) -> int:
+    """Spatial size of the backbone output for an input side of ``size`` pixels.
+
+    Every stride-2 stage of the ResNet (stem conv, max pool, and the strided stages) rounds up,
+    so the result is ceil-of-ceil, not size / output_stride: 713 -> 90, 473 -> 60, 360 -> 45.
+    """
+    s = _conv_out(size, 3, 2, 1)  # stem conv (7x7/2 pad 3 and 3x3/2 pad 1 give the same size)
+    s = _conv_out(s, 3, 2, 1)  # max pool
+    for _ in range({8: 1, 16: 2, 32: 3}[output_stride]):
+        s = _conv_out(s, 3, 2, 1)  # stride-2 stage (layer2, layer3, layer4)
+    return s
+
+
+class PyramidPooling(nn.Module):
+    """Pool to each bin, 1x1 conv to C/len(bins), BN, ReLU, upsample (align_corners=True), concat.
+
+    ``self.pools`` holds one pooling module per bin; export swaps them for exact static
+    equivalents (see :mod:`pspnet_deploy.model.static_pool`).
+    """
+
+    def __init__(self, in_channels: int, bins: Sequence[int] = (1, 2, 3, 6), reduction_channels: int | None = None):
+        super().__init__()
+        self.bins = tuple(int(b) for b in bins)
+        red = reduction_channels or in_channels // len(self.bins)
+        self.pools = nn.ModuleList(nn.AdaptiveAvgPool2d(b) for b in self.bins)
+        self.stages = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(in_channels, red, 1, bias=False), nn.BatchNorm2d(red), nn.ReLU(inplace=True))
+            for _ in self.bins
+        )
+        self.out_channels = in_channels + red * len(self.bins)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        outs = [x]
+        for pool, stage in zip(self.pools, self.stages):
+            y = stage(pool(x))
+            outs.append(F.interpolate(y, size=(h, w), mode="bilinear", align_corners=True))
+        return torch.cat(outs, 1)
+
+
+def _head(in_channels: int, mid: int, num_classes: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, mid, 3, padding=1, bias=False),
+        nn.BatchNorm2d(mid),
+        nn.ReLU(inplace=True),
+        nn.Dropout2d(dropout),
+        nn.Conv2d(mid, num_classes, 1),
+    )
+
+
+class PSPNet(nn.Module):
+    """PSPNet. In training mode ``forward`` returns ``(logits, aux_logits)``; in eval mode logits.
+
+    Both are upsampled bilinearly to the input size. ``aux=False`` builds the deploy form with no
+    auxiliary head (a checkpoint with one still loads with ``strict=False`` semantics handled by
+    :func:`pspnet_deploy.checkpoint.load_model`).
+    """
+
+    def __init__(self, num_classes: int, backbone: str = "resnet50", output_stride: int = 8,
+                 deep_stem: bool = False, bins: Sequence[int] = (1, 2, 3, 6), head_channels: int = 512,
+                 aux: bool = True, aux_channels: int = 256, dropout: float = 0.1):
+        super().__init__()
+        self.config = dict(num_classes=int(num_classes), backbone=backbone, output_stride=int(output_stride),
+                           deep_stem=bool(deep_stem), bins=[int(b) for b in bins], head_channels=int(head_channels),
+                           aux_channels=int(aux_channels), dropout=float(dropout))
+        self.backbone = resnet(backbone, output_stride=output_stride, deep_stem=deep_stem)
+        self.ppm = PyramidPooling(self.backbone.out_channels, bins)
+        self.head = _head(self.ppm.out_channels, head_channels, num_classes, dropout)
+        self.aux_head = _head(self.backbone.aux_channels, aux_channels, num_classes, dropout) if aux else None
+
+    @property
+    def new_modules(self) -> list[nn.Module]:
+        """Modules that are not the backbone (get the 10x learning rate of the paper)."""
+        mods: list[nn.Module] = [self.ppm, self.head]
+        if self.aux_head is not None:
+            mods.append(self.aux_head)
+        return mods
+
+    def forward(self, x: torch.Tensor):
+        size = x.shape[-2:]
+        c3, c4 = self.backbone(x)
+        out = F.interpolate(self.head(self.ppm(c4)), size=size, mode="bilinear", align_corners=True)
+        if self.training and self.aux_head is not None:
+            aux = F.interpolate(self.aux_head(c3), size=size, mode="bilinear", align_corners=True)
+            return out, aux
+        return out
+
+
+def build_model(config: dict, aux: bool = True) -> PSPNet:
+    """Build a PSPNet from the ``config`` dict stored in checkpoints (``PSPNet.config``)."""
+    cfg = dict(config)
+    cfg.pop("aux", None)
+    return PSPNet(aux=aux, **cfg)
+
+
+def min_input_size(bins: Sequence[int], output_stride: int = 8) -> int:
+    """Smallest input side whose feature map is at least as large as the deepest bin."""
+    need = max(bins)
+    s = 1
+    while feature_size(s, output_stride) < need:
+        s += 1
+    return s
+
+
+def _check_math() -> None:  # pragma: no cover - documentation of the formula
+    assert feature_size(713) == 90 and feature_size(473) == 60 and feature_size(360) == 45
+    assert feature_size(512) == 64 and math.ceil(1024 / 8) == feature_size(1024)

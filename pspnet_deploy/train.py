@@ -1,0 +1,311 @@
+"""Training with the paper's recipe: SGD (momentum 0.9, wd 1e-4), poly lr (power 0.9) with a 10x
+rate on the new layers, loss = main + 0.4 * aux (ignore index excluded), mixed precision on CUDA,
+validation mIoU, best/last checkpoints, exact resume, and multi-process training under torchrun
+(gloo on CPU, NCCL on GPUs).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import IGNORE_INDEX, Preprocess, open_dataset
+from .data.transforms import TrainTransform
+from .errors import UserError
+from .evaluate import evaluate
+from .model import PSPNet, min_input_size
+from .runners.torch_runner import TorchRunner
+from .utils import atomic_write_json, versions
+
+
+@dataclass
+class TrainConfig:
+    data: str = "synthetic"
+    train_split: str = "train"
+    val_split: str = "val"
+    out: str = "runs/train"
+    backbone: str = "resnet18"
+    output_stride: int = 8
+    deep_stem: bool = False
+    bins: list = field(default_factory=lambda: [1, 2, 3, 6])
+    head_channels: int = 512
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 0.01
+    head_lr_mult: float = 10.0
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    power: float = 0.9
+    warmup_iters: int = 0
+    aux_weight: float = 0.4
+    crop: list = field(default_factory=lambda: [256, 256])
+    input_size: list | None = None
+    scale: list = field(default_factory=lambda: [0.5, 2.0])
+    rotate: float = 10.0
+    blur_prob: float = 0.5
+    class_weights: str = "none"
+    val_every: int = 1
+    val_limit: int | None = None
+    max_steps_per_epoch: int | None = None
+    workers: int = 1
+    threads: int | None = None
+    seed: int = 0
+    init: str | None = None
+    resume: str | None = None
+    amp: str = "auto"
+    device: str = "auto"
+    progress: bool = True
+
+
+class _Augmented(torch.utils.data.Dataset):
+    """Applies the training transform with randomness seeded by (seed, epoch, index): identical
+    across worker counts and after a resume."""
+
+    def __init__(self, dataset, transform: TrainTransform, seed: int):
+        self.dataset, self.transform, self.seed, self.epoch = dataset, transform, seed, 0
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        img, mask = self.dataset.load(i)
+        self.transform.reseed(np.random.SeedSequence([self.seed, self.epoch, i]).generate_state(1)[0])
+        x, y = self.transform(img, mask)
+        return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def _worker_init(_):
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def median_frequency_weights(dataset, num_classes: int, ignore_index: int) -> torch.Tensor:
+    """SegNet's median frequency balancing: w_c = median(freq) / freq_c over the training masks."""
+    counts = np.zeros(num_classes, np.int64)
+    present = np.zeros(num_classes, np.int64)
+    for i in range(len(dataset)):
+        m = dataset.load_mask(i)
+        m = m[m != ignore_index]
+        c = np.bincount(m.ravel(), minlength=num_classes)[:num_classes]
+        counts += c
+        present += (c > 0) * m.size
+    freq = counts / np.maximum(present, 1)
+    w = np.where(freq > 0, np.median(freq[freq > 0]) / np.maximum(freq, 1e-12), 0.0)
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def poly_lr(base: float, it: int, max_it: int, power: float, warmup: int = 0) -> float:
+    if warmup and it < warmup:
+        return base * (it + 1) / warmup
+    return base * (1 - min(it, max_it - 1) / max_it) ** power
+
+
+def _setup_distributed(device: str):
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _rng_state(device: torch.device) -> dict:
+    st = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        st["cuda"] = torch.cuda.get_rng_state(device)
+    return st
+
+
+def train(cfg: TrainConfig) -> dict:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    want = cfg.device
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    rank, world, local_rank = _setup_distributed(want)
+    device = torch.device(f"cuda:{local_rank}" if want == "cuda" else want)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    main = rank == 0
+    use_amp = device.type == "cuda" and cfg.amp in ("auto", "on")
+
+    train_ds = open_dataset(cfg.data, cfg.train_split)
+    val_ds = open_dataset(cfg.data, cfg.val_split) if cfg.val_split else None
+    if len(train_ds) == 0:
+        raise UserError(f"{cfg.data}: training split {cfg.train_split!r} has no images")
+    info = train_ds.info
+    if cfg.input_size is None:
+        default = getattr(train_ds, "default_input_size", None)
+        if default is None:
+            img = train_ds.load_image(0)
+            default = img.shape[:2]
+        cfg.input_size = [int(default[0]), int(default[1])]
+    need = min_input_size(cfg.bins, cfg.output_stride)
+    if min(cfg.crop) < need or min(cfg.input_size) < need:
+        raise UserError(f"crop {cfg.crop} / input size {cfg.input_size} too small for bins {cfg.bins} at output "
+                        f"stride {cfg.output_stride}: each side must be at least {need} pixels")
+    preprocess = Preprocess(input_size=tuple(cfg.input_size))
+    out_dir = Path(cfg.out)
+    if main:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"{out_dir}: cannot create output folder ({e.strerror})") from e
+        if not os.access(out_dir, os.W_OK):
+            raise UserError(f"{out_dir}: output folder is not writable")
+
+    if len(train_ds) <= 2000 and hasattr(train_ds, "preload"):
+        train_ds.preload()  # decode once; forked workers share it
+
+    torch.manual_seed(cfg.seed)
+    model = PSPNet(info.num_classes, cfg.backbone, cfg.output_stride, cfg.deep_stem, cfg.bins, cfg.head_channels,
+                   aux=True)
+    if cfg.init:
+        payload = load_checkpoint(cfg.init)
+        state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or [m for m in missing if not m.startswith("aux_head.")]:
+            raise UserError(f"{cfg.init}: weights do not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.to(device)
+    new_params = {id(p) for m in model.new_modules for p in m.parameters()}
+    groups = [
+        {"params": [p for p in model.parameters() if id(p) not in new_params], "lr_mult": 1.0},
+        {"params": [p for p in model.parameters() if id(p) in new_params], "lr_mult": cfg.head_lr_mult},
+    ]
+    optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    weight = None
+    if cfg.class_weights == "median-freq":
+        weight = median_frequency_weights(train_ds, info.num_classes, info.ignore_index).to(device)
+    elif cfg.class_weights != "none":
+        raise UserError(f"--class-weights must be none or median-freq, got {cfg.class_weights!r}")
+
+    transform = TrainTransform(tuple(cfg.crop), preprocess, tuple(cfg.scale), cfg.rotate, True, cfg.blur_prob,
+                               info.ignore_index, cfg.seed)
+    aug = _Augmented(train_ds, transform, cfg.seed)
+    sampler = DistributedSampler(aug, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
+    loader = DataLoader(aug, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True,
+                        worker_init_fn=_worker_init, pin_memory=device.type == "cuda")
+    steps = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader), cfg.max_steps_per_epoch)
+    if steps == 0:
+        raise UserError(f"{cfg.data}: {len(train_ds)} training images are fewer than one batch of "
+                        f"{cfg.batch_size * world}; lower --batch-size")
+    max_iters = steps * cfg.epochs
+
+    start_epoch, global_step, best, history = 0, 0, -1.0, []
+    if cfg.resume:
+        payload = load_checkpoint(cfg.resume)
+        ts = payload.get("train_state")
+        if ts is None:
+            raise UserError(f"{cfg.resume}: has no training state (a release checkpoint?); resume from last.pt")
+        model.load_state_dict(payload["state_dict"])
+        optimizer.load_state_dict(ts["optimizer"])
+        if use_amp and ts.get("scaler"):
+            scaler.load_state_dict(ts["scaler"])
+        start_epoch, global_step = int(ts["epoch"]), int(ts["global_step"])
+        best, history = float(ts["best_miou"]), json.loads(ts["history"])
+        torch.set_rng_state(ts["rng"]["torch"])
+        if device.type == "cuda" and "cuda" in ts["rng"]:
+            torch.cuda.set_rng_state(ts["rng"]["cuda"], device)
+
+    ddp_model = model
+    if world > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[local_rank] if device.type == "cuda" else None)
+
+    meta = {
+        "model": dict(model.config),
+        "classes": list(info.classes),
+        "palette": [list(c) for c in info.palette],
+        "ignore_index": int(info.ignore_index),
+        "preprocess": preprocess.to_dict(),
+        "dataset": {"name": info.name, "path": str(cfg.data), "train_split": cfg.train_split, "val_split": cfg.val_split},
+        "train_config": asdict(cfg),
+        "versions": versions(),
+    }
+
+    tty = sys.stderr.isatty()
+    bar = tqdm(total=max_iters, initial=global_step, desc="train", disable=not (main and cfg.progress),
+               dynamic_ncols=True, mininterval=0.5 if tty else 30)
+    t_start = time.time()
+    for epoch in range(start_epoch, cfg.epochs):
+        sampler.set_epoch(epoch)
+        aug.epoch = epoch
+        ddp_model.train()
+        losses, t0 = [], time.time()
+        for step, (x, y) in enumerate(loader):
+            if step >= steps:
+                break
+            lr = poly_lr(cfg.lr, global_step, max_iters, cfg.power, cfg.warmup_iters)
+            for g in optimizer.param_groups:
+                g["lr"] = lr * g["lr_mult"]
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                out, aux = ddp_model(x)
+                loss = F.cross_entropy(out.float(), y, weight=weight, ignore_index=info.ignore_index)
+                aux_loss = F.cross_entropy(aux.float(), y, weight=weight, ignore_index=info.ignore_index)
+                total = loss + cfg.aux_weight * aux_loss
+            if not torch.isfinite(total):
+                raise UserError(f"loss became {total.item()} at step {global_step}; lower --lr")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(total).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            global_step += 1
+            losses.append(float(loss.item()))
+            bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{lr:.2e}")
+            bar.update(1)
+        record = {"epoch": epoch + 1, "step": global_step, "loss": float(np.mean(losses)), "lr": lr,
+                  "epoch_time_s": time.time() - t0}
+        last_epoch = epoch + 1 == cfg.epochs
+        if val_ds is not None and ((epoch + 1) % cfg.val_every == 0 or last_epoch):
+            if main:
+                runner = TorchRunner(model, meta, device=str(device))
+                res = evaluate(runner, val_ds, limit=cfg.val_limit, progress=cfg.progress and tty, desc="val")
+                record["val_miou"] = res["miou"]
+                record["val_pixel_accuracy"] = res["pixel_accuracy"]
+                record["val_per_class_iou"] = res["per_class_iou"]
+            model.train()
+        history.append(record)
+        if main:
+            improved = record.get("val_miou", -1.0) > best
+            if improved:
+                best = record["val_miou"]
+            meta_e = dict(meta, metrics={"epoch": epoch + 1, "val_miou": record.get("val_miou"), "best_val_miou": best,
+                                         "val_pixel_accuracy": record.get("val_pixel_accuracy")},
+                          history=history)
+            ts = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if use_amp else {},
+                  "epoch": epoch + 1, "global_step": global_step, "best_miou": best,
+                  "history": json.dumps(history), "rng": _rng_state(device)}
+            save_checkpoint(out_dir / "last.pt", model, meta_e, train_state=ts)
+            if improved or val_ds is None:
+                save_checkpoint(out_dir / "best.pt", model, dict(meta_e, metrics=dict(meta_e["metrics"], val_miou=record.get("val_miou"))))
+            atomic_write_json(out_dir / "history.json", history)
+            msg = f"epoch {epoch + 1}/{cfg.epochs} loss {record['loss']:.4f} lr {lr:.2e} ({record['epoch_time_s']:.0f}s)"
+            if "val_miou" in record:
+                msg += f" val mIoU {100 * record['val_miou']:.2f} (best {100 * best:.2f})"
+            bar.write(msg)
+        if world > 1:
+            dist.barrier()
+    bar.close()
+    result = {"best_val_miou": best if best >= 0 else None, "epochs": cfg.epochs, "steps": global_step,
+              "wall_time_s": time.time() - t_start, "out": str(out_dir), "history": history}
+    if world > 1:
+        dist.destroy_process_group()
+    return result
