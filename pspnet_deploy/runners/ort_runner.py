@@ -69,7 +69,7 @@ class OrtRunner(Runner):
                 if not providers:
                     raise UserError(f"{path}: device {device} asked for but onnxruntime has no CUDA provider "
                                     f"(installed: {', '.join(have)}); install onnxruntime-gpu or use --device cpu")
-            providers = list(providers) + ["CPUExecutionProvider"]
+            providers = list(providers or []) + ["CPUExecutionProvider"]
         try:
             self.session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
         except Exception as e:  # noqa: BLE001
