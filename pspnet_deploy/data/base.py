@@ -8,7 +8,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import UserError
-from .io import read_image, read_mask
+from .indexed_png import read_label_mask
+from .io import read_image
 
 IGNORE_INDEX = 255
 
@@ -74,17 +75,17 @@ class SegmentationDataset:
         mpath = self.samples[index][1]
         if mpath is None:
             raise UserError(f"{self.samples[index][0]}: no mask for this image")
-        mask = read_mask(mpath)
-        if self.label_map is not None:
-            mask = self.label_map[mask]
+        raw = read_label_mask(mpath)
+        mask = self.label_map[raw] if self.label_map is not None else raw
         if shape is not None and mask.shape != tuple(shape):
             raise UserError(f"{mpath}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
                             f"{shape[1]}x{shape[0]}; masks must match their images")
         bad = (mask >= self.info.num_classes) & (mask != self.info.ignore_index)
         if bad.any():
-            ids = sorted(set(np.unique(mask[bad]).tolist()))
-            raise UserError(f"{mpath}: label ids {ids[:8]} are outside 0..{self.info.num_classes - 1} and not the "
-                            f"ignore id {self.info.ignore_index}; fix the mask or the class list")
+            ids = np.unique(raw[bad]).tolist()  # as stored in the file, before any id mapping
+            what = (f"outside 0..{self.info.num_classes - 1} and not the ignore id {self.info.ignore_index}"
+                    if self.label_map is None else f"not valid {self.info.name} label ids")
+            raise UserError(f"{mpath}: label ids {ids[:8]} are {what}; fix the mask or the class list")
         return mask
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,10 @@ def open_dataset(spec: str | Path, split: str = "train", **kwargs):
     if s == "synthetic" or s.startswith("synthetic:"):
         from .synthetic import synthetic
 
-        seed = int(s.split(":", 1)[1]) if ":" in s else 0
+        try:
+            seed = int(s.split(":", 1)[1]) if ":" in s else 0
+        except ValueError:
+            raise UserError(f"{s}: the synthetic seed must be an integer, e.g. synthetic:1") from None
         return synthetic(split=split, seed=seed, **kwargs)
     root = Path(spec)
     if not root.exists():
