@@ -1,0 +1,185 @@
+"""Whole-image and sliding-window inference for any runner, with optional horizontal-flip averaging.
+
+Sliding window (``mode="slide"``): the window is the model's fixed input size; windows overlap by
+``1 - stride`` (stride 2/3 of the window by default), their logits are averaged where they overlap;
+an image smaller than the window is padded (with zeros after normalisation, i.e. the mean colour)
+and the padding cropped away again.
+
+Scale: the image is *not* resized to the model size first. Training crops random windows from
+images rescaled by 0.5-2.0 around their own resolution (:mod:`pspnet_deploy.data.transforms`), so
+windows cut at the image's own resolution show objects at the scale the model learnt; ``scale``
+rescales the image first when that is wanted (very large images, multi-scale testing).
+
+A runner whose ``output_kind`` is ``"labels"`` has no logits to average: its windows vote
+(one-hot counts), which gives the same label map wherever windows agree.
+
+With a window equal to the image, slide mode runs exactly the one window that whole mode runs, so
+both give identical logits (tested).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from .errors import UserError
+from .evaluate import resize_logits
+
+#: windows per call for runners that accept any batch size
+DEFAULT_WINDOW_BATCH = 4
+
+
+def ensure_rgb(image: np.ndarray, what: str = "image") -> np.ndarray:
+    """HxWx3 RGB uint8 from an array: grayscale expanded, alpha dropped, 16-bit scaled to 8-bit."""
+    img = np.asarray(image)
+    if img.dtype == np.uint16:
+        img = (img / 257.0).round().astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise UserError(f"{what}: pixel type {img.dtype} is not supported; give an 8-bit (or 16-bit) RGB image")
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    elif img.ndim == 3 and img.shape[2] == 1:
+        img = cv2.cvtColor(img[..., 0], cv2.COLOR_GRAY2RGB)
+    elif img.ndim == 3 and img.shape[2] == 4:
+        img = np.ascontiguousarray(img[..., :3])
+    elif not (img.ndim == 3 and img.shape[2] == 3):
+        raise UserError(f"{what}: expected an HxW or HxWxC image with 1, 3 or 4 channels, got shape {img.shape}")
+    if img.shape[0] < 1 or img.shape[1] < 1:
+        raise UserError(f"{what}: image is empty ({img.shape[1]}x{img.shape[0]})")
+    return np.ascontiguousarray(img)
+
+
+def _batch_limit(runner, want: int | None) -> int:
+    if runner.fixed_batch:
+        return int(runner.fixed_batch)
+    limit = int(want or DEFAULT_WINDOW_BATCH)
+    if runner.batch_range is not None:
+        limit = max(min(limit, runner.batch_range[1]), runner.batch_range[0])
+    return max(limit, 1)
+
+
+def infer_chw(runner, items: list[np.ndarray], batch: int | None = None) -> list[np.ndarray]:
+    """Run preprocessed 3xHxW arrays (at the runner's input size) in batches the runner accepts.
+
+    A fixed-batch runner gets full batches (the last one padded by repeating its last item); a
+    runner with a batch range gets at least its minimum. Returns one output (CxHxW logits or HxW
+    labels) per item.
+    """
+    limit = _batch_limit(runner, batch)
+    minimum = runner.batch_range[0] if runner.batch_range is not None else 1
+    outs: list[np.ndarray] = []
+    for start in range(0, len(items), limit):
+        chunk = items[start:start + limit]
+        real = len(chunk)
+        need = limit if runner.fixed_batch else max(real, minimum)
+        arr = np.stack(chunk).astype(np.float32, copy=False)
+        if need > real:
+            arr = np.concatenate([arr, np.repeat(arr[-1:], need - real, 0)])
+        out = np.asarray(runner.infer(arr))[:real]
+        outs.extend(out)
+    return outs
+
+
+def _as_scores(out: np.ndarray, num_classes: int) -> np.ndarray:
+    """CxHxW float32 from one model output: logits as they are, labels as one-hot votes."""
+    if out.ndim == 3:
+        return out.astype(np.float32, copy=False)
+    votes = np.zeros((num_classes,) + out.shape, np.float32)
+    lab = out.astype(np.int64)
+    valid = (lab >= 0) & (lab < num_classes)
+    yy, xx = np.nonzero(valid)
+    votes[lab[valid], yy, xx] = 1.0
+    return votes
+
+
+def window_starts(length: int, window: int, stride: int) -> list[int]:
+    """Start offsets covering ``length`` with windows of ``window`` every ``stride`` (last one flush)."""
+    if length <= window:
+        return [0]
+    n = math.ceil((length - window) / stride) + 1
+    return sorted({min(i * stride, length - window) for i in range(n)})
+
+
+def whole_logits(runner, image_rgb: np.ndarray) -> np.ndarray:
+    """Scores (CxHxW) at the image's size from one pass at the model's input size."""
+    img = ensure_rgb(image_rgb)
+    out = infer_chw(runner, [runner.preprocess(img)], batch=1)[0]
+    scores = _as_scores(out, runner.num_classes)
+    size = img.shape[:2]
+    if out.ndim == 2 and tuple(out.shape) != tuple(size):  # votes: nearest keeps them one-hot
+        lab = cv2.resize(out.astype(np.int32), (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+        return _as_scores(lab, runner.num_classes)
+    return resize_logits(scores, size)
+
+
+def slide_logits(runner, image_rgb: np.ndarray, stride_frac: float = 2 / 3, scale: float = 1.0,
+                 batch: int | None = None) -> np.ndarray:
+    """Sliding-window scores (CxHxW float32) at the image's size.
+
+    Window = the runner's input size; stride = ``stride_frac`` of it (at least one pixel); the image
+    is normalised at its own resolution (times ``scale``) and windows are cut from that.
+    """
+    if not (0 < stride_frac <= 1):
+        raise UserError(f"sliding-window stride must be a fraction in (0, 1] of the window, got {stride_frac}")
+    if not (scale > 0):
+        raise UserError(f"scale must be positive, got {scale}")
+    img = ensure_rgb(image_rgb)
+    H, W = img.shape[:2]
+    work = img
+    if scale != 1.0:
+        work = cv2.resize(img, (max(1, round(W * scale)), max(1, round(H * scale))), interpolation=cv2.INTER_LINEAR)
+    h, w = work.shape[:2]
+    wh, ww = runner.input_size
+    norm = runner.preprocess.normalize(work)
+    ph, pw = max(wh - h, 0), max(ww - w, 0)
+    if ph or pw:  # zero after normalisation = the mean colour, as training pads
+        norm = np.pad(norm, ((0, 0), (0, ph), (0, pw)))
+    hp, wp = norm.shape[1:]
+    sh, sw = max(1, int(wh * stride_frac)), max(1, int(ww * stride_frac))
+    boxes = [(y, x) for y in window_starts(hp, wh, sh) for x in window_starts(wp, ww, sw)]
+    crops = [np.ascontiguousarray(norm[:, y:y + wh, x:x + ww]) for y, x in boxes]
+    outs = infer_chw(runner, crops, batch=batch)
+    c = runner.num_classes
+    acc = np.zeros((c, hp, wp), np.float32)
+    count = np.zeros((hp, wp), np.float32)
+    for (y, x), out in zip(boxes, outs):
+        acc[:, y:y + wh, x:x + ww] += _as_scores(out, c)
+        count[y:y + wh, x:x + ww] += 1
+    scores = acc[:, :h, :w] / count[None, :h, :w]
+    if (h, w) != (H, W):
+        scores = resize_logits(np.ascontiguousarray(scores), (H, W))
+    return scores
+
+
+def predict_scores(runner, image_rgb: np.ndarray, mode: str = "whole", flip: bool = False,
+                   stride: float = 2 / 3, scale: float = 1.0) -> np.ndarray:
+    """CxHxW scores at the image's size, optionally averaged with the horizontally flipped image."""
+    img = ensure_rgb(image_rgb)
+    if mode == "whole":
+        fn = lambda im: whole_logits(runner, im)  # noqa: E731
+    elif mode == "slide":
+        fn = lambda im: slide_logits(runner, im, stride, scale)  # noqa: E731
+    else:
+        raise UserError(f"inference mode must be 'whole' or 'slide', got {mode!r}")
+    scores = fn(img)
+    if flip:
+        scores = scores + fn(np.ascontiguousarray(img[:, ::-1]))[:, :, ::-1]
+        scores *= 0.5
+    return scores
+
+
+def make_predictor(mode: str = "whole", flip: bool = False, stride: float = 2 / 3,
+                   scale: float = 1.0) -> Callable[[object, np.ndarray], np.ndarray]:
+    """``predict(runner, image_rgb) -> HxW label map (int64) at the image's size``."""
+    if mode not in ("whole", "slide"):
+        raise UserError(f"inference mode must be 'whole' or 'slide', got {mode!r}")
+    if not (0 < stride <= 1):
+        raise UserError(f"sliding-window stride must be a fraction in (0, 1] of the window, got {stride}")
+
+    def predict(runner, image_rgb: np.ndarray) -> np.ndarray:
+        return predict_scores(runner, image_rgb, mode=mode, flip=flip, stride=stride, scale=scale).argmax(0)
+
+    predict.mode, predict.flip, predict.stride, predict.scale = mode, flip, stride, scale  # type: ignore[attr-defined]
+    return predict
