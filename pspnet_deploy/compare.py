@@ -1,0 +1,207 @@
+"""Parity metrics between a reference output and a candidate (after polygraphy's comparator).
+
+Comparison is separate from execution: runners produce arrays, :func:`compare_outputs` turns a
+(reference, candidate) pair into numbers, :func:`check` holds the numbers against explicit
+tolerances. Every tolerance is a named, overridable value (:data:`DEFAULT_TOLERANCES`).
+
+Metrics (keys of the dict :func:`compare_outputs` returns):
+
+- ``max_abs``, ``mean_abs``: absolute logit error (None when the candidate is a label map);
+- ``logit_range``: ``max - min`` of the reference logits; ``max_abs_rel`` and ``mean_abs_rel``
+  are the errors divided by it (so "1e-4 of the logit range" is ``max_abs_rel <= 1e-4``);
+- ``cosine``: cosine similarity of the flattened logits (float64), ``cosine_min_image`` the
+  lowest per-image value;
+- ``argmax_agreement``: fraction of pixels whose predicted class agrees (``argmax_disagree``
+  pixels differ, out of ``num_pixels``);
+- ``nonfinite``: NaN/Inf count in the candidate (``nonfinite_reference`` in the reference).
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import numpy as np
+
+__all__ = ["DEFAULT_TOLERANCES", "TOLERANCE_KEYS", "check", "compare_outputs", "jsonable", "parse_tolerances",
+           "tolerances_for", "format_metrics"]
+
+#: tolerance key -> (metric key, "max" | "min"): "max" means metric <= value, "min" metric >= value
+TOLERANCE_KEYS: dict[str, tuple[str, str]] = {
+    "max_abs": ("max_abs", "max"),
+    "mean_abs": ("mean_abs", "max"),
+    "max_abs_rel": ("max_abs_rel", "max"),
+    "mean_abs_rel": ("mean_abs_rel", "max"),
+    "cosine": ("cosine", "min"),
+    "argmax_agreement": ("argmax_agreement", "min"),
+    "nonfinite": ("nonfinite", "max"),
+}
+
+#: Defaults per precision. FP32: 1e-4 of the logit range, 99.99% of pixels. FP16: 99.9% of
+#: pixels, cosine 0.999, no NaN/Inf. INT8 is provisional (calibration may override it).
+DEFAULT_TOLERANCES: dict[str, dict[str, float]] = {
+    "fp32": {"max_abs_rel": 1e-4, "argmax_agreement": 0.9999, "nonfinite": 0},
+    "fp16": {"argmax_agreement": 0.999, "cosine": 0.999, "nonfinite": 0},
+    "int8": {"argmax_agreement": 0.98, "cosine": 0.98, "nonfinite": 0},
+}
+
+
+def tolerances_for(precision: str, overrides: Mapping[str, float] | None = None) -> dict[str, float]:
+    """The default tolerances of ``precision`` updated with ``overrides`` (validated keys)."""
+    tol = dict(DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["fp32"]))
+    for k, v in (overrides or {}).items():
+        if k not in TOLERANCE_KEYS:
+            from .errors import UserError
+
+            raise UserError(f"unknown tolerance {k!r}; choose from {', '.join(TOLERANCE_KEYS)}")
+        if v is None:
+            tol.pop(k, None)
+        else:
+            tol[k] = float(v)
+    return tol
+
+
+def parse_tolerances(items) -> dict[str, float | None]:
+    """``["max_abs_rel=1e-5", "cosine=none"]`` -> dict (``none`` drops a default check)."""
+    from .errors import UserError
+
+    out: dict[str, float | None] = {}
+    for item in items or []:
+        key, sep, val = str(item).partition("=")
+        key = key.strip()
+        if not sep or key not in TOLERANCE_KEYS:
+            raise UserError(f"bad tolerance {item!r}; write KEY=VALUE with KEY one of {', '.join(TOLERANCE_KEYS)}")
+        if val.strip().lower() in ("none", "off", ""):
+            out[key] = None
+            continue
+        try:
+            out[key] = float(val)
+        except ValueError:
+            raise UserError(f"bad tolerance {item!r}: {val!r} is not a number") from None
+    return out
+
+
+def compare_outputs(reference: np.ndarray, candidate: np.ndarray, labels_ref: np.ndarray | None = None,
+                    labels_candidate: np.ndarray | None = None, valid_mask: np.ndarray | None = None) -> dict:
+    """Compare reference logits (N, C, H, W) with a candidate: logits of the same shape, or a label
+    map (N, H, W) (then only the label metrics are computed and the logit ones are None).
+
+    ``labels_ref`` / ``labels_candidate`` override the argmax of either side (precomputed labels);
+    ``valid_mask`` (N, H, W bool) restricts the label metrics to those pixels (e.g. not void).
+    """
+    ref = np.asarray(reference)
+    cand = np.asarray(candidate)
+    if ref.ndim != 4:
+        raise ValueError(f"reference must be logits (N, C, H, W), got shape {ref.shape}")
+    n, c, h, w = ref.shape
+    cand_is_labels = cand.ndim == 3
+    if cand_is_labels:
+        if cand.shape != (n, h, w):
+            raise ValueError(f"candidate label map {cand.shape} does not match reference logits {ref.shape}")
+    elif cand.shape != ref.shape:
+        raise ValueError(f"candidate shape {cand.shape} differs from reference shape {ref.shape}")
+
+    ref64 = ref.astype(np.float64)
+    ref_finite = np.isfinite(ref64)
+    out: dict = {"shape": list(ref.shape), "candidate_kind": "labels" if cand_is_labels else "logits",
+                 "nonfinite_reference": int(ref64.size - ref_finite.sum())}
+    finite_vals = ref64[ref_finite]
+    out["logit_range"] = float(finite_vals.max() - finite_vals.min()) if finite_vals.size else 0.0
+
+    if cand_is_labels:
+        out.update(max_abs=None, mean_abs=None, max_abs_rel=None, mean_abs_rel=None, cosine=None,
+                   cosine_min_image=None, nonfinite=0)
+        lab_c = cand.astype(np.int64) if labels_candidate is None else np.asarray(labels_candidate)
+    else:
+        c64 = cand.astype(np.float64)
+        cand_finite = np.isfinite(c64)
+        out["nonfinite"] = int(c64.size - cand_finite.sum())
+        diff = np.abs(c64 - ref64)
+        if out["nonfinite"] or out["nonfinite_reference"]:
+            max_abs, mean_abs = math.inf, math.inf
+        else:
+            max_abs, mean_abs = float(diff.max()), float(diff.mean())
+        rng = out["logit_range"]
+        out["max_abs"], out["mean_abs"] = max_abs, mean_abs
+        out["max_abs_rel"] = max_abs / rng if rng > 0 else (0.0 if max_abs == 0 else math.inf)
+        out["mean_abs_rel"] = mean_abs / rng if rng > 0 else (0.0 if mean_abs == 0 else math.inf)
+        out["cosine"] = _cosine(ref64.ravel(), c64.ravel())
+        out["cosine_min_image"] = min(_cosine(ref64[i].ravel(), c64[i].ravel()) for i in range(n))
+        lab_c = (np.where(np.isfinite(c64), c64, -np.inf).argmax(1) if labels_candidate is None
+                 else np.asarray(labels_candidate))
+    lab_r = ref64.argmax(1) if labels_ref is None else np.asarray(labels_ref)
+    agree = lab_r == lab_c
+    if valid_mask is not None:
+        mask = np.asarray(valid_mask, bool)
+        agree = agree[mask]
+    num = int(agree.size)
+    out["num_pixels"] = num
+    out["argmax_disagree"] = int(num - agree.sum())
+    out["argmax_agreement"] = float(agree.mean()) if num else 1.0
+    return out
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return float("nan")
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 or nb == 0.0:
+        return 1.0 if na == nb else 0.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+def check(report: Mapping, tolerances: Mapping[str, float]) -> list[str]:
+    """Failures of ``report`` (from :func:`compare_outputs`) against ``tolerances``; [] = pass.
+
+    A metric that is None (logit metrics of a label-map candidate) is skipped; NaN fails.
+    """
+    failures = []
+    for key, limit in tolerances.items():
+        if limit is None:
+            continue
+        if key not in TOLERANCE_KEYS:
+            raise ValueError(f"unknown tolerance {key!r}; choose from {', '.join(TOLERANCE_KEYS)}")
+        metric, kind = TOLERANCE_KEYS[key]
+        value = report.get(metric)
+        if value is None:
+            continue
+        value = float(value)
+        bad = math.isnan(value) or (value > limit if kind == "max" else value < limit)
+        if bad:
+            op = ">" if kind == "max" else "<"
+            failures.append(f"{metric} {_fmt(value)} {op} {_fmt(limit)}")
+    return failures
+
+
+def _fmt(v: float) -> str:
+    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
+        return str(v)
+    if v == int(v) and abs(v) < 1e9:
+        return str(int(v))
+    if abs(v) >= 0.99 and abs(v) < 1:
+        return f"{v:.6f}"
+    return f"{v:.3g}"
+
+
+def format_metrics(m: Mapping) -> str:
+    """One line: the main metrics."""
+    parts = []
+    if m.get("max_abs") is not None:
+        parts.append(f"max_abs {_fmt(m['max_abs'])} ({_fmt(m['max_abs_rel'])} of range {_fmt(m['logit_range'])})")
+        parts.append(f"mean_abs {_fmt(m['mean_abs'])}")
+        parts.append(f"cosine {m['cosine']:.6f}")
+    parts.append(f"argmax agreement {100 * m['argmax_agreement']:.4f}% ({m['argmax_disagree']} of {m['num_pixels']} px differ)")
+    parts.append(f"non-finite {m['nonfinite']}")
+    return ", ".join(parts)
+
+
+def jsonable(obj):
+    """Copy of ``obj`` safe for strict JSON: NaN/Inf floats become strings, numpy scalars Python."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
+        return str(obj)
+    return obj
