@@ -13,7 +13,7 @@ from conftest import TINY_SIZE
 _ONNX_CACHE: dict[tuple, Path] = {}
 
 
-def _fallback_export(ckpt: Path, out: Path, batch: int, dynamic_batch: int | None, output_kind: str) -> None:
+def _fallback_export(ckpt: Path, out: Path, batch: int, dynamic_batch: tuple | None, output_kind: str) -> None:
     """Used only until pspnet_deploy.export lands: TorchScript export of the static-pool model + metadata."""
     import onnx
 
@@ -34,7 +34,7 @@ def _fallback_export(ckpt: Path, out: Path, batch: int, dynamic_batch: int | Non
                "ignore_index": 255, "output_kind": output_kind, "precision": "fp32",
                "checkpoint_sha256": meta["sha256"]}
     if dynamic_batch:
-        entries["dynamic_batch"] = dynamic_batch
+        entries["export"] = {"dynamic_batch": list(dynamic_batch)}
     for k, v in entries.items():
         p = mo.metadata_props.add()
         p.key, p.value = f"pspnet.{k}", json.dumps(v)
@@ -46,20 +46,23 @@ class _Argmax(torch.nn.Module):
         return x.argmax(1)
 
 
-def tiny_onnx(tmp_path_factory, ckpt: Path, batch: int = 1, dynamic_batch: int | None = None,
+def tiny_onnx(tmp_path_factory, ckpt: Path, batch: int = 1, dynamic_batch: tuple | None = None,
               output_kind: str = "logits") -> Path:
-    """An ONNX of the tiny checkpoint (cached per session): the project's exporter when it exists."""
+    """An ONNX of the tiny checkpoint, cached for the session: written by the project's exporter
+    (pspnet_deploy.export.export_onnx; a plain TorchScript export of the same static model only
+    where that module is absent)."""
     key = (str(ckpt), batch, dynamic_batch, output_kind)
     if key in _ONNX_CACHE and _ONNX_CACHE[key].is_file():
         return _ONNX_CACHE[key]
-    out = tmp_path_factory.mktemp("onnx") / f"tiny_b{batch}_d{dynamic_batch}_{output_kind}.fp32.onnx"
+    dyn = "x".join(map(str, dynamic_batch)) if dynamic_batch else "no"
+    out = tmp_path_factory.mktemp("onnx") / f"tiny_b{batch}_d{dyn}_{output_kind}.fp32.onnx"
     try:
         from pspnet_deploy.export import export_onnx
     except ImportError:
         export_onnx = None
     if export_onnx is not None:
         export_onnx(str(ckpt), str(out), input_size=TINY_SIZE, batch=batch, dynamic_batch=dynamic_batch,
-                    output_kind=output_kind, verify=False)
+                    output_kind=output_kind, verify=False, progress=False, threads=1)
     else:
         _fallback_export(ckpt, out, batch, dynamic_batch, output_kind)
     _ONNX_CACHE[key] = out

@@ -1,0 +1,421 @@
+"""pspnet-build-engine and engine loading: everything around TensorRT runs here on CPU; the TensorRT
+tests themselves are marked ``tensorrt`` and skip with a reason without TensorRT or a GPU."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, TINY_SIZE
+from test_runners import tiny_onnx
+
+ENV_H100 = {"tensorrt": "10.3.0", "tensorrt_error": None, "device_index": 0, "gpu_error": None,
+            "gpu": {"index": 0, "name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", "driver": "12.4"}}
+
+
+def _env(**changes):
+    env = json.loads(json.dumps(ENV_H100))
+    gpu = changes.pop("gpu", None)
+    env.update(changes)
+    if gpu:
+        env["gpu"].update(gpu)
+    return env
+
+
+@pytest.fixture(scope="module")
+def onnx_b1(tmp_path_factory, tiny_checkpoint):
+    return tiny_onnx(tmp_path_factory, tiny_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def onnx_dyn(tmp_path_factory, tiny_checkpoint):
+    return tiny_onnx(tmp_path_factory, tiny_checkpoint, dynamic_batch=(1, 2, 4))
+
+
+@pytest.fixture
+def work_onnx(onnx_b1, tmp_path):
+    """A private copy, so variants written next to it stay in this test's folder."""
+    dst = tmp_path / "tiny.fp32.onnx"
+    dst.write_bytes(onnx_b1.read_bytes())
+    return dst
+
+
+def fake_engine(tmp_path: Path, onnx: Path, opts=None, env=None, payload: bytes = b"plan" * 1000,
+                name="tiny.fp32.engine") -> Path:
+    """An engine file with a sidecar as build_engine writes it (the bytes are not a real plan)."""
+    import hashlib
+
+    from pspnet_deploy.engine import BuildOptions, make_sidecar, plan_build
+    from pspnet_deploy.utils import atomic_write_json, sha256_file
+
+    opts = opts or BuildOptions()
+    eng = tmp_path / name
+    plan = plan_build(onnx, opts, eng)
+    io = {"inputs": [{"name": plan.input_name, "shape": [1, 3, *TINY_SIZE], "dtype": "float32"}],
+          "outputs": [{"name": "logits", "shape": [1, 4, *TINY_SIZE], "dtype": "float32"}], "profile": None}
+    eng.write_bytes(payload)
+    sc = make_sidecar(plan, opts, env or ENV_H100, io, hashlib.sha256(payload).hexdigest(), len(payload), 12.5,
+                      sha256_file(onnx))
+    atomic_write_json(plan.sidecar_path, sc)
+    return eng
+
+
+# ---------------------------------------------------------------------------------- build plans
+
+def test_plan_follows_the_onnx_precision(work_onnx, onnx_dyn):
+    from pspnet_deploy.engine import BuildOptions, plan_build
+
+    p = plan_build(work_onnx, BuildOptions())
+    assert (p.precision, p.convert, p.strongly_typed, p.profile) == ("fp32", None, True, None)
+    assert p.engine_path == work_onnx.with_name("tiny.fp32.engine")
+    assert p.sidecar_path.name == "tiny.fp32.engine.json"
+    p = plan_build(work_onnx, BuildOptions(precision="fp16"))
+    assert (p.precision, p.convert, p.build_onnx.name) == ("fp16", "fp16", "tiny.fp16.onnx")
+    assert p.engine_path.name == "tiny.fp16.engine"
+    p = plan_build(work_onnx, BuildOptions(precision="int8", calib_data="synthetic"))
+    assert (p.precision, p.convert, p.build_onnx.name) == ("int8", "int8", "tiny.int8.onnx")
+    p = plan_build(work_onnx, BuildOptions(precision="fp16", legacy_fp16_flag=True))
+    assert (p.precision, p.convert, p.strongly_typed, p.build_onnx) == ("fp16", None, False, work_onnx)
+    d = plan_build(onnx_dyn, BuildOptions())
+    assert d.profile == ((1, 3, *TINY_SIZE), (2, 3, *TINY_SIZE), (4, 3, *TINY_SIZE))  # the export's range
+    d = plan_build(onnx_dyn, BuildOptions(batch=(1, 4, 16)))
+    assert [s[0] for s in d.profile] == [1, 4, 16]
+
+
+def test_plan_refuses_contradictions(work_onnx, tmp_path):
+    from pspnet_deploy.engine import BuildOptions, plan_build
+    from pspnet_deploy.errors import UserError
+
+    with pytest.raises(UserError, match="needs calibration images: add --calib-data"):
+        plan_build(work_onnx, BuildOptions(precision="int8"))
+    with pytest.raises(UserError, match="fixed batch of 1; --batch 1 4 8 needs an ONNX with a dynamic batch"):
+        plan_build(work_onnx, BuildOptions(batch=(1, 4, 8)))
+    with pytest.raises(UserError, match="1 <= MIN <= OPT <= MAX"):
+        plan_build(work_onnx, BuildOptions(batch=(4, 2, 8)))
+    with pytest.raises(UserError, match="--legacy-fp16-flag goes with --fp16"):
+        plan_build(work_onnx, BuildOptions(legacy_fp16_flag=True))
+    with pytest.raises(UserError, match="--opt-level must be 0..5"):
+        plan_build(work_onnx, BuildOptions(opt_level=7))
+    with pytest.raises(UserError, match="engine files end in .engine"):
+        plan_build(work_onnx, BuildOptions(), tmp_path / "x.onnx")
+    with pytest.raises(UserError, match="ONNX file not found"):
+        plan_build(tmp_path / "missing.onnx", BuildOptions())
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(UserError, match="cannot read ONNX model"):
+        plan_build(junk, BuildOptions())
+
+
+def test_plan_reads_precision_from_metadata_and_graph(work_onnx, tmp_path):
+    import onnx
+
+    from pspnet_deploy.engine import BuildOptions, onnx_precision, plan_build
+    from pspnet_deploy.errors import UserError
+
+    m = onnx.load(str(work_onnx))
+    for p in m.metadata_props:
+        if p.key == "pspnet.precision":
+            p.value = json.dumps("int8")
+    q = tmp_path / "tiny.int8.onnx"
+    onnx.save(m, str(q))
+    assert onnx_precision(q) == "int8"
+    assert plan_build(q, BuildOptions(precision="int8")).convert is None  # already INT8: build it as it is
+    with pytest.raises(UserError, match="is the INT8 ONNX; --fp16 starts from the FP32 ONNX"):
+        plan_build(q, BuildOptions(precision="fp16"))
+    del m.metadata_props[:]  # no metadata: the graph decides (Q/DQ nodes -> int8)
+    helper = onnx.helper
+    scale = helper.make_tensor("qs", onnx.TensorProto.FLOAT, [], [0.1])
+    m.graph.initializer.append(scale)
+    first = m.graph.node[0]
+    src = first.input[0]
+    m.graph.node.insert(0, helper.make_node("QuantizeLinear", [src, "qs"], ["q_out"], name="q"))
+    m.graph.node.insert(1, helper.make_node("DequantizeLinear", ["q_out", "qs"], ["dq_out"], name="dq"))
+    for n in m.graph.node[2:]:
+        for i, name in enumerate(n.input):
+            if name == src:
+                n.input[i] = "dq_out"
+    onnx.save(m, str(q))
+    assert onnx_precision(q, meta={}) == "int8"
+
+
+# ---------------------------------------------------------------------------------- sidecar checks
+
+def test_sidecar_carries_what_the_runner_needs(work_onnx, tmp_path):
+    from pspnet_deploy.engine import BuildOptions, read_sidecar
+    from pspnet_deploy.runners.ort_runner import read_onnx_metadata
+    from pspnet_deploy.utils import sha256_file
+
+    opts = BuildOptions(workspace_gb=2, opt_level=4, timing_cache=str(tmp_path / "t.cache"), version_compatible=True)
+    eng = fake_engine(tmp_path, work_onnx, opts)
+    sc = read_sidecar(eng)
+    meta = read_onnx_metadata(work_onnx)
+    assert sc["model"]["classes"] == meta["classes"] and sc["model"]["palette"] == meta["palette"]
+    assert sc["model"]["preprocess"] == meta["preprocess"] and sc["model"]["output_kind"] == "logits"
+    assert sc["onnx"]["sha256"] == sha256_file(work_onnx)
+    assert sc["engine"]["size"] == eng.stat().st_size and sc["engine"]["sha256"] == sha256_file(eng)
+    assert sc["tensorrt"] == {"version": "10.3.0", "version_compatible": True, "hardware_compatibility": "none",
+                              "strongly_typed": True}
+    assert sc["gpu"]["compute_capability"] == "9.0" and sc["gpu"]["driver"] == "12.4"
+    assert sc["precision"] == "fp32" and sc["build"]["seconds"] == 12.5
+    assert sc["io"]["inputs"][0]["shape"] == [1, 3, *TINY_SIZE]
+    cmd = sc["build"]["command"]
+    assert cmd.startswith("pspnet-build-engine ") and "--workspace 2 --opt-level 4" in cmd
+    assert "--timing-cache" in cmd and "--version-compatible" in cmd
+
+
+def test_check_refuses_planted_mismatches(work_onnx, tmp_path):
+    from pspnet_deploy.engine import BuildOptions, TensorRTUnavailable, check_engine
+    from pspnet_deploy.errors import UserError
+
+    eng = fake_engine(tmp_path, work_onnx)
+    sidecar, _ = check_engine(eng, env=_env())  # same TensorRT and GPU: accepted
+    assert sidecar["precision"] == "fp32"
+
+    with pytest.raises(UserError, match=r"built with TensorRT 10\.3\.0 but this is TensorRT 10\.5\.1.*"
+                                        r"rebuild here: pspnet-build-engine .*tiny\.fp32\.onnx --engine"):
+        check_engine(eng, env=_env(tensorrt="10.5.1"))
+    with pytest.raises(UserError, match=r"TensorRT 11\.0\.0"):
+        check_engine(eng, env=_env(tensorrt="11.0.0"))
+    with pytest.raises(UserError, match=r"built for NVIDIA H100 80GB HBM3 \(compute capability 9\.0\) but this GPU "
+                                        r"is NVIDIA A100-SXM4-40GB \(compute capability 8\.0\)"):
+        check_engine(eng, env=_env(gpu={"name": "NVIDIA A100-SXM4-40GB", "compute_capability": "8.0"}))
+    warnings = []
+    from pspnet_deploy.engine import check_environment, read_sidecar
+
+    check_environment(read_sidecar(eng), _env(gpu={"name": "NVIDIA H100 PCIe"}), eng, warn=warnings.append)
+    assert len(warnings) == 1 and "same compute capability 9.0" in warnings[0]
+    with pytest.raises(TensorRTUnavailable, match="TensorRT is not installed"):
+        check_engine(eng, env=_env(tensorrt=None, tensorrt_error="TensorRT is not installed (import tensorrt: x)"))
+    with pytest.raises(TensorRTUnavailable, match="no CUDA GPU visible"):
+        check_engine(eng, env=_env(gpu=None, gpu_error="no CUDA GPU visible") | {"gpu": None})
+
+    vc = fake_engine(tmp_path, work_onnx, BuildOptions(version_compatible=True, hardware_compatible=True),
+                     name="vc.fp32.engine")
+    check_engine(vc, env=_env(tensorrt="10.7.0"))  # version compatible: later TensorRT runs it
+    check_engine(vc, env=_env(tensorrt="11.1.0", gpu={"name": "NVIDIA L4", "compute_capability": "8.9"}))
+    with pytest.raises(UserError, match="older TensorRT 10.0.1"):
+        check_engine(vc, env=_env(tensorrt="10.0.1"))
+    with pytest.raises(UserError, match="hardware-compatible for Ampere and newer GPUs"):
+        check_engine(vc, env=_env(gpu={"name": "Tesla T4", "compute_capability": "7.5"}))
+
+
+def test_check_refuses_truncated_replaced_and_sidecarless_engines(work_onnx, tmp_path):
+    from pspnet_deploy.engine import check_engine, sidecar_path
+    from pspnet_deploy.errors import UserError
+
+    eng = fake_engine(tmp_path, work_onnx)
+    data = eng.read_bytes()
+    eng.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match=r"2000 bytes but its sidecar records 4000 \(truncated copy\?\)"):
+        check_engine(eng, env=_env())
+    eng.write_bytes(data[:-1] + b"X")
+    with pytest.raises(UserError, match="sha256 differs from its sidecar"):
+        check_engine(eng, env=_env())
+    sc = sidecar_path(eng)
+    sc.write_text("{ not json")
+    with pytest.raises(UserError, match="sidecar is not valid JSON"):
+        check_engine(eng, env=_env())
+    sc.write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(UserError, match="not a pspnet-deploy engine sidecar"):
+        check_engine(eng, env=_env())
+    sc.unlink()
+    with pytest.raises(UserError, match="no sidecar tiny.fp32.engine.json"):
+        check_engine(eng, env=_env())
+
+
+def test_load_runner_on_cpu_checks_the_file_then_says_tensorrt_is_missing(work_onnx, tmp_path):
+    from pspnet_deploy.engine import TensorRTUnavailable, tensorrt_version
+    from pspnet_deploy.errors import UserError
+    from pspnet_deploy.runners import load_runner
+
+    if tensorrt_version()[0] is not None:
+        pytest.skip("TensorRT is installed here; this checks the machines without it")
+    eng = fake_engine(tmp_path, work_onnx)
+    with pytest.raises(TensorRTUnavailable, match="cannot run TensorRT engines here: TensorRT is not installed"):
+        load_runner(eng)
+    eng.write_bytes(eng.read_bytes()[:10])
+    with pytest.raises(UserError, match="truncated"):
+        load_runner(eng)
+
+
+def test_parser_errors_are_one_line_naming_every_node():
+    from pspnet_deploy.engine import format_parser_errors
+
+    msg = format_parser_errors("m.onnx", [
+        {"node": 12, "node_name": "resize_3", "node_operator": "Resize", "code": "UNSUPPORTED_NODE",
+         "desc": "Assertion failed:\n mode must be linear"},
+        {"node": 40, "code": "INVALID_NODE", "desc": "bad attribute"}])
+    assert "\n" not in msg
+    assert msg.startswith("m.onnx: TensorRT's ONNX parser rejected the model (2 errors): ")
+    assert "node 12 (Resize 'resize_3'): UNSUPPORTED_NODE: Assertion failed: mode must be linear" in msg
+    assert "node 40: INVALID_NODE: bad attribute" in msg
+
+
+def test_parse_device():
+    from pspnet_deploy.engine import parse_device
+    from pspnet_deploy.errors import UserError
+
+    assert [parse_device(d) for d in (None, "cpu", "cuda", "cuda:1", "2", 3)] == [0, 0, 0, 1, 2, 3]
+    with pytest.raises(UserError, match="not a CUDA device"):
+        parse_device("tpu:0")
+
+
+# ---------------------------------------------------------------------------------- the CLI on CPU
+
+def _cli(args, timeout=240):
+    env = dict(os.environ, PSPNET_ORT_THREADS="1", OMP_NUM_THREADS="1", PSPNET_TEST_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "pspnet_deploy.cli.build_engine", *map(str, args)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _no_tensorrt_here():
+    from pspnet_deploy.engine import environment
+
+    env = environment(0)
+    return env["tensorrt_error"] or env["gpu_error"]
+
+
+needs_no_trt = pytest.mark.skipif(not _no_tensorrt_here(), reason="TensorRT and a GPU are here; this checks the "
+                                                                    "path for machines without them")
+
+
+@needs_no_trt
+def test_cli_without_tensorrt_one_line_nonzero_and_no_engine(work_onnx, tmp_path):
+    out = tmp_path / "out" / "m.engine"
+    p = _cli([work_onnx, "--engine", out])
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    assert lines[0].startswith("pspnet-build-engine: error: cannot build engines here: ")
+    assert "TensorRT" in lines[0] or "GPU" in lines[0]
+    assert not out.exists() and not out.with_name("m.engine.json").exists()
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@needs_no_trt
+def test_cli_int8_without_tensorrt_still_writes_the_int8_onnx(work_onnx, tmp_path):
+    pytest.importorskip("pspnet_deploy.calibrate", reason="calibration module not in this build")
+    out = tmp_path / "tiny.int8.engine"
+    p = _cli([work_onnx, "--int8", "--calib-data", "synthetic", "--calib-images", "10", "--engine", out])
+    assert p.returncode == 2, p.stderr
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("pspnet-build-engine: error: cannot build engines here: ")
+    int8 = work_onnx.with_name("tiny.int8.onnx")
+    assert f"wrote {int8}" in last
+    assert int8.is_file() and not out.exists() and not out.with_name("tiny.int8.engine.json").exists()
+    from pspnet_deploy.engine import onnx_precision
+    from pspnet_deploy.runners import load_runner
+
+    assert onnx_precision(int8) == "int8"
+    r = load_runner(int8, threads=1)  # the file is usable: ONNX Runtime runs it
+    out_ = r.infer(np.zeros((1, 3, *TINY_SIZE), np.float32))
+    assert out_.shape == (1, 4, *TINY_SIZE) and np.isfinite(out_).all()
+
+
+def test_cli_dry_run_and_bad_input(work_onnx, tmp_path):
+    from pspnet_deploy.cli.build_engine import main
+    from pspnet_deploy.cli.common import run
+
+    p = _cli([work_onnx, "--fp16", "--dry-run"])
+    assert p.returncode == 0, p.stderr
+    assert f"write the FP16 ONNX {work_onnx.with_name('tiny.fp16.onnx')}" in p.stdout
+    assert "build a FP16 engine" in p.stdout and "strongly typed" in p.stdout and "fixed batch 1" in p.stdout
+    assert not work_onnx.with_name("tiny.fp16.onnx").exists()
+    assert run("pspnet-build-engine", main, [str(work_onnx), "--int8"]) == 2
+    assert run("pspnet-build-engine", main, [str(work_onnx), "--batch", "1", "2", "4"]) == 2
+    assert run("pspnet-build-engine", main, [str(tmp_path / "none.onnx")]) == 2
+
+
+# ---------------------------------------------------------------------------------- TensorRT itself
+
+def _trt_skip_reason():
+    from pspnet_deploy.engine import environment
+
+    env = environment(0)
+    if env["tensorrt_error"]:
+        return env["tensorrt_error"]
+    if env["gpu_error"]:
+        return env["gpu_error"]
+    try:
+        import pycuda.driver  # noqa: F401
+    except ImportError as e:
+        return f"pycuda is not installed ({e})"
+    return None
+
+
+_TRT_SKIP = _trt_skip_reason()
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(_TRT_SKIP is not None, reason=f"needs TensorRT + GPU: {_TRT_SKIP}")
+@pytest.mark.parametrize("precision", [None, "fp16"])
+def test_trt_engine_matches_onnxruntime(work_onnx, tmp_path, precision, rng):
+    from pspnet_deploy.engine import BuildOptions, build_engine, read_sidecar
+    from pspnet_deploy.runners import load_runner
+
+    cache = tmp_path / "timing.cache"
+    sc = build_engine(work_onnx, None, BuildOptions(precision=precision, timing_cache=str(cache), opt_level=1))
+    eng = Path(sc["engine"]["path"])
+    assert eng.is_file() and cache.is_file() and read_sidecar(eng)["engine"]["sha256"] == sc["engine"]["sha256"]
+    ref = load_runner(work_onnx, threads=1)
+    trt = load_runner(eng, device="cuda")
+    x = ref.preprocess(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8))[None]
+    a, b = ref.infer(x), trt.infer(x)
+    assert b.shape == a.shape and b.dtype == np.float32
+    assert (a.argmax(1) == b.argmax(1)).mean() > (0.999 if precision is None else 0.98)
+    trt.close()
+    graph = load_runner(eng, device="cuda", cuda_graph=True)
+    np.testing.assert_allclose(graph.infer(x), b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(graph.infer(x), b, rtol=1e-5, atol=1e-5)  # replay
+    graph.close()
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(_TRT_SKIP is not None, reason=f"needs TensorRT + GPU: {_TRT_SKIP}")
+def test_trt_dynamic_batch_profile(onnx_dyn, tmp_path, rng):
+    from pspnet_deploy.engine import BuildOptions, build_engine
+    from pspnet_deploy.errors import UserError
+    from pspnet_deploy.runners import load_runner
+
+    src = tmp_path / "dyn.fp32.onnx"
+    src.write_bytes(onnx_dyn.read_bytes())
+    sc = build_engine(src, None, BuildOptions(batch=(1, 2, 3)))
+    assert sc["io"]["profile"]["max"][0] == 3
+    r = load_runner(sc["engine"]["path"], device="cuda")
+    ref = load_runner(src, threads=1)
+    x = np.stack([ref.preprocess(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)) for _ in range(3)])
+    for n in (1, 3, 2):
+        assert (r.infer(x[:n]).argmax(1) == ref.infer(x[:n]).argmax(1)).mean() > 0.999
+    with pytest.raises(UserError, match="batches of 1..3"):
+        r.infer(np.concatenate([x, x]))
+    r.close()
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(_TRT_SKIP is not None, reason=f"needs TensorRT + GPU: {_TRT_SKIP}")
+def test_trt_parser_rejection_is_one_line(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from pspnet_deploy.engine import BuildOptions, build_engine
+    from pspnet_deploy.errors import UserError
+
+    node = helper.make_node("NoSuchOp", ["input"], ["logits"], domain="example.custom", name="mystery")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4, 8, 8])])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("example.custom", 1)])
+    for k, v in {"classes": ["a", "b", "c", "d"], "palette": [[0, 0, 0]] * 4,
+                 "preprocess": {"input_size": [8, 8], "mean": [0, 0, 0], "std": [1, 1, 1]}}.items():
+        p = m.metadata_props.add()
+        p.key, p.value = f"pspnet.{k}", json.dumps(v)
+    bad = tmp_path / "bad.onnx"
+    onnx.save(m, str(bad))
+    with pytest.raises(UserError) as e:
+        build_engine(bad, tmp_path / "bad.engine", BuildOptions())
+    assert "parser rejected the model" in str(e.value) and "node 0" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "bad.engine").exists()
