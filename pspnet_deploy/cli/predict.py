@@ -1,0 +1,71 @@
+"""pspnet-predict: segment images, folders and videos with a .pt, .onnx or .engine model."""
+from __future__ import annotations
+
+import sys
+
+from .common import make_parser, run
+
+PROG = "pspnet-predict"
+
+
+def build_parser():
+    p = make_parser(PROG, "Write label maps (uint8 class ids), colour masks and optional overlays for images, "
+                          "folders of images and videos. Outputs: DIR/labels/NAME.png, DIR/color/NAME.png, "
+                          "DIR/overlay/NAME.png; a video gives DIR/video/NAME.color.mp4 (+ .overlay.mp4), and with "
+                          "--video-frames also DIR/labels/NAME/000000.png per frame.")
+    p.add_argument("model", help="checkpoint (.pt), ONNX (.onnx) or TensorRT engine (.engine)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders of images, or video files")
+    p.add_argument("--output", "-o", required=True, help="output folder")
+    p.add_argument("--mode", choices=["whole", "slide"], default="whole", help="whole image or sliding window")
+    p.add_argument("--flip", action="store_true", help="average with the horizontally flipped prediction")
+    p.add_argument("--stride", type=float, default=2 / 3, help="sliding-window stride as a fraction of the window")
+    p.add_argument("--overlay", action="store_true", help="also write the colour mask blended over the image")
+    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colour mask (0..1)")
+    p.add_argument("--video-frames", action="store_true", help="for videos, also write per-frame label PNGs")
+    p.add_argument("--max-frames", type=int, default=None, help="for videos, stop after N frames")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (engines always run on a GPU)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch / onnxruntime")
+    p.add_argument("--cuda-graph", action="store_true", help="engines: replay inference as a CUDA graph")
+    p.add_argument("--progress", action="store_true", help="print progress to stderr")
+    return p
+
+
+def main(argv=None) -> int:
+    from ..predict import Predictor
+    from ..runners import load_runner
+
+    a = build_parser().parse_args(argv)
+    kwargs = {}
+    model = str(a.model)
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+        if model.endswith(".onnx"):
+            kwargs["threads"] = a.threads
+    if a.cuda_graph:
+        if not model.endswith((".engine", ".plan", ".trt")):
+            from ..errors import UserError
+
+            raise UserError("--cuda-graph applies to TensorRT engines (.engine) only")
+        kwargs["cuda_graph"] = True
+    runner = load_runner(model, device=a.device, **kwargs)
+    try:
+        res = Predictor(runner, a.output, mode=a.mode, flip=a.flip, stride=a.stride, overlay=a.overlay, alpha=a.alpha,
+                        video_frames=a.video_frames, max_frames=a.max_frames, progress=a.progress).run(a.inputs)
+    finally:
+        runner.close()
+    parts = [f"{res.images} image{'s' if res.images != 1 else ''}"]
+    if res.videos:
+        parts.append(f"{res.videos} video{'s' if res.videos != 1 else ''} ({res.frames} frames)")
+    print(f"{PROG}: segmented {', '.join(parts)} with {runner.backend} ({a.mode}{' + flip' if a.flip else ''}); "
+          f"wrote {len(res.files)} files under {a.output}")
+    return 0
+
+
+def entry() -> None:
+    sys.exit(run(PROG, main))
+
+
+if __name__ == "__main__":
+    entry()
