@@ -1,0 +1,800 @@
+"""Benchmark model files (.pt, .onnx, .engine): latency, throughput, accuracy, memory, FLOPs.
+
+:func:`run_bench` is the entry point (``pspnet-bench`` is a thin front end). For every model x
+batch size x scope it times ``iterations`` calls (or calls for ``duration`` seconds) after
+``warmup`` calls, and reports :func:`latency_stats` of the per-call times and the throughput.
+
+Scopes, always labelled in the report:
+
+- ``model``: the input batch is already preprocessed, at the model size, in the runner's memory
+  (a numpy array; for a PyTorch model on CUDA a tensor already on the GPU). One call is
+  ``runner.infer(batch)``: the network plus the runner's own input/output handling.
+- ``end2end``: one call decodes ``batch`` image files from disk (page cache warm after warm-up),
+  preprocesses them, infers and postprocesses each output to a label map at the image's original
+  size (bilinear logits resize + argmax, exactly as pspnet-eval does).
+
+Timers: PyTorch on CUDA in ``model`` scope uses CUDA events around the call (the output stays on
+the GPU); a runner may offer ``infer_timed(batch) -> milliseconds`` measured with its device's
+own clock (e.g. CUDA events around TensorRT's ``execute_async_v3`` with the input already on the
+GPU), which is then used in ``model`` scope; everything else, TensorRT runners without that hook
+included, is wall clock (``time.perf_counter``) around a call that takes and returns host arrays,
+so it includes the copies and the device synchronisation. Each row names its timer.
+
+Memory: the process's RSS high-water mark (``VmHWM`` in ``/proc/self/status``), reset to the
+current RSS before each measurement by writing ``5`` to ``/proc/self/clear_refs`` (Linux >= 4.0).
+So ``peak_rss_mb`` of a row is the process's peak resident memory while that row ran, with that
+model loaded (interpreter, libraries and the model included; earlier models are closed first,
+but memory the allocator kept from them can still count). Where the reset is not allowed the
+fallback is ``ru_maxrss``, which is process-wide and monotonic: the report names the method.
+GPU memory (CUDA devices): PyTorch's allocator peak, and the device-wide used memory
+(``cudaMemGetInfo``, which includes other processes and contexts).
+"""
+from __future__ import annotations
+
+import gc
+import math
+import os
+import platform
+import re
+import resource
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from .errors import UserError
+
+SCOPES = ("model", "end2end")
+MODEL_SUFFIXES = {".pt": "pt", ".pth": "pt", ".onnx": "onnx", ".engine": "engine", ".plan": "engine", ".trt": "engine"}
+PERCENTILES = (50, 90, 95, 99)
+
+
+# ----------------------------------------------------------------------------- pure functions
+
+def latency_stats(samples_ms: Sequence[float]) -> dict:
+    """Summary of per-call latencies in milliseconds.
+
+    ``mean``, ``std`` (sample standard deviation, ddof=1; 0 for a single sample), ``min``, ``max``
+    and the percentiles ``p50``/``p90``/``p95``/``p99`` (linear interpolation between closest
+    ranks, numpy's default), plus ``count``.
+    """
+    x = np.asarray(list(samples_ms), dtype=np.float64)
+    if x.size == 0:
+        raise UserError("no latency samples to summarise; run at least one iteration")
+    if not np.all(np.isfinite(x)) or np.any(x < 0):
+        raise ValueError("latency samples must be finite and non-negative")
+    out = {"mean": float(x.mean()), "std": float(x.std(ddof=1)) if x.size > 1 else 0.0,
+           "min": float(x.min()), "max": float(x.max())}
+    for p, v in zip(PERCENTILES, np.percentile(x, PERCENTILES)):
+        out[f"p{p}"] = float(v)
+    out["count"] = int(x.size)
+    return out
+
+
+def throughput_ips(batch: int, mean_ms: float) -> float:
+    """Images per second for calls of ``batch`` images taking ``mean_ms`` on average."""
+    return float(batch) * 1000.0 / mean_ms if mean_ms > 0 else float("inf")
+
+
+def pixel_agreement(reference: np.ndarray, candidate: np.ndarray) -> tuple[int, int]:
+    """(pixels with the same label, total pixels) of two label maps of the same shape."""
+    reference, candidate = np.asarray(reference), np.asarray(candidate)
+    if reference.shape != candidate.shape:
+        raise ValueError(f"label maps differ in shape: {reference.shape} vs {candidate.shape}")
+    return int(np.count_nonzero(reference.astype(np.int64) == candidate.astype(np.int64))), int(reference.size)
+
+
+# ----------------------------------------------------------------------------- model specs
+
+@dataclass
+class ModelSpec:
+    path: Path
+    label: str
+
+    @property
+    def kind(self) -> str:
+        return MODEL_SUFFIXES.get(self.path.suffix.lower(), "?")
+
+
+def parse_model_arg(spec, label: str | None = None) -> ModelSpec:
+    """``path`` or ``path:label`` (or a ``(path, label)`` pair / a ModelSpec) -> ModelSpec.
+
+    An existing file whose name contains ``:`` is taken whole.
+    """
+    if isinstance(spec, ModelSpec):
+        return spec if label is None else ModelSpec(spec.path, label)
+    if isinstance(spec, (tuple, list)):
+        path, lab = spec
+        return ModelSpec(Path(path), label or str(lab))
+    s = str(spec)
+    path, lab = s, None
+    if not Path(s).exists() and ":" in s:
+        head, tail = s.rsplit(":", 1)
+        if head and tail and "/" not in tail:
+            path, lab = head, tail
+    p = Path(path)
+    if p.suffix.lower() not in MODEL_SUFFIXES:
+        raise UserError(f"{p}: unknown model file type {p.suffix or '(none)'!r}; expected .pt, .onnx or .engine "
+                        f"(use PATH:LABEL to name a model)")
+    if not p.is_file():
+        raise UserError(f"{p}: model file not found")
+    return ModelSpec(p, label or lab or _default_label(p))
+
+
+def _default_label(p: Path) -> str:
+    name = p.name
+    for suf in (".onnx", ".engine", ".plan", ".trt", ".pt", ".pth"):
+        if name.lower().endswith(suf):
+            name = name[: -len(suf)]
+    return name or str(p)
+
+
+def _onnx_peek(path: Path) -> dict:
+    import onnx
+
+    from .runners.ort_runner import read_onnx_metadata
+
+    meta = read_onnx_metadata(path)
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    fixed_batch, size = None, None
+    if inputs:
+        dims = inputs[0].type.tensor_type.shape.dim
+        if len(dims) == 4:
+            if dims[0].HasField("dim_value"):
+                fixed_batch = int(dims[0].dim_value)
+            if dims[2].HasField("dim_value") and dims[3].HasField("dim_value"):
+                size = (int(dims[2].dim_value), int(dims[3].dim_value))
+    if size is None and isinstance(meta.get("preprocess"), dict) and "input_size" in meta["preprocess"]:
+        size = tuple(int(v) for v in meta["preprocess"]["input_size"])
+    files = {path.resolve()}
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            for kv in t.external_data:
+                if kv.key == "location":
+                    files.add((path.parent / kv.value).resolve())
+    size_bytes = sum(f.stat().st_size for f in files if f.is_file())
+    return {"classes": meta.get("classes"), "fixed_batch": fixed_batch, "input_size": size, "file_bytes": size_bytes,
+            "static_size": size is not None and inputs and all(d.HasField("dim_value") for d in inputs[0].type.tensor_type.shape.dim[2:])}
+
+
+def peek_model(spec: ModelSpec, input_size: tuple[int, int] | None = None) -> dict:
+    """What can be known about a model file without loading it into a runner: classes, fixed batch,
+    input size, file size, FLOPs per image (None where unknown). Bad files raise UserError."""
+    from . import flops as fl
+
+    info: dict = {"classes": None, "fixed_batch": None, "input_size": None, "file_bytes": spec.path.stat().st_size,
+                  "flops": None, "flops_method": None}
+    if spec.kind == "pt":
+        from .checkpoint import load_checkpoint
+
+        meta = load_checkpoint(spec.path)["meta"]
+        info["classes"] = list(meta.get("classes") or [])
+        try:
+            info["input_size"] = tuple(input_size or tuple(int(v) for v in meta["preprocess"]["input_size"]))
+        except (KeyError, TypeError) as e:
+            raise UserError(f"{spec.path}: checkpoint has no preprocessing metadata; train it with pspnet-train") from e
+        try:
+            info["flops"] = fl.torch_flops(meta["model"], info["input_size"])
+            info["flops_method"] = "torch FlopCounterMode on the meta device (2 x MACs of conv/matmul), per image"
+        except Exception as e:  # noqa: BLE001 - FLOPs are informative; a failure must not stop the benchmark
+            info["flops_error"] = f"{type(e).__name__}: {e}"
+    elif spec.kind == "onnx":
+        info.update(_onnx_peek(spec.path))
+        try:
+            f = fl.onnx_flops(spec.path)
+            info["flops"] = f["flops"] if f["counted_nodes"] else None
+            info["flops_method"] = f["method"] + (f" (lower bound: {len(f['uncounted_nodes'])} nodes without shapes)"
+                                                  if f["uncounted_nodes"] else "")
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            info["flops_error"] = f"{type(e).__name__}: {e}"
+    elif spec.kind == "engine":
+        side = spec.path.with_name(spec.path.name + ".json")
+        try:
+            import json
+
+            model = json.loads(side.read_text()).get("model", {}) if side.is_file() else {}
+            info["classes"] = list(model["classes"]) if isinstance(model.get("classes"), list) else None
+        except (OSError, ValueError, AttributeError):
+            pass  # the runner refuses a bad sidecar with its own message when it loads
+        src = fl.engine_source_onnx(spec.path)
+        if src is not None:
+            try:
+                info["flops"] = fl.onnx_flops(src)["flops"]
+                info["flops_method"] = f"from the source ONNX {src.name} (2 x MACs, shape inference), per image"
+            except Exception as e:  # noqa: BLE001
+                info["flops_error"] = f"{type(e).__name__}: {e}"
+    return info
+
+
+def check_batches(label: str, path, batches: Iterable[int], fixed_batch: int | None,
+                  batch_range: tuple[int, int] | None = None) -> None:
+    for b in batches:
+        if fixed_batch is not None and b != fixed_batch:
+            raise UserError(f"{path}: model {label!r} has a fixed batch of {fixed_batch}, cannot run --batch {b}; "
+                            f"re-export it with --dynamic-batch or bench it with --batch {fixed_batch}")
+        if batch_range is not None and not (batch_range[0] <= b <= batch_range[1]):
+            raise UserError(f"{path}: model {label!r} accepts batches {batch_range[0]}..{batch_range[1]}, cannot run "
+                            f"--batch {b}; rebuild the engine with a wider batch range")
+
+
+# ----------------------------------------------------------------------------- memory
+
+class MemoryProbe:
+    """Peak resident memory of this process over a window (see the module docstring)."""
+
+    def __init__(self):
+        self.method = "VmHWM after /proc/self/clear_refs reset"
+        self.resettable = self._try_reset()
+        if not self.resettable:
+            self.method = "ru_maxrss (process-wide, monotonic: includes everything earlier in the run)"
+
+    @staticmethod
+    def _status_kb(key: str) -> int | None:
+        try:
+            m = re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+        except OSError:
+            return None
+        return int(m.group(1)) if m else None
+
+    def _try_reset(self) -> bool:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            return False
+        return self._status_kb("VmHWM") is not None
+
+    def reset(self) -> None:
+        gc.collect()
+        if self.resettable:
+            self._try_reset()
+
+    def rss_mb(self) -> float | None:
+        kb = self._status_kb("VmRSS")
+        return None if kb is None else kb / 1024.0
+
+    def peak_mb(self) -> float:
+        if self.resettable:
+            kb = self._status_kb("VmHWM")
+            if kb is not None:
+                return kb / 1024.0
+        r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return r / (1024.0 * 1024.0) if platform.system() == "Darwin" else r / 1024.0
+
+
+class GpuMemoryProbe:
+    """CUDA memory over a window: PyTorch allocator peak and device-wide used memory."""
+
+    def __init__(self, device: str):
+        self.enabled = False
+        if not str(device).startswith("cuda"):
+            return
+        try:
+            import torch
+
+            self.enabled = torch.cuda.is_available()
+            self.torch = torch
+            self.device = torch.device(device)
+        except ImportError:
+            pass
+
+    def reset(self) -> None:
+        if self.enabled:
+            self.torch.cuda.synchronize(self.device)
+            self.torch.cuda.reset_peak_memory_stats(self.device)
+
+    def read(self) -> dict:
+        if not self.enabled:
+            return {}
+        t = self.torch
+        t.cuda.synchronize(self.device)
+        free, total = t.cuda.mem_get_info(self.device)
+        return {"gpu_torch_peak_mb": t.cuda.max_memory_allocated(self.device) / 2 ** 20,
+                "gpu_device_used_mb": (total - free) / 2 ** 20}
+
+
+# ----------------------------------------------------------------------------- environment
+
+def cpu_info() -> dict:
+    model, physical = None, set()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        m = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+        model = m.group(1).strip() if m else None
+        phys = cores = None
+        for line in text.splitlines():
+            if line.startswith("physical id"):
+                phys = line.split(":")[1].strip()
+            elif line.startswith("core id"):
+                cores = line.split(":")[1].strip()
+                physical.add((phys, cores))
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count()
+    return {"cpu": model or platform.processor() or platform.machine(), "logical_cpus": os.cpu_count(),
+            "physical_cores": len(physical) or None, "usable_cpus": usable}
+
+
+def gpu_info() -> dict | None:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return None
+    if not torch.cuda.is_available():
+        return None
+    p = torch.cuda.get_device_properties(0)
+    return {"name": p.name, "count": torch.cuda.device_count(), "memory_gb": round(p.total_memory / 2 ** 30, 2),
+            "compute_capability": f"{p.major}.{p.minor}", "cuda": torch.version.cuda}
+
+
+def environment(threads: int | None, device: str) -> dict:
+    import torch
+
+    from .utils import versions
+
+    env = {"platform": platform.platform(), "hostname": platform.node(), **cpu_info(),
+           "torch_threads": torch.get_num_threads(),
+           "onnxruntime_threads": threads or "onnxruntime default (one per physical core)",
+           "opencv_threads": "OpenCV single-threaded (cv2.setNumThreads(0) by pspnet_deploy.data)",
+           "device": device, "gpu": gpu_info(), "versions": versions()}
+    try:
+        env["load_average_at_start"] = [round(v, 2) for v in os.getloadavg()]
+    except OSError:  # pragma: no cover
+        pass
+    return env
+
+
+# ----------------------------------------------------------------------------- timing
+
+def _collect(call: Callable[[], float], warmup: int, iterations: int | None, duration: float | None,
+             progress: bool, desc: str) -> list[float]:
+    for _ in tqdm(range(warmup), desc=f"{desc} warm-up", disable=not progress or warmup == 0, leave=False,
+                  dynamic_ncols=True):
+        call()
+    gc.collect()
+    samples: list[float] = []
+    if duration is not None:
+        with tqdm(total=round(duration, 1), desc=desc, unit="s", disable=not progress, leave=False,
+                  dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{postfix}]") as bar:
+            t0 = time.perf_counter()
+            while True:
+                samples.append(call())
+                el = time.perf_counter() - t0
+                bar.n = min(el, duration)
+                bar.set_postfix_str(f"{len(samples)} calls", refresh=False)
+                bar.refresh()
+                if el >= duration:
+                    break
+    else:
+        for _ in tqdm(range(iterations), desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
+            samples.append(call())
+    return samples
+
+
+def _wall(fn: Callable[[], object]) -> Callable[[], float]:
+    def call() -> float:
+        t = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t) * 1e3
+    return call
+
+
+def model_scope_timer(runner, batch: np.ndarray) -> tuple[Callable[[], float], str]:
+    """A zero-argument callable that runs one model-scope call and returns its milliseconds, and
+    the timer's name."""
+    hook = getattr(runner, "infer_timed", None)
+    if callable(hook):
+        return (lambda: float(hook(batch))), f"{runner.backend} infer_timed (device clock)"
+    dev = runner.device() if callable(getattr(runner, "device", None)) else "cpu"
+    if runner.backend == "torch" and str(dev).startswith("cuda") and hasattr(runner, "infer_tensor"):
+        import torch
+
+        runner.check_batch(batch)
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(dev)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+        def call() -> float:
+            start.record()
+            runner.infer_tensor(x)
+            end.record()
+            end.synchronize()
+            return float(start.elapsed_time(end))
+        return call, "CUDA events (input and output on the GPU)"
+    return _wall(lambda: runner.infer(batch)), "wall clock (time.perf_counter), host arrays in and out"
+
+
+def end2end_call(runner, paths: Sequence[Path], batch: int) -> Callable[[], float]:
+    """One call = read ``batch`` images (cycling through ``paths``), preprocess, infer, label maps at
+    the original sizes. Returns milliseconds (wall clock)."""
+    from .data.io import read_image
+    from .evaluate import labels_at
+
+    state = {"i": 0}
+
+    def work():
+        i = state["i"]
+        chosen = [paths[(i + k) % len(paths)] for k in range(batch)]
+        state["i"] = (i + batch) % len(paths)
+        images = [read_image(p) for p in chosen]
+        x = np.stack([runner.preprocess(im) for im in images])
+        out = runner.infer(x)
+        return [labels_at(o, im.shape[:2]) for o, im in zip(out, images)]
+
+    return _wall(work)
+
+
+def _synthetic_images(folder: Path, count: int, size: tuple[int, int], seed: int = 0) -> list[Path]:
+    """Smooth random RGB images (low-res noise upsampled, so they decode like photos, not noise)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    h, w = size
+    out = []
+    for i in range(count):
+        small = rng.integers(0, 256, size=(max(2, h // 16), max(2, w // 16), 3), dtype=np.uint8)
+        img = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+        img = np.clip(img.astype(np.int16) + rng.integers(-8, 9, size=img.shape), 0, 255).astype(np.uint8)
+        p = folder / f"bench_{i:03d}.png"
+        if not cv2.imwrite(str(p), img):
+            raise UserError(f"{folder}: cannot write temporary benchmark images")
+        out.append(p)
+    return out
+
+
+def _dataset_images(ds, folder: Path, count: int) -> list[Path]:
+    n = min(count, len(ds))
+    paths = list(getattr(ds, "image_paths", []) or [])[:n]
+    if len(paths) == n and all(Path(p).is_file() for p in paths):
+        return [Path(p) for p in paths]
+    import cv2
+
+    out = []
+    for i in range(n):  # in-memory dataset (e.g. synthetic): write its images once
+        img = ds.load(i)[0]
+        p = folder / f"data_{i:03d}.png"
+        cv2.imwrite(str(p), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        out.append(p)
+    return out
+
+
+# ----------------------------------------------------------------------------- accuracy
+
+class _Capture:
+    """``predict`` for :func:`pspnet_deploy.evaluate.evaluate`: whole-image inference (as eval does),
+    recording pixel agreement with the reference model's labels stored in ``folder``."""
+
+    def __init__(self, folder: Path, is_reference: bool):
+        self.folder = folder
+        self.is_reference = is_reference
+        self.i = 0
+        self.same = 0
+        self.total = 0
+
+    def __call__(self, runner, image: np.ndarray) -> np.ndarray:
+        import cv2
+
+        from .evaluate import labels_at
+
+        x = runner.preprocess(image)[None]
+        if runner.fixed_batch and runner.fixed_batch > 1:
+            x = np.repeat(x, runner.fixed_batch, 0)
+        labels = labels_at(runner.infer(x)[0], image.shape[:2])
+        lab16 = labels.astype(np.uint16)
+        path = self.folder / f"{self.i:06d}.png"
+        if self.is_reference:
+            cv2.imwrite(str(path), lab16)
+        else:
+            ref = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            if ref is not None:
+                s, t = pixel_agreement(ref, lab16)
+                self.same += s
+                self.total += t
+        self.i += 1
+        return labels
+
+
+# ----------------------------------------------------------------------------- the benchmark
+
+def run_bench(models: Sequence, out_dir: str | Path | None = None, *, labels: Sequence[str] | None = None,
+              input_size: tuple[int, int] | None = None, batches: Sequence[int] = (1,), warmup: int = 5,
+              iterations: int | None = 50, duration: float | None = None, threads: int | None = None,
+              scope: str = "both", data=None, split: str = "val", limit: int | None = None, device: str = "cpu",
+              image_size: tuple[int, int] | None = None, peak: bool = True, peak_size: int = 2048,
+              keep_samples: bool = True, progress: bool = True, write: bool = True) -> dict:
+    """Benchmark ``models`` and (unless ``write`` is False) write the reports into ``out_dir``.
+
+    ``models``: paths, ``"path:label"`` strings, ``(path, label)`` pairs or :class:`ModelSpec`; the
+    first is the reference for speed-ups and pixel agreement. ``data``: a dataset folder, a spec
+    such as ``"synthetic"``, or a dataset object; with it, mIoU / pixel accuracy / per-class IoU and
+    agreement with the reference are measured on the first ``limit`` images of ``split``.
+    ``image_size`` (H, W): size of the generated end-to-end images when there is no ``data``
+    (default: the reference model's input size). Returns the report dict (see :mod:`.report`).
+    """
+    from . import report as rep
+
+    # ---- validate arguments (before any work)
+    if not models:
+        raise UserError("no models given; pass --model PATH at least once")
+    if labels is not None and len(labels) not in (0, len(models)):
+        raise UserError(f"{len(labels)} labels for {len(models)} models; give one --label per --model or none")
+    if scope not in ("model", "end2end", "both"):
+        raise UserError(f"scope must be model, end2end or both, got {scope!r}")
+    scopes = list(SCOPES) if scope == "both" else [scope]
+    batches = [int(b) for b in batches]
+    if not batches or any(b <= 0 for b in batches):
+        raise UserError(f"batch sizes must be positive, got {batches}")
+    batches = list(dict.fromkeys(batches))
+    if warmup < 0:
+        raise UserError(f"--warmup must be 0 or more, got {warmup}")
+    if duration is not None:
+        if not duration > 0 or not math.isfinite(duration):
+            raise UserError(f"--duration must be a positive number of seconds, got {duration}")
+        iterations = None
+    elif iterations is None or iterations <= 0:
+        raise UserError(f"--iterations must be at least 1, got {iterations}; measure at least one call")
+    if limit is not None and limit <= 0:
+        raise UserError(f"--limit must be positive, got {limit}")
+    if threads is not None and threads <= 0:
+        raise UserError(f"--threads must be positive, got {threads}")
+    if input_size is not None and (len(input_size) != 2 or min(input_size) <= 0):
+        raise UserError(f"input size must be two positive numbers H W, got {input_size}")
+    if image_size is not None and (len(image_size) != 2 or min(image_size) <= 0):
+        raise UserError(f"image size must be two positive numbers H W, got {image_size}")
+    if write:
+        if out_dir is None:
+            raise UserError("no output folder; pass --out DIR")
+        out_dir = Path(out_dir)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise UserError(f"{out_dir}: exists and is not a folder; choose another --out")
+
+    specs = [parse_model_arg(m, labels[i] if labels else None) for i, m in enumerate(models)]
+    seen = set()
+    for s in specs:
+        if s.label in seen:
+            raise UserError(f"two models are labelled {s.label!r}; give each a distinct label (PATH:LABEL)")
+        seen.add(s.label)
+
+    import torch
+
+    if threads:
+        torch.set_num_threads(int(threads))
+
+    # ---- pre-flight: every model file is readable, classes agree, batches fit
+    peeks = []
+    for s in specs:
+        info = peek_model(s, input_size if s.kind == "pt" else None)
+        if s.kind != "pt" and input_size is not None and info.get("static_size") and info["input_size"] is not None \
+                and tuple(info["input_size"]) != tuple(input_size):
+            raise UserError(f"{s.path}: model {s.label!r} has a fixed input of {info['input_size'][0]}x"
+                            f"{info['input_size'][1]} but --input-size asks {input_size[0]}x{input_size[1]}; "
+                            f"re-export at that size or drop --input-size")
+        check_batches(s.label, s.path, batches, info["fixed_batch"])
+        peeks.append(info)
+    ref_classes = next((p["classes"] for p in peeks if p["classes"]), None)
+    for s, p in zip(specs, peeks):
+        if p["classes"] is not None and ref_classes is not None and list(p["classes"]) != list(ref_classes):
+            raise UserError(f"{s.path}: model {s.label!r} has classes {_short(p['classes'])} but {specs[0].label!r} has "
+                            f"{_short(ref_classes)}; benchmark models of one dataset together")
+
+    dataset = None
+    if data is not None:
+        from .data import open_dataset
+
+        dataset = open_dataset(data, split) if isinstance(data, (str, Path)) else data
+        if len(dataset) == 0:
+            raise UserError(f"{data}: split {split!r} has no images")
+        if ref_classes is not None and dataset.info.num_classes != len(ref_classes):
+            raise UserError(f"the models predict {len(ref_classes)} classes but {data} [{split}] has "
+                            f"{dataset.info.num_classes}; benchmark on the dataset the models were trained for")
+
+    devices = [model_device(s, device) for s in specs]
+    cuda_dev = next((d for d in devices if d.startswith("cuda")), None)
+    env = environment(threads, device)
+    memory = MemoryProbe()
+    gpu_mem = GpuMemoryProbe(cuda_dev or "cpu")
+    peaks = {}
+    if peak:
+        for dev in dict.fromkeys(devices):
+            if progress:
+                tqdm.write(f"measuring the {dev} FP32 peak ({peak_size}x{peak_size} matmul) ...")
+            if dev.startswith("cuda") and not torch.cuda.is_available():
+                env.setdefault("fp32_peak_errors", {})[dev] = "PyTorch here has no CUDA: GPU peak not measured"
+                continue
+            peaks[dev] = measure_peak(dev, peak_size)
+    env["fp32_peak"] = peaks
+    env["memory_method"] = memory.method
+
+    results: list[dict] = []
+    model_rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="pspnet-bench-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "ref").mkdir()
+        pool = max(8, max(batches))
+        if "end2end" in scopes:
+            if dataset is not None:
+                images = _dataset_images(dataset, tmp, min(pool, limit or pool))
+            else:
+                size = image_size or peeks[0]["input_size"] or (360, 480)
+                images = _synthetic_images(tmp, pool, tuple(size))
+        else:
+            images = []
+
+        for mi, (s, info) in enumerate(zip(specs, peeks)):
+            if progress:
+                tqdm.write(f"[{mi + 1}/{len(specs)}] {s.label}: {s.path}")
+            memory.reset()
+            rss_before = memory.rss_mb()
+            t_load = time.perf_counter()
+            runner = _load(s, devices[mi], threads, input_size)
+            load_s = time.perf_counter() - t_load
+            load_peak = memory.peak_mb()
+            try:
+                if ref_classes is not None and list(runner.classes) != list(ref_classes):
+                    raise UserError(f"{s.path}: model {s.label!r} has classes {_short(runner.classes)} but the "
+                                    f"others have {_short(ref_classes)}; benchmark models of one dataset together")
+                ref_classes = ref_classes or list(runner.classes)
+                check_batches(s.label, s.path, batches, runner.fixed_batch, runner.batch_range)
+                desc = runner.describe()
+                mrow = {"model": s.label, "path": str(s.path), "backend": runner.backend, "precision": runner.precision,
+                        "device": str(runner.device()), "input_size": list(runner.input_size),
+                        "output_kind": runner.output_kind, "sha256": desc.get("sha256"),
+                        "file_size_mb": info["file_bytes"] / 2 ** 20, "flops_per_image": info["flops"],
+                        "gflops_per_image": None if info["flops"] is None else info["flops"] / 1e9,
+                        "flops_method": info.get("flops_method"), "load_s": load_s, "rss_before_load_mb": rss_before,
+                        "peak_rss_load_mb": load_peak, "describe": _jsonable(desc)}
+                if "flops_error" in info:
+                    mrow["flops_error"] = info["flops_error"]
+                if dataset is not None:
+                    pool_imgs = [dataset.load(i)[0] for i in range(min(pool, len(dataset)))]
+                else:
+                    from .data.io import read_image
+
+                    pool_imgs = [read_image(p) for p in images] if images else \
+                        [_random_image(runner.input_size, k) for k in range(max(batches))]
+                for b in batches:
+                    staged = np.stack([runner.preprocess(pool_imgs[k % len(pool_imgs)]) for k in range(b)])
+                    for sc in scopes:
+                        memory.reset()
+                        gpu_mem.reset()
+                        if sc == "model":
+                            call, timer = model_scope_timer(runner, staged)
+                        else:
+                            call, timer = end2end_call(runner, images, b), "wall clock (time.perf_counter)"
+                        samples = _collect(call, warmup, iterations, duration, progress,
+                                           f"{s.label} b{b} {sc}")
+                        stats = latency_stats(samples)
+                        row = {"model": s.label, "path": str(s.path), "backend": runner.backend,
+                               "precision": runner.precision, "device": str(runner.device()), "batch": b, "scope": sc,
+                               "input_size": list(runner.input_size), "timer": timer, "warmup": warmup,
+                               "iterations": len(samples), "latency_ms": {k: stats[k] for k in
+                                                                          ("mean", "std", "p50", "p90", "p95", "p99",
+                                                                           "min", "max")},
+                               "throughput_ips": throughput_ips(b, stats["mean"]),
+                               "peak_rss_mb": memory.peak_mb(), **gpu_mem.read(),
+                               "file_size_mb": mrow["file_size_mb"], "gflops_per_image": mrow["gflops_per_image"]}
+                        pk = peaks.get(devices[mi])
+                        if mrow["flops_per_image"] and pk:
+                            achieved = mrow["flops_per_image"] * row["throughput_ips"] / 1e9
+                            row["achieved_gflops"] = achieved
+                            row["fraction_of_fp32_peak"] = achieved / pk["gflops"] if pk["gflops"] else None
+                        else:
+                            row["achieved_gflops"] = row["fraction_of_fp32_peak"] = None
+                        if keep_samples:
+                            row["samples_ms"] = [round(v, 6) for v in samples]
+                        results.append(row)
+                if dataset is not None:
+                    from .evaluate import evaluate
+
+                    cap = _Capture(tmp / "ref", is_reference=(mi == 0))
+                    acc = evaluate(runner, dataset, limit=limit, batch_size=1, progress=progress, predict=cap,
+                                   desc=f"{s.label} accuracy")
+                    mrow["miou"] = acc["miou"]
+                    mrow["pixel_accuracy"] = acc["pixel_accuracy"]
+                    mrow["per_class_iou"] = acc["per_class_iou"]
+                    mrow["num_images"] = acc["num_images"]
+                    mrow["pixel_agreement"] = 1.0 if mi == 0 else (cap.same / cap.total if cap.total else None)
+                model_rows.append(mrow)
+            finally:
+                runner.close()
+                del runner
+                gc.collect()
+
+    # ---- per-row comparisons with the reference (first model)
+    ref = specs[0].label
+    by_key = {(r["model"], r["batch"], r["scope"]): r for r in results}
+    accuracy = {m["model"]: m for m in model_rows}
+    for r in results:
+        base = by_key.get((ref, r["batch"], r["scope"]))
+        r["speedup_vs_ref"] = (base["latency_ms"]["mean"] / r["latency_ms"]["mean"]
+                               if base and r["latency_ms"]["mean"] > 0 else None)
+        m = accuracy[r["model"]]
+        for k in ("miou", "pixel_accuracy", "pixel_agreement"):
+            r[k] = m.get(k)
+    try:
+        env["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
+    except OSError:  # pragma: no cover
+        pass
+    report = {"format": "pspnet-deploy/bench", "version": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "environment": env,
+              "settings": {"scopes": scopes, "batches": batches, "warmup": warmup, "iterations": iterations,
+                           "duration_s": duration, "threads": threads, "device": device,
+                           "input_size": list(input_size) if input_size else None,
+                           "data": None if data is None else {"spec": str(data) if isinstance(data, (str, Path))
+                                                              else type(data).__name__,
+                                                              "split": split, "limit": limit,
+                                                              "num_classes": dataset.info.num_classes},
+                           "end2end_images": (f"{len(images)} images from the dataset" if dataset is not None else
+                                              f"{len(images)} generated PNGs of "
+                                              f"{'x'.join(map(str, image_size or peeks[0]['input_size'] or (360, 480)))}")
+                           if images else None,
+                           "reference": ref},
+              "scope_definitions": rep.SCOPE_DEFINITIONS,
+              "models": model_rows, "results": results}
+    if write:
+        report["files"] = rep.write_reports(report, out_dir)
+    return report
+
+
+def measure_peak(device: str, size: int) -> dict:
+    from .flops import measure_fp32_peak
+
+    return measure_fp32_peak(device, size=size, repeats=10)
+
+
+def model_device(spec: ModelSpec, device: str) -> str:
+    """The device a model runs on: ``device``, except that TensorRT engines always run on CUDA
+    (``cuda`` when ``device`` is the CPU), so a CPU model and an engine can be compared in one run."""
+    device = str(device)
+    if spec.kind == "engine" and not device.startswith("cuda"):
+        return "cuda"
+    return device
+
+
+def _load(spec: ModelSpec, device: str, threads: int | None, input_size):
+    from .runners import load_runner
+
+    kwargs = {}
+    if spec.kind == "pt" and input_size is not None:
+        kwargs["input_size"] = tuple(input_size)
+    if spec.kind == "onnx":
+        if threads:
+            kwargs["threads"] = threads
+        if not str(device).startswith("cuda"):
+            # explicit CPU provider: also sidesteps OrtRunner's providers=None path on CPU
+            kwargs["providers"] = ["CPUExecutionProvider"]
+    return load_runner(spec.path, device=device, **kwargs)
+
+
+def _random_image(size, seed) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(size[0], size[1], 3), dtype=np.uint8)
+
+
+def _short(classes) -> str:
+    classes = list(classes)
+    return f"[{', '.join(classes[:4])}{', ...' if len(classes) > 4 else ''}] ({len(classes)})"
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    return str(obj)
