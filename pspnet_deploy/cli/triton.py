@@ -1,0 +1,48 @@
+"""pspnet-triton: a Triton Inference Server model repository for an .onnx or .engine model."""
+from __future__ import annotations
+
+import sys
+
+from .common import make_parser, run
+
+PROG = "pspnet-triton"
+
+
+def build_parser():
+    p = make_parser(PROG, "Write <repo>/<name>/config.pbtxt, <repo>/<name>/<version>/model.onnx (onnxruntime "
+                          "backend) or model.plan (tensorrt_plan) and <repo>/<name>/pspnet.json (classes, palette, "
+                          "preprocessing for clients). A fixed-batch model gets max_batch_size 0 with full dims; a "
+                          "dynamic-batch model gets max_batch_size and dynamic batching.")
+    p.add_argument("model", help="ONNX (.onnx) or TensorRT engine (.engine, with its sidecar)")
+    p.add_argument("--repo", required=True, help="model repository folder")
+    p.add_argument("--name", default=None, help="model name in the repository (default pspnet_<file stem>)")
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="max_batch_size for a dynamic-batch model (default: engine profile max, else 8)")
+    p.add_argument("--instances", type=int, default=1, help="model instances (instance_group count)")
+    p.add_argument("--instance-kind", choices=["gpu", "cpu", "auto"], default=None,
+                   help="instance_group kind (default gpu for engines, auto for ONNX)")
+    p.add_argument("--kind", choices=["onnx", "engine"], default=None, help="model kind (default: from the suffix)")
+    p.add_argument("--version", type=int, default=1, help="model version folder")
+    p.add_argument("--no-dynamic-batching", action="store_true", help="leave out dynamic_batching { }")
+    p.add_argument("--force", action="store_true", help="replace an existing version folder")
+    return p
+
+
+def main(argv=None) -> int:
+    from ..triton import write_triton_repo
+
+    a = build_parser().parse_args(argv)
+    res = write_triton_repo(a.model, a.repo, name=a.name, max_batch=a.max_batch, instances=a.instances, kind=a.kind,
+                            instance_kind=a.instance_kind, version=a.version,
+                            dynamic_batching=not a.no_dynamic_batching, force=a.force)
+    print(f"{PROG}: wrote {res['model_dir']} ({res['kind']}, max_batch_size {res['max_batch_size']}, "
+          f"{res['instances']} x {res['instance_kind']}); serve with: tritonserver --model-repository {a.repo}")
+    return 0
+
+
+def entry() -> None:
+    sys.exit(run(PROG, main))
+
+
+if __name__ == "__main__":
+    entry()

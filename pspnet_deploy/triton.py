@@ -1,0 +1,226 @@
+"""A Triton Inference Server model repository from an ONNX file or a TensorRT engine.
+
+Layout written (``version`` 1 by default)::
+
+    <repo>/<name>/config.pbtxt
+    <repo>/<name>/pspnet.json          classes, palette, preprocessing, output kind (for clients)
+    <repo>/<name>/1/model.onnx         (+ its external-data files)   backend "onnxruntime"
+    <repo>/<name>/1/model.plan         (+ model.plan.json, the sidecar) platform "tensorrt_plan"
+
+Batching follows the model: a fixed batch N gives ``max_batch_size: 0`` with full dims
+``[N, 3, H, W]`` (Triton does not batch it); a dynamic batch gives ``max_batch_size`` (at most the
+engine profile's maximum) with dims without the batch, plus ``dynamic_batching {}``.
+The config text is written by hand (no tritonclient needed) and checked in the tests by parsing it
+with Triton's own protobuf definitions.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import UserError
+from .utils import atomic_write_json, atomic_write_text
+
+TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64", "bfloat16": "TYPE_BF16",
+                 "int8": "TYPE_INT8", "uint8": "TYPE_UINT8", "int16": "TYPE_INT16", "int32": "TYPE_INT32",
+                 "int64": "TYPE_INT64", "bool": "TYPE_BOOL"}
+KINDS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU", "auto": "KIND_AUTO"}
+DEFAULT_MAX_BATCH = 8
+
+
+def _model_kind(path: Path, kind: str | None) -> str:
+    if kind is not None:
+        if kind not in ("onnx", "engine"):
+            raise UserError(f"kind must be 'onnx' or 'engine', got {kind!r}")
+        return kind
+    ext = path.suffix.lower()
+    if ext == ".onnx":
+        return "onnx"
+    if ext in (".engine", ".plan", ".trt"):
+        return "engine"
+    raise UserError(f"{path}: Triton serves .onnx or .engine files here, not {ext or 'this file'}")
+
+
+def safe_name(name: str) -> str:
+    out = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._-")
+    if not out:
+        raise UserError(f"model name {name!r} has no usable characters; pass --name")
+    return out
+
+
+def _onnx_model_info(path: Path) -> dict:
+    import onnx
+
+    from .engine import onnx_io
+    from .runners.ort_runner import read_onnx_metadata
+
+    io = onnx_io(path)
+    meta = read_onnx_metadata(path)
+    model = onnx.load(str(path), load_external_data=False)
+    external = sorted({e.value for init in model.graph.initializer if init.data_location == onnx.TensorProto.EXTERNAL
+                       for e in init.external_data if e.key == "location"})
+    return {"io": io, "meta": meta, "external": external, "max_batch": None}
+
+
+def _engine_model_info(path: Path) -> dict:
+    from .engine import read_sidecar
+
+    sc = read_sidecar(path)
+    io = {"inputs": sc["io"].get("inputs", []), "outputs": sc["io"].get("outputs", [])}
+    prof = sc["io"].get("profile")
+    meta = dict(sc.get("pspnet_metadata") or {})
+    meta.update(sc["model"])
+    meta.setdefault("precision", sc.get("precision"))
+    return {"io": io, "meta": meta, "external": [], "max_batch": int(prof["max"][0]) if prof else None,
+            "min_batch": int(prof["min"][0]) if prof else None, "sidecar": sc}
+
+
+def _dtype(path: Path, t: dict) -> str:
+    try:
+        return TRITON_DTYPES[t["dtype"]]
+    except KeyError:
+        raise UserError(f"{path}: tensor {t['name']} has type {t['dtype']}, which Triton cannot serve") from None
+
+
+def _dims(shape) -> list[int]:
+    return [int(d) if isinstance(d, int) else -1 for d in shape]
+
+
+def _quote(s: str) -> str:
+    return json.dumps(str(s))  # a JSON string is a valid protobuf text-format string
+
+
+def render_config(name: str, kind: str, inputs: list[dict], outputs: list[dict], max_batch_size: int,
+                  instances: int, instance_kind: str, dynamic_batching: bool) -> str:
+    """config.pbtxt text. ``inputs``/``outputs``: name, data_type (TYPE_*), dims (without batch if batching)."""
+    lines = [f"name: {_quote(name)}"]
+    if kind == "onnx":
+        lines += ['platform: "onnxruntime_onnx"', 'backend: "onnxruntime"', 'default_model_filename: "model.onnx"']
+    else:
+        lines += ['platform: "tensorrt_plan"', 'backend: "tensorrt"', 'default_model_filename: "model.plan"']
+    lines.append(f"max_batch_size: {int(max_batch_size)}")
+    for section, tensors in (("input", inputs), ("output", outputs)):
+        lines.append(f"{section} [")
+        body = []
+        for t in tensors:
+            body.append("  {\n"
+                        f"    name: {_quote(t['name'])}\n"
+                        f"    data_type: {t['data_type']}\n"
+                        f"    dims: [ {', '.join(str(d) for d in t['dims'])} ]\n"
+                        "  }")
+        lines.append(",\n".join(body))
+        lines.append("]")
+    lines.append("instance_group [\n  {\n"
+                 f"    count: {int(instances)}\n    kind: {instance_kind}\n" + "  }\n]")
+    if dynamic_batching and max_batch_size > 0:
+        lines.append("dynamic_batching { }")
+    return "\n".join(lines) + "\n"
+
+
+def write_triton_repo(model_path: str | Path, repo_dir: str | Path, name: str | None = None,
+                      max_batch: int | None = None, instances: int = 1, kind: str | None = None,
+                      instance_kind: str | None = None, version: int = 1, dynamic_batching: bool = True,
+                      force: bool = False) -> dict:
+    """Write ``<repo>/<name>/`` for Triton; returns the paths and the batching chosen.
+
+    ``kind``: "onnx" or "engine" (from the file suffix when None). ``max_batch``: for a model with a
+    dynamic batch (default: the engine profile's maximum, else 8); an error for a fixed-batch model
+    unless it equals that batch. ``instance_kind``: gpu, cpu or auto (default gpu for engines, auto
+    for ONNX). An existing version folder is replaced only with ``force``.
+    """
+    path = Path(model_path)
+    if not path.is_file():
+        raise UserError(f"{path}: model file not found")
+    kind = _model_kind(path, kind)
+    if instances < 1:
+        raise UserError(f"--instances must be >= 1, got {instances}")
+    if version < 1:
+        raise UserError(f"--version must be >= 1, got {version}")
+    ik = instance_kind or ("gpu" if kind == "engine" else "auto")
+    if ik not in KINDS:
+        raise UserError(f"instance kind must be gpu, cpu or auto, got {ik!r}")
+    if kind == "engine" and ik == "cpu":
+        raise UserError("TensorRT engines run on GPUs only; use --instance-kind gpu")
+    info = _onnx_model_info(path) if kind == "onnx" else _engine_model_info(path)
+    io = info["io"]
+    if len(io["inputs"]) != 1 or not io["outputs"]:
+        raise UserError(f"{path}: expected one input and at least one output, found {len(io['inputs'])} inputs and "
+                        f"{len(io['outputs'])} outputs")
+    batch_dim = io["inputs"][0]["shape"][0] if io["inputs"][0]["shape"] else None
+    dynamic = not isinstance(batch_dim, int) or batch_dim == -1
+    if dynamic:
+        limit = info.get("max_batch")
+        mb = int(max_batch) if max_batch is not None else (limit or DEFAULT_MAX_BATCH)
+        if mb < 1:
+            raise UserError(f"--max-batch must be >= 1, got {mb}")
+        if limit is not None and mb > limit:
+            raise UserError(f"{path}: engine profile accepts batches up to {limit}, --max-batch {mb} is larger; "
+                            f"rebuild with --batch 1 {mb} {mb} or lower --max-batch")
+        if info.get("min_batch") not in (None, 1):
+            raise UserError(f"{path}: engine profile's smallest batch is {info['min_batch']}; Triton sends batches "
+                            f"from 1, rebuild with --batch 1 OPT MAX")
+        strip = True
+    else:
+        if max_batch not in (None, 0, batch_dim):
+            raise UserError(f"{path}: model has a fixed batch of {batch_dim}, so Triton cannot batch it "
+                            f"(max_batch_size 0); re-export with --dynamic-batch to serve --max-batch {max_batch}")
+        mb, strip = 0, False
+    tensors = {}
+    for section in ("inputs", "outputs"):
+        tensors[section] = []
+        for t in io[section]:
+            dims = _dims(t["shape"])
+            if strip:
+                if not dims:
+                    raise UserError(f"{path}: tensor {t['name']} has no batch dimension")
+                dims = dims[1:]
+            tensors[section].append({"name": t["name"], "data_type": _dtype(path, t), "dims": dims})
+    meta = info["meta"]
+    if name is None:
+        name = f"pspnet_{path.stem.replace('.', '_')}"
+    name = safe_name(name)
+    text = render_config(name, kind, tensors["inputs"], tensors["outputs"], mb, instances, KINDS[ik],
+                         dynamic_batching)
+    model_dir = Path(repo_dir) / name
+    vdir = model_dir / str(version)
+    if vdir.exists() and not force:
+        raise UserError(f"{vdir}: version {version} of model {name!r} exists; pass --force to replace it or "
+                        f"--version {version + 1}")
+    model_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=model_dir))
+    try:
+        fname = "model.onnx" if kind == "onnx" else "model.plan"
+        shutil.copy2(path, tmp / fname)
+        for rel in info["external"]:
+            src = path.parent / rel
+            if not src.is_file():
+                raise UserError(f"{path}: external data file {rel} not found next to it; copy it there or re-export")
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, tmp / rel)
+        if kind == "engine":
+            shutil.copy2(path.with_name(path.name + ".json"), tmp / "model.plan.json")
+        os.chmod(tmp, 0o755)
+        if vdir.exists():
+            old = model_dir / f".{version}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            vdir.rename(old)
+            tmp.rename(vdir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(vdir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    atomic_write_text(model_dir / "config.pbtxt", text)
+    client = {k: meta[k] for k in ("classes", "palette", "ignore_index", "preprocess", "output_kind", "precision")
+              if k in meta}
+    client.update({"source": str(path), "kind": kind, "max_batch_size": mb,
+                   "input": tensors["inputs"][0]["name"], "output": tensors["outputs"][0]["name"]})
+    atomic_write_json(model_dir / "pspnet.json", client)
+    return {"name": name, "model_dir": str(model_dir), "config": str(model_dir / "config.pbtxt"),
+            "model_file": str(vdir / ("model.onnx" if kind == "onnx" else "model.plan")), "kind": kind,
+            "max_batch_size": mb, "instances": instances, "instance_kind": KINDS[ik], "version": version}
