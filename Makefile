@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test,fp16]"
+	$(PY) -m pip install -q -e ".[test,fp16,triton]"
 	touch $@
 
 venv: $(VENV)/.installed
