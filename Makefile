@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # CPU wheel by default; GPU users: make TORCH_SPEC="torch==2.13.0" (or a CUDA build) ...
 TORCH_SPEC ?= torch==2.13.0
+# the local CPU wheel of this machine image, when present
+PIP_FIND ?= $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 DEMO_OUT ?= runs/demo
 
 .PHONY: demo test venv clean
@@ -11,8 +13,8 @@ DEMO_OUT ?= runs/demo
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test,fp16,triton]"
+	$(PY) -m pip install -q $(PIP_FIND) "$(TORCH_SPEC)"
+	$(PY) -m pip install -q $(PIP_FIND) -e ".[test,fp16,triton]"
 	touch $@
 
 venv: $(VENV)/.installed

@@ -187,7 +187,7 @@ def peek_model(spec: ModelSpec, input_size: tuple[int, int] | None = None) -> di
     elif spec.kind == "onnx":
         info.update(_onnx_peek(spec.path))
         try:
-            f = fl.onnx_flops(spec.path)
+            f = fl.onnx_flops(spec.path, info["input_size"])
             info["flops"] = f["flops"] if f["counted_nodes"] else None
             info["flops_method"] = f["method"] + (f" (lower bound: {len(f['uncounted_nodes'])} nodes without shapes)"
                                                   if f["uncounted_nodes"] else "")

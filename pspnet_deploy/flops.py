@@ -74,11 +74,12 @@ def _prod(xs) -> int:
     return out
 
 
-def onnx_flops(path: str | Path) -> dict:
+def onnx_flops(path: str | Path, input_size: tuple[int, int] | None = None) -> dict:
     """Per-image FLOPs of an ONNX graph. Returns ``{"flops", "counted_nodes", "uncounted_nodes", "method"}``.
 
-    ``uncounted_nodes`` lists Conv/MatMul/Gemm nodes whose shapes could not be inferred (symbolic
-    spatial sizes); then ``flops`` is a lower bound.
+    A symbolic batch is pinned to 1; symbolic spatial sizes of a 4-D input are pinned to
+    ``input_size`` (H, W) when given. ``uncounted_nodes`` lists Conv/MatMul/Gemm nodes whose
+    shapes could still not be inferred; then ``flops`` is a lower bound.
     """
     import onnx
     from onnx import shape_inference
@@ -95,6 +96,11 @@ def onnx_flops(path: str | Path) -> dict:
         if len(dims) and not dims[0].HasField("dim_value"):
             dims[0].ClearField("dim_param")
             dims[0].dim_value = 1
+        if input_size is not None and len(dims) == 4:
+            for d, v in zip((dims[2], dims[3]), input_size):
+                if not d.HasField("dim_value"):
+                    d.ClearField("dim_param")
+                    d.dim_value = int(v)
     batch = 1
     first = [i for i in model.graph.input if i.name not in init_names]
     if first and first[0].type.tensor_type.shape.dim and first[0].type.tensor_type.shape.dim[0].HasField("dim_value"):

@@ -141,18 +141,18 @@ def render_markdown(report: dict) -> str:
     models = report.get("models", [])
     if models:
         has_acc = any(m.get("miou") is not None for m in models)
-        hdr = ["model", "backend", "precision", "file MB", "GFLOPs/image", "load s"]
+        hdr = ["model", "backend", "precision", "device", "file MB", "GFLOPs/image", "load s", "peak RSS at load MB"]
         if has_acc:
             hdr += ["mIoU %", "pixel acc %", "agreement with ref %"]
         mrs = []
         for m in models:
-            row = [m["model"], m["backend"], m["precision"], _fmt(m.get("file_size_mb")),
-                   _fmt(m.get("gflops_per_image"), 3), _fmt(m.get("load_s"))]
+            row = [m["model"], m["backend"], m["precision"], m.get("device", "-"), _fmt(m.get("file_size_mb")),
+                   _fmt(m.get("gflops_per_image"), 3), _fmt(m.get("load_s")), _fmt(m.get("peak_rss_load_mb"), 0)]
             if has_acc:
                 row += [_fmt(m.get("miou"), pct=True), _fmt(m.get("pixel_accuracy"), pct=True),
                         "ref" if m["model"] == ref else _fmt(m.get("pixel_agreement"), 3, pct=True)]
             mrs.append(row)
-        lines += ["## Models", ""] + _table(hdr, mrs, ["l", "l", "l"] + ["r"] * (len(hdr) - 3)) + [""]
+        lines += ["## Models", ""] + _table(hdr, mrs, ["l", "l", "l", "l"] + ["r"] * (len(hdr) - 4)) + [""]
         methods = sorted({m["flops_method"] for m in models if m.get("flops_method")})
         if methods:
             lines += ["FLOPs: " + "; ".join(methods) + ". The fraction of FP32 peak is achieved FLOP/s "

@@ -63,7 +63,11 @@ def _onnx_model_info(path: Path) -> dict:
     model = onnx.load(str(path), load_external_data=False)
     external = sorted({e.value for init in model.graph.initializer if init.data_location == onnx.TensorProto.EXTERNAL
                        for e in init.external_data if e.key == "location"})
-    return {"io": io, "meta": meta, "external": external, "max_batch": None}
+    from .engine import export_batch_range
+
+    # ONNX Runtime takes any batch: the export's range is only the default max_batch_size
+    return {"io": io, "meta": meta, "external": external, "max_batch": None,
+            "default_max_batch": export_batch_range(meta)[2] if meta.get("export") else None}
 
 
 def _engine_model_info(path: Path) -> dict:
@@ -128,8 +132,8 @@ def write_triton_repo(model_path: str | Path, repo_dir: str | Path, name: str | 
     """Write ``<repo>/<name>/`` for Triton; returns the paths and the batching chosen.
 
     ``kind``: "onnx" or "engine" (from the file suffix when None). ``max_batch``: for a model with a
-    dynamic batch (default: the engine profile's maximum, else 8); an error for a fixed-batch model
-    unless it equals that batch. ``instance_kind``: gpu, cpu or auto (default gpu for engines, auto
+    dynamic batch (default: the engine profile's maximum, or the maximum of the export's
+    ``--dynamic-batch`` range, else 8); an error for a fixed-batch model unless it equals that batch. ``instance_kind``: gpu, cpu or auto (default gpu for engines, auto
     for ONNX). An existing version folder is replaced only with ``force``.
     """
     path = Path(model_path)
@@ -154,7 +158,7 @@ def write_triton_repo(model_path: str | Path, repo_dir: str | Path, name: str | 
     dynamic = not isinstance(batch_dim, int) or batch_dim == -1
     if dynamic:
         limit = info.get("max_batch")
-        mb = int(max_batch) if max_batch is not None else (limit or DEFAULT_MAX_BATCH)
+        mb = int(max_batch) if max_batch is not None else (limit or info.get("default_max_batch") or DEFAULT_MAX_BATCH)
         if mb < 1:
             raise UserError(f"--max-batch must be >= 1, got {mb}")
         if limit is not None and mb > limit:

@@ -146,7 +146,7 @@ def test_parse_model_arg(models):
         parse_model_arg(models["pt"].with_name("missing.pt"))
 
 
-def test_flops_torch_and_onnx_agree(models):
+def test_flops_torch_and_onnx_agree(models, tmp_path):
     from pspnet_deploy.checkpoint import load_checkpoint
     from pspnet_deploy.flops import onnx_flops, torch_flops
 
@@ -158,6 +158,18 @@ def test_flops_torch_and_onnx_agree(models):
     # by hand: the 1x1 classifier alone is 2 * 8*12 positions * 32 in * 11 out
     assert ft > 2 * 8 * 12 * 32 * 11
     assert onnx_flops(models["onnx_b1"])["flops"] == ft
+    # symbolic H and W: a lower bound until the input size is given
+    import onnx
+
+    g = onnx.load(str(models["onnx"]))
+    del g.graph.value_info[:]
+    for d, name in zip(g.graph.input[0].type.tensor_type.shape.dim[2:], ("H", "W")):
+        d.dim_param = name
+    dyn = tmp_path / "dynamic_hw.onnx"
+    onnx.save(g, str(dyn))
+    lower = onnx_flops(dyn)  # only the 1x1-pooled PPM branch has a known shape
+    assert len(lower["uncounted_nodes"]) > 20 and lower["flops"] < ft / 100
+    assert onnx_flops(dyn, TINY_SIZE)["flops"] == ft
     assert torch_flops(cfg, (128, 192)) > 3.5 * ft  # ~4x the pixels
 
 
@@ -261,6 +273,7 @@ def test_cli_real_run_pt_and_onnx_with_data(models, camvid_dir, tmp_path):
         assert heading in md
     assert "| model | backend | precision | batch | mean ms |" in md and "| ref |" in md
     assert md.count("| torch-fp32 | torch | fp32 |") == 2 * 2 + 1  # batches x scopes + the models table
+    assert "| torch-fp32 | torch | fp32 | cpu |" in md
     assert "![latency_vs_miou.png](latency_vs_miou.png)" in md
 
     for name in ("latency_distribution.png", "latency_vs_miou.png"):

@@ -151,3 +151,29 @@ def test_bad_arguments_and_image_conversions(torch_runner):
         ensure_rgb(np.zeros((10, 12, 2), np.uint8))
     labels = make_predictor("whole")(torch_runner, gray)
     assert labels.shape == (10, 12)
+
+
+def test_eval_cli_slide_and_flip_on_synthetic(tmp_path, capsys):
+    """pspnet-eval --mode slide --flip goes through make_predictor; labels come back at image size."""
+    from conftest import make_tiny_model, tiny_meta
+    from pspnet_deploy.checkpoint import save_checkpoint
+    from pspnet_deploy.cli.common import run
+    from pspnet_deploy.cli.eval import main
+    from pspnet_deploy.data import open_dataset
+
+    info = open_dataset("synthetic", "val").info
+    meta = tiny_meta()
+    meta.update(classes=info.classes, palette=info.palette)
+    ckpt = tmp_path / "syn.pt"
+    save_checkpoint(ckpt, make_tiny_model(num_classes=info.num_classes), meta)
+    results = {}
+    for mode in ("whole", "slide"):
+        out = tmp_path / f"{mode}.json"
+        args = [str(ckpt), "--data", "synthetic", "--limit", "2", "--mode", mode, "--flip", "--no-progress",
+                "--json", str(out)]
+        assert run("pspnet-eval", main, args) == 0, capsys.readouterr().err
+        results[mode] = __import__("json").loads(out.read_text())
+        assert results[mode]["data"]["mode"] == mode and results[mode]["data"]["flip"] is True
+        assert results[mode]["num_images"] == 2
+    total = sum(map(sum, results["slide"]["confusion_matrix"]))
+    assert total == sum(map(sum, results["whole"]["confusion_matrix"])) > 0  # every labelled pixel, both modes

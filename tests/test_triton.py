@@ -61,7 +61,7 @@ def test_onnx_fixed_batch_repo(onnx_b1, tmp_path):
 def test_onnx_dynamic_batch_repo(onnx_dyn, tmp_path):
     from pspnet_deploy.triton import write_triton_repo
 
-    write_triton_repo(onnx_dyn, tmp_path / "repo", max_batch=4, instance_kind="cpu")
+    write_triton_repo(onnx_dyn, tmp_path / "repo", instance_kind="cpu")  # max batch: the export's range (1, 2, 4)
     (model_dir,) = (tmp_path / "repo").iterdir()
     assert model_dir.name == "pspnet_tiny_b1_d1x2x4_logits_fp32"
     cfg = parse_config(model_dir / "config.pbtxt")

@@ -17,7 +17,8 @@ def build_parser():
     p.add_argument("--repo", required=True, help="model repository folder")
     p.add_argument("--name", default=None, help="model name in the repository (default pspnet_<file stem>)")
     p.add_argument("--max-batch", type=int, default=None,
-                   help="max_batch_size for a dynamic-batch model (default: engine profile max, else 8)")
+                   help="max_batch_size for a dynamic-batch model (default: engine profile max, else the "
+                        "export's --dynamic-batch max, else 8)")
     p.add_argument("--instances", type=int, default=1, help="model instances (instance_group count)")
     p.add_argument("--instance-kind", choices=["gpu", "cpu", "auto"], default=None,
                    help="instance_group kind (default gpu for engines, auto for ONNX)")
