@@ -1,0 +1,116 @@
+"""pspnet-calibrate: FP32 ONNX -> explicit Q/DQ INT8 ONNX (TensorRT's format), by calibration."""
+from __future__ import annotations
+
+import sys
+
+from .common import make_parser, run
+
+PROG = "pspnet-calibrate"
+
+
+def build_parser():
+    from ..calibrate import DEFAULT_NUM_IMAGES, DEFAULT_PERCENTILE, MIN_CALIB_IMAGES
+
+    p = make_parser(PROG, "Calibrate an FP32 ONNX (from pspnet-export) into an INT8 Q/DQ ONNX: symmetric INT8, zero "
+                          "points 0, weights per channel, biases FP32, the static pyramid pooling kept exact. Writes "
+                          "OUT, OUT's .calib.json (per-tensor scales) and, with --max-miou-drop, a sensitivity "
+                          "report (.sensitivity.md/.json/.png) when nodes had to stay FP32.")
+    p.add_argument("model", help="FP32 ONNX written by pspnet-export (model.fp32.onnx)")
+    p.add_argument("--data", default=None,
+                   help="calibration images: dataset folder, synthetic[:SEED], or a folder of images (no masks)")
+    p.add_argument("--split", default="train", help="dataset split to calibrate on (ignored for a folder of images)")
+    p.add_argument("--num-images", type=int, default=DEFAULT_NUM_IMAGES,
+                   help="calibration images, spread evenly over the split (all if fewer)")
+    p.add_argument("--min-images", type=int, default=MIN_CALIB_IMAGES, help="refuse fewer decodable images than this")
+    p.add_argument("--method", default="entropy", choices=["entropy", "minmax", "percentile", "auto"],
+                   help="activation range: TensorRT entropy (KL), min/max, a percentile of |x|, or auto (each tried, "
+                        "best mIoU on --eval-split kept)")
+    p.add_argument("--percentile", type=float, default=DEFAULT_PERCENTILE, help="for --method percentile")
+    p.add_argument("--max-miou-drop", type=float, default=None, metavar="POINTS",
+                   help="accuracy budget in mIoU POINTS (0.5 = half a point of 100): keep the most sensitive nodes "
+                        "in FP32 until INT8 is within it; exit 2 with the best plan if it cannot be met")
+    p.add_argument("--max-fp32-nodes", type=int, default=None,
+                   help="most nodes the budget search may keep in FP32 (default: a quarter of the quantized nodes)")
+    p.add_argument("--sensitivity-images", type=int, default=16,
+                   help="calibration images used to rank node sensitivity")
+    p.add_argument("--eval-data", default=None, help="evaluation dataset (default: --data)")
+    p.add_argument("--eval-split", default="val", help="split for --max-miou-drop / --method auto")
+    p.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N images only")
+    p.add_argument("--placement", default="trt", choices=["trt", "ort"],
+                   help="trt: Q/DQ on inputs of Conv/Gemm/MatMul and residual Adds (TensorRT's fusions); ort: ONNX "
+                        "Runtime's default, inputs and outputs of every quantizable op (faster on ORT CPU)")
+    p.add_argument("--backend", default="ort", choices=["ort", "modelopt"],
+                   help="ort: onnxruntime quantize_static; modelopt: NVIDIA ModelOpt if installed")
+    p.add_argument("--calib-table", default=None, help="reuse the ranges of an earlier .calib.json (no images needed)")
+    p.add_argument("--cache-dir", default="calibration/cache",
+                   help="where the preprocessed calibration tensor (.npy) and statistics are cached")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime CPU threads")
+    p.add_argument("--force", action="store_true",
+                   help="calibrate on the evaluation split anyway / apply a table made for another model")
+    p.add_argument("--no-parser-check", action="store_true", help="skip the TensorRT parser check of the result")
+    p.add_argument("--json", default=None, help="write the calibration report here as JSON")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--output", "-o", required=True, help="INT8 ONNX to write (e.g. export/NAME/model.int8.onnx)")
+    return p
+
+
+def main(argv=None) -> int:
+    from ..calibrate import calibrate_onnx
+    from ..errors import UserError
+    from ..utils import atomic_write_json
+
+    a = build_parser().parse_args(argv)
+    if a.num_images <= 0:
+        raise UserError(f"--num-images must be positive, got {a.num_images}")
+    if a.max_fp32_nodes is not None and a.max_fp32_nodes < 0:
+        raise UserError(f"--max-fp32-nodes must be >= 0, got {a.max_fp32_nodes}")
+    if a.data is None and a.calib_table is None:
+        raise UserError("pass --data DIR (calibration images) or --calib-table OUT.calib.json")
+    rep = calibrate_onnx(a.model, a.output, a.data, split=a.split, num_images=a.num_images, method=a.method,
+                         max_miou_drop=a.max_miou_drop, eval_split=a.eval_split, eval_limit=a.eval_limit,
+                         cache_dir=a.cache_dir, force=a.force, progress=not a.no_progress, eval_data=a.eval_data,
+                         percentile=a.percentile, placement=a.placement, backend=a.backend, table=a.calib_table,
+                         min_images=a.min_images, sensitivity_images=a.sensitivity_images,
+                         max_fp32_nodes=a.max_fp32_nodes, threads=a.threads, parser_check=not a.no_parser_check)
+    print(format_report(rep))
+    if a.json:
+        from ..compare import jsonable
+
+        atomic_write_json(a.json, jsonable(rep))
+    return 0
+
+
+def format_report(rep: dict) -> str:
+    img = rep.get("images", {})
+    q = rep.get("qdq", {})
+    lines = [f"wrote {rep['output']} (INT8 Q/DQ, {rep['placement']} placement, method {rep['method']})",
+             f"  calibration: {img.get('count')} images from {img.get('data')}"
+             + (f" [{img['split']}]" if img.get("split") else "")
+             + (f", {img['skipped']} skipped (undecodable)" if img.get("skipped") else "")
+             + (" (cached tensor reused)" if rep.get("cache", {}).get("hit") else ""),
+             f"  Q/DQ: {q.get('quantize_linear')} Q, {q.get('dequantize_linear')} DQ, {q.get('int8_weighted_ops')} "
+             f"INT8 weighted ops; static pooling kept FP32 ({len(rep.get('static_pool_nodes', []))} nodes)",
+             f"  table: {rep['table']}"]
+    if "methods" in rep:
+        for m, v in rep["methods"].items():
+            lines.append(f"  {m:<10} mIoU {100 * v['miou']:6.2f}  drop {v['drop_points']:+.2f} points"
+                         + ("   <- kept" if m == rep["method"] else ""))
+    if "fp32_miou" in rep and "int8_miou" in rep:
+        lines.append(f"  mIoU: FP32 {100 * rep['fp32_miou']:.2f}, INT8 {100 * rep['int8_miou']:.2f} "
+                     f"(drop {rep['drop_points']:.2f} points"
+                     + (f", budget {rep['budget_points']:g})" if rep.get("budget_points") is not None else ")"))
+    if rep.get("fp32_nodes"):
+        lines.append(f"  kept in FP32 for the budget: {', '.join(rep['fp32_nodes'])}")
+    if rep.get("sensitivity"):
+        lines.append(f"  sensitivity report: {rep['sensitivity']['files']['md']}")
+    if rep.get("parser_check") is not None:
+        lines.append("  TensorRT parser check: ok")
+    return "\n".join(lines)
+
+
+def entry() -> None:
+    sys.exit(run(PROG, main))
+
+
+if __name__ == "__main__":
+    entry()
