@@ -267,6 +267,8 @@ class BuildOptions:
                 raise UserError(f"--batch needs 1 <= MIN <= OPT <= MAX, got {lo} {opt} {hi}")
         if self.legacy_fp16_flag and self.precision != "fp16":
             raise UserError("--legacy-fp16-flag goes with --fp16 (it builds the FP32 ONNX with TensorRT 10's FP16 flag)")
+        if (self.calib_data or self.calib_images) and self.precision not in ("fp16", "int8"):
+            raise UserError("--calib-data / --calib-images go with --int8 (or --fp16) on an FP32 ONNX")
         if self.calib_images is not None and self.calib_images <= 0:
             raise UserError(f"--calib-images must be positive, got {self.calib_images}")
 
@@ -696,7 +698,12 @@ def _make_variant(plan: BuildPlan, opts: BuildOptions, log) -> dict:
             raise UserError(f"FP16 conversion is not available in this build ({e}); export the FP16 ONNX with "
                             f"pspnet-export --fp16 and pass it instead") from e
         log(f"writing the FP16 ONNX {plan.build_onnx} from {plan.source_onnx}")
-        return convert_fp16(str(plan.source_onnx), str(plan.build_onnx)) or {}
+        kwargs = {}
+        if opts.calib_data:  # real images to find the values FP16 cannot hold (else generated ones)
+            kwargs.update(calibration_images=opts.calib_data, split=opts.calib_split)
+            if opts.calib_images is not None:
+                kwargs["num_images"] = opts.calib_images
+        return convert_fp16(str(plan.source_onnx), str(plan.build_onnx), **kwargs) or {}
     if plan.convert == "int8":
         try:
             from .calibrate import calibrate_onnx

@@ -23,7 +23,9 @@ def build_parser():
     p.add_argument("--legacy-fp16-flag", action="store_true",
                    help="TensorRT 10 only, with --fp16: build the FP32 ONNX weakly typed with BuilderFlag.FP16 "
                         "instead of converting it")
-    p.add_argument("--calib-data", default=None, help="--int8 on an FP32 ONNX: dataset folder for calibration")
+    p.add_argument("--calib-data", default=None,
+                   help="--int8 on an FP32 ONNX: calibration data (dataset folder, image folder or synthetic); "
+                        "--fp16: images that find the values FP16 cannot hold (default: generated images)")
     p.add_argument("--calib-split", default="train", help="dataset split for calibration")
     p.add_argument("--calib-images", type=int, default=None, help="number of calibration images")
     p.add_argument("--calib-method", default="entropy", help="calibration method (see pspnet-calibrate)")
