@@ -433,20 +433,21 @@ def make_sidecar(plan: BuildPlan, opts: BuildOptions, env: dict, io: dict, engin
                 "hardware_compatibility": "ampere_plus" if opts.hardware_compatible else "none",
                 "strongly_typed": plan.strongly_typed}
     trt_info.update(tensorrt_extra or {})
+    engine_abs, build_abs, source_abs = (p.resolve() for p in (plan.engine_path, plan.build_onnx, plan.source_onnx))
     return {
         "format": SIDECAR_FORMAT, "version": SIDECAR_VERSION,
-        "engine": {"path": str(plan.engine_path), "file": plan.engine_path.name, "size": int(engine_size),
+        "engine": {"path": str(engine_abs), "file": plan.engine_path.name, "size": int(engine_size),
                    "sha256": engine_sha256},
         "precision": plan.precision,
         "tensorrt": trt_info,
         "gpu": env.get("gpu"),
         "io": io,
-        "onnx": {"path": str(plan.build_onnx), "sha256": onnx_sha256, "precision": plan.precision,
-                 "source_path": str(plan.source_onnx), "source_sha256": source_sha256 or onnx_sha256,
+        "onnx": {"path": str(build_abs), "sha256": onnx_sha256, "precision": plan.precision,
+                 "source_path": str(source_abs), "source_sha256": source_sha256 or onnx_sha256,
                  "source_precision": plan.source_precision, "converted": plan.convert},
         "build": {"options": opts.to_dict(), "seconds": round(float(build_seconds), 3),
                   "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                  "command": build_command(plan.source_onnx, plan.engine_path, opts)},
+                  "command": build_command(source_abs, engine_abs, opts)},
         "model": model,
         "pspnet_metadata": plan.meta,
         "versions": versions(),
