@@ -94,6 +94,7 @@ def pixel_agreement(reference: np.ndarray, candidate: np.ndarray) -> tuple[int, 
 class ModelSpec:
     path: Path
     label: str
+    explicit_label: bool = True
 
     @property
     def kind(self) -> str:
@@ -109,7 +110,7 @@ def parse_model_arg(spec, label: str | None = None) -> ModelSpec:
         return spec if label is None else ModelSpec(spec.path, label)
     if isinstance(spec, (tuple, list)):
         path, lab = spec
-        return ModelSpec(Path(path), label or str(lab))
+        return parse_model_arg(path, label or str(lab))
     s = str(spec)
     path, lab = s, None
     if not Path(s).exists() and ":" in s:
@@ -122,7 +123,7 @@ def parse_model_arg(spec, label: str | None = None) -> ModelSpec:
                         f"(use PATH:LABEL to name a model)")
     if not p.is_file():
         raise UserError(f"{p}: model file not found")
-    return ModelSpec(p, label or lab or _default_label(p))
+    return ModelSpec(p, label or lab or _default_label(p), explicit_label=bool(label or lab))
 
 
 def _default_label(p: Path) -> str:
@@ -559,10 +560,12 @@ def run_bench(models: Sequence, out_dir: str | Path | None = None, *, labels: Se
             raise UserError(f"{out_dir}: exists and is not a folder; choose another --out")
 
     specs = [parse_model_arg(m, labels[i] if labels else None) for i, m in enumerate(models)]
-    seen = set()
-    for s in specs:
+    seen: set[str] = set()
+    for i, s in enumerate(specs):
         if s.label in seen:
-            raise UserError(f"two models are labelled {s.label!r}; give each a distinct label (PATH:LABEL)")
+            if s.explicit_label:
+                raise UserError(f"two models are labelled {s.label!r}; give each a distinct label (PATH:LABEL)")
+            s.label = f"{s.label}#{i + 1}"  # a default label (the file name) repeated: number it
         seen.add(s.label)
 
     import torch

@@ -140,6 +140,7 @@ def test_parse_model_arg(models):
     spec = parse_model_arg(f"{models['pt']}:fp32-torch")
     assert spec.path == models["pt"] and spec.label == "fp32-torch" and spec.kind == "pt"
     assert parse_model_arg(str(models["onnx"])).label == "tiny"
+    assert parse_model_arg((models["onnx"], "ort")).label == "ort"
     with pytest.raises(UserError, match="unknown model file type"):
         parse_model_arg(models["unknown"])
     with pytest.raises(UserError, match="not found"):
@@ -284,9 +285,11 @@ def test_cli_real_run_pt_and_onnx_with_data(models, camvid_dir, tmp_path):
 
 
 def test_library_run_without_data_model_scope_duration(models, tmp_path):
-    rep = run_bench([models["onnx_b1"]], tmp_path / "b", scope="model", duration=0.2, warmup=0, threads=1,
-                    peak=False, progress=False)
-    (row,) = rep["results"]
+    rep = run_bench([models["onnx_b1"], models["onnx_b1"]], tmp_path / "b", scope="model", duration=0.2, warmup=0,
+                    threads=1, peak=False, progress=False)
+    row, again = rep["results"]
+    assert (row["model"], again["model"]) == ("tiny_b1", "tiny_b1#2")  # repeated default labels are numbered
+    assert again["speedup_vs_ref"] == pytest.approx(row["latency_ms"]["mean"] / again["latency_ms"]["mean"])
     assert row["scope"] == "model" and row["iterations"] >= 1 and row["fraction_of_fp32_peak"] is None
     assert rep["models"][0].get("miou") is None
     assert (tmp_path / "b" / "report.json").is_file() and (tmp_path / "b" / "latency_distribution.png").is_file()
