@@ -688,13 +688,39 @@ def quantize_qdq(prepped: Path, amax: dict[str, float], out: Path, placement: st
                             extra_options=_extra_options(placement))
     finally:
         cache.unlink(missing_ok=True)
-    if placement == "trt":
-        import onnx
+    import onnx
 
-        m = onnx.load(str(out))
-        if _drop_main_branch_add_qdq(m):
-            onnx.save(m, str(out))
+    m = onnx.load(str(out))
+    fp32 = set(exclude)
+    if only:
+        fp32 |= {n.name for n in m.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")} - set(only)
+    changed = _restore_fp32_inputs(m, fp32)
+    if placement == "trt":
+        changed += _drop_main_branch_add_qdq(m)
+    if changed:
+        _prune_dead_qdq(m)
+        onnx.save(m, str(out))
     return out
+
+
+def _restore_fp32_inputs(model, names: set[str]) -> int:
+    """quantize_static rewires *every* reader of a quantized activation to its DequantizeLinear,
+    excluded nodes included. Give the nodes in ``names`` (kept FP32: the static pooling, the budget's
+    FP32 nodes) their original FP32 input back. Returns how many inputs were restored."""
+    prod = {o: n for n in model.graph.node for o in n.output}
+    restored = 0
+    for n in model.graph.node:
+        if n.name not in names or n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for k, t in enumerate(n.input):
+            dq = prod.get(t)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            q = prod.get(dq.input[0])
+            if q is not None and q.op_type == "QuantizeLinear":  # an activation pair, not an INT8 weight
+                n.input[k] = q.input[0]
+                restored += 1
+    return restored
 
 
 def _drop_main_branch_add_qdq(model) -> int:
@@ -728,8 +754,6 @@ def _drop_main_branch_add_qdq(model) -> int:
         k, fp_tensor, _ = max(weighted, key=lambda s: order[s[2].name])
         add.input[k] = fp_tensor
         removed += 1
-    if removed:
-        _prune_dead_qdq(model)
     return removed
 
 
