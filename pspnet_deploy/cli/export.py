@@ -1,0 +1,103 @@
+"""pspnet-export: checkpoint -> static ONNX (FP32 or FP16), with a parity gate and a TensorRT parser check.
+
+Examples::
+
+    pspnet-export runs/ref/best.pt --onnx export/camvid/model.fp32.onnx --input-size 360 480 \\
+        --verify-data ../shared/data/camvid
+    pspnet-export runs/ref/best.pt --onnx camvid --fp16          # -> export/camvid/model.fp16.onnx
+    pspnet-export runs/ref/best.pt --onnx m.onnx --dynamic-batch 1 4 8 --output-kind labels
+
+Other output formats add their own options to :func:`build_parser` and their step to
+:func:`main` (after the ONNX step, which they can build on).
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from .common import make_parser, run, size_arg
+
+PROG = "pspnet-export"
+
+
+def build_parser():
+    p = make_parser(PROG, "Export a checkpoint to a clean static ONNX graph (exact static pyramid pooling), "
+                          "optionally FP16, checked against PyTorch with ONNX Runtime and against the TensorRT "
+                          "ONNX parser's support matrix.")
+    p.add_argument("checkpoint", help="checkpoint (.pt) written by pspnet-train")
+    p.add_argument("--onnx", metavar="OUT", nargs="?", const="", default=None,
+                   help="ONNX output: a .onnx path, a folder, or a bare name (-> export/NAME/model.<precision>.onnx); "
+                        "no value or omitted: export/<checkpoint name>/model.<precision>.onnx")
+    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="static input size (default: the checkpoint's preprocessing size)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--batch", type=int, default=1, help="fixed batch size")
+    g.add_argument("--dynamic-batch", type=int, nargs=3, metavar=("MIN", "OPT", "MAX"), default=None,
+                   help="symbolic batch dimension; the range is stored for TensorRT optimisation profiles")
+    p.add_argument("--fp16", action="store_true",
+                   help="write the FP16 variant (FP16 weights and activations, FP32 inputs/outputs, nodes that "
+                        "would overflow FP16 on the verification images kept FP32)")
+    p.add_argument("--fp16-margin", type=float, default=4.0,
+                   help="keep a node FP32 when its values exceed 65504 / MARGIN on the verification images")
+    p.add_argument("--output-kind", choices=["logits", "labels"], default="logits",
+                   help="logits (N x C x H x W float32) or labels (ArgMax in the graph, N x H x W int32)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 20, the newest TensorRT 10 parses)")
+    p.add_argument("--trt-major", type=int, default=10, help="TensorRT major version whose ONNX parser to check against")
+    p.add_argument("--verify-data", default=None,
+                   help="dataset folder for the parity check and FP16 ranges (default: generated images)")
+    p.add_argument("--verify-split", default="val")
+    p.add_argument("--num-verify", type=int, default=4, help="number of images for the parity check")
+    p.add_argument("--no-verify", action="store_true", help="skip the parity gate (not recommended)")
+    p.add_argument("--tolerance", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a parity tolerance (repeatable): max_abs_rel, mean_abs_rel, max_abs, mean_abs, "
+                        "cosine, argmax_agreement, nonfinite; VALUE 'none' drops the check")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch and ONNX Runtime")
+    p.add_argument("--json", default=None, help="also write the export report here")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    return p
+
+
+def main(argv=None) -> int:
+    from pathlib import Path
+
+    from ..compare import jsonable, parse_tolerances
+    from ..errors import UserError
+    from ..export import _validate, check_writable, default_output_path
+    from ..utils import atomic_write_json
+
+    a = build_parser().parse_args(argv)
+    # cheap checks first: a bad argument should not wait for torch to import
+    tolerances = parse_tolerances(a.tolerance)
+    _validate(a.batch, a.dynamic_batch, a.output_kind, a.opset, a.trt_major, a.num_verify)
+    if a.threads is not None and a.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {a.threads}")
+    if not Path(a.checkpoint).is_file():
+        raise UserError(f"{a.checkpoint}: checkpoint not found")
+    check_writable(default_output_path(a.checkpoint, a.onnx or None, "fp16" if a.fp16 else "fp32"))
+
+    import torch
+
+    from ..export import export_onnx
+
+    if a.threads is not None:
+        torch.set_num_threads(a.threads)
+    report = export_onnx(
+        a.checkpoint, a.onnx or None, input_size=size_arg(a.input_size), batch=a.batch,
+        dynamic_batch=a.dynamic_batch, fp16=a.fp16, output_kind=a.output_kind, opset=a.opset,
+        verify=not a.no_verify, verify_data=a.verify_data, verify_split=a.verify_split, num_verify=a.num_verify,
+        tolerances=tolerances, progress=not a.quiet, trt_major=a.trt_major, fp16_margin=a.fp16_margin,
+        threads=a.threads)
+    if a.json:
+        atomic_write_json(a.json, jsonable(report))
+    summary = {"path": report["path"], "precision": report["precision"], "nodes": report["nodes"],
+               "parity_passed": report["parity"].get("passed")}
+    print(json.dumps(summary))
+    return 0
+
+
+def entry() -> None:
+    sys.exit(run(PROG, main))
+
+
+if __name__ == "__main__":
+    entry()
