@@ -372,7 +372,7 @@ class _AbsHistogram:
         self.zeros = 0  # exact zeros seen before any non-zero value fixed the width
 
     def update(self, x: np.ndarray) -> None:
-        a = np.abs(np.asarray(x, np.float32).ravel())
+        a = np.abs(np.asarray(x, np.float32).ravel())  # a new array: scaled in place below
         if a.size == 0:
             return
         m = float(a.max())
@@ -390,8 +390,11 @@ class _AbsHistogram:
         while m >= self.width * self.bins:
             self.hist = np.concatenate([self.hist.reshape(-1, 2).sum(1), np.zeros(self.bins // 2, np.int64)])
             self.width *= 2.0
-        idx = np.minimum((a * np.float32(1.0 / self.width)).astype(np.int64), self.bins - 1)
-        self.hist += np.bincount(idx, minlength=self.bins)
+        np.multiply(a, np.float32(1.0 / self.width), out=a)
+        counts = np.bincount(a.astype(np.int32), minlength=self.bins)
+        if counts.size > self.bins:  # rounding at the top edge
+            counts[self.bins - 1] += counts[self.bins:].sum()
+        self.hist += counts[:self.bins]
 
     def to_arrays(self) -> tuple[np.ndarray, float, float]:
         h = self.hist.copy()
@@ -470,8 +473,9 @@ def amax_from_stats(stats: dict, method: str, percentile: float = DEFAULT_PERCEN
     return out
 
 
-def _tensors_to_calibrate(model, op_types: Sequence[str], exclude: set[str]) -> list[str]:
-    """Float activations (not initializers) read or written by the nodes that may be quantized."""
+def _tensors_to_calibrate(model, op_types: Sequence[str], exclude: set[str], outputs: bool = True) -> list[str]:
+    """Float activations (not initializers) read (and, with ``outputs``, written) by the nodes that
+    may be quantized."""
     from onnx import TensorProto
 
     inits = {i.name for i in model.graph.initializer}
@@ -482,7 +486,7 @@ def _tensors_to_calibrate(model, op_types: Sequence[str], exclude: set[str]) -> 
     for node in model.graph.node:
         if node.op_type not in op_types or node.name in exclude:
             continue
-        for t in list(node.input) + list(node.output):
+        for t in list(node.input) + (list(node.output) if outputs else []):
             if t and t not in inits and t not in seen and types.get(t) == TensorProto.FLOAT:
                 seen.add(t)
                 names.append(t)
@@ -532,7 +536,7 @@ def collect_statistics(model, tensors: Sequence[str], calib: CalibrationSet, inp
     have = {o.name for o in aug.graph.output}
     vis = {v.name: v for v in aug.graph.value_info}
     for t in tensors:
-        if t not in have:
+        if t not in have and t != input_name:  # the image input is read from the feed
             aug.graph.output.append(vis[t] if t in vis else helper.make_tensor_value_info(t, TensorProto.FLOAT, None))
     sess = _ort_session(aug, threads)
     out_names = [o.name for o in sess.get_outputs()]
@@ -543,6 +547,8 @@ def collect_statistics(model, tensors: Sequence[str], calib: CalibrationSet, inp
     for x, real in tqdm(_batches(calib.array, batch), total=nb, desc="calibration statistics", disable=not progress,
                         leave=False, dynamic_ncols=True):
         outs = sess.run(want, {input_name: x})
+        if input_name in hists:
+            hists[input_name].update(x[:real])
         for t, v in zip(want, outs):
             hists[t].update(v[:real])
     del sess
@@ -1007,7 +1013,8 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
             calib_info = {"hash": calib.images_hash, "count": calib.num_images, "skipped": len(calib.skipped),
                           **calib.source}
             report["cache"] = {"path": str(calib.cache_path), "hit": calib.cache_hit}
-            tensors = _tensors_to_calibrate(pm, PLACEMENT_OPS[placement], set(exclude_base))
+            tensors = _tensors_to_calibrate(pm, PLACEMENT_OPS[placement], set(exclude_base),
+                                            outputs=placement != "trt")  # trt: Q/DQ on inputs only
             stats, stats_hit = collect_statistics(pm, tensors, calib, src.input_name, src.batch, cache_dir, progress,
                                                   threads, model_key=src.sha256 + placement)
             report["cache"]["stats_hit"] = stats_hit
