@@ -1013,10 +1013,10 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
             calib_info = {"hash": calib.images_hash, "count": calib.num_images, "skipped": len(calib.skipped),
                           **calib.source}
             report["cache"] = {"path": str(calib.cache_path), "hit": calib.cache_hit}
-            tensors = _tensors_to_calibrate(pm, PLACEMENT_OPS[placement], set(exclude_base),
-                                            outputs=placement != "trt")  # trt: Q/DQ on inputs only
+            # every tensor either placement may quantize: one statistics pass (and one table) serves both
+            tensors = _tensors_to_calibrate(pm, PLACEMENT_OPS["ort"], set(default_exclusions(pm, "trt", pool_nodes)))
             stats, stats_hit = collect_statistics(pm, tensors, calib, src.input_name, src.batch, cache_dir, progress,
-                                                  threads, model_key=src.sha256 + placement)
+                                                  threads, model_key=src.sha256)
             report["cache"]["stats_hit"] = stats_hit
             method_list = list(METHODS) if method == "auto" else [method]
             amax_by_method = {m: amax_from_stats(stats, m, percentile) for m in method_list}
@@ -1025,6 +1025,12 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
             method_list = [method]
             amax_by_method = {method: {t: float(v["amax"]) for t, v in reuse["tensors"].items()}}
             report["cache"] = {"path": None, "hit": None, "table": str(table)}
+            need = _tensors_to_calibrate(pm, PLACEMENT_OPS[placement], set(exclude_base), outputs=placement != "trt")
+            missing = [t for t in need if t not in amax_by_method[method]]
+            if missing:
+                raise UserError(f"{table}: calibration table has no range for {len(missing)} tensor(s) this model needs "
+                                f"(first: {missing[0]}); it was made for another model or version: recalibrate "
+                                f"with --data")
         report["images"] = calib_info
 
         def meta_for(m: str, fp32_nodes: list[str]) -> dict:
