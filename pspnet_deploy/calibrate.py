@@ -55,7 +55,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -651,9 +651,10 @@ def _tail_after_last_weighted(model) -> list[str]:
 
 
 def quantizable_units(model, placement: str, exclude: Sequence[str]) -> list[str]:
-    """Node names that the placement quantizes (the units of the sensitivity search), in graph order."""
+    """The units of the sensitivity search, in graph order: each weighted op and each Add that the
+    placement quantizes (kept FP32, a unit computes in FP32 on its FP32 inputs)."""
     ex = set(exclude)
-    ops = PLACEMENT_OPS[placement]
+    ops = set(PLACEMENT_OPS[placement]) & set(PLACEMENT_OPS["trt"])
     return [n.name for n in model.graph.node if n.op_type in ops and n.name not in ex]
 
 
@@ -825,6 +826,20 @@ def qdq_summary(model) -> dict:
            if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2] in inits]
     return {"quantize_linear": q, "dequantize_linear": dq, "int8_weighted_ops": len(int8_w),
             "fp32_weighted_ops": fp32_w, "all_zero_points_zero": all(int(np.abs(z).max(initial=0)) == 0 for z in zps)}
+
+
+def _ranges_from_qdq(model) -> dict[str, float]:
+    """Activation amax (= scale * 127) of each QuantizeLinear on an activation, read from a Q/DQ model."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    out = {}
+    for n in model.graph.node:
+        if n.op_type == "QuantizeLinear" and n.input[0] not in inits and n.input[1] in inits:
+            sc = numpy_helper.to_array(inits[n.input[1]])
+            if sc.size == 1:
+                out[n.input[0]] = float(sc.reshape(())) * 127.0
+    return out
 
 
 def _parser_check(path: Path) -> dict | None:
@@ -1119,7 +1134,8 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
             report["parser_check"] = _parser_check(final)
         qm = onnx.load(str(final))
         report["qdq"] = qdq_summary(qm)
-        tbl = _make_table(chosen, amax_by_method[chosen], calib_info, src, placement, percentile, fp32_nodes, pool_nodes)
+        ranges = amax_by_method[chosen] if backend == "ort" else _ranges_from_qdq(qm)  # what the file uses
+        tbl = _make_table(chosen, ranges, calib_info, src, placement, percentile, fp32_nodes, pool_nodes)
         tpath = table_path_for(output)
         with atomic_path(output) as tmp:
             onnx.save(qm, str(tmp))

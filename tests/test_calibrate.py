@@ -182,7 +182,7 @@ def _run(path, x: np.ndarray) -> np.ndarray:
 
 def test_qdq_structure_metadata_and_cache(pspnet_fp32, image_folder, tmp_path):
     import onnx
-    from onnx import TensorProto, numpy_helper
+    from onnx import numpy_helper
 
     from pspnet_deploy.calibrate import calibrate_onnx, read_calibration_table
     from pspnet_deploy.export import static_pool_node_names
