@@ -22,7 +22,7 @@ from typing import Mapping
 
 import numpy as np
 
-__all__ = ["DEFAULT_TOLERANCES", "TOLERANCE_KEYS", "check", "compare_outputs", "jsonable", "parse_tolerances",
+__all__ = ["DEFAULT_TOLERANCES", "TOLERANCE_KEYS", "Comparison", "check", "compare_outputs", "jsonable", "parse_tolerances",
            "tolerances_for", "format_metrics"]
 
 #: tolerance key -> (metric key, "max" | "min"): "max" means metric <= value, "min" metric >= value
@@ -80,6 +80,109 @@ def parse_tolerances(items) -> dict[str, float | None]:
     return out
 
 
+class Comparison:
+    """Streaming form of :func:`compare_outputs`: ``update`` batch by batch, ``result`` at the end.
+
+    Memory stays one batch however many images are compared; the result equals
+    :func:`compare_outputs` on the concatenated arrays (up to float summation order).
+    """
+
+    def __init__(self):
+        self.shape = None
+        self.kind = None
+        self.n_images = 0
+        self.n_values = 0
+        self.nonfinite = 0
+        self.nonfinite_ref = 0
+        self.ref_min, self.ref_max = math.inf, -math.inf
+        self.max_abs = 0.0
+        self.sum_abs = 0.0
+        self.dot = self.nr2 = self.nc2 = 0.0
+        self.cos_min = math.inf
+        self.agree = 0
+        self.pixels = 0
+
+    def update(self, reference: np.ndarray, candidate: np.ndarray, labels_ref: np.ndarray | None = None,
+               labels_candidate: np.ndarray | None = None, valid_mask: np.ndarray | None = None) -> "Comparison":
+        ref = np.asarray(reference)
+        cand = np.asarray(candidate)
+        if ref.ndim != 4:
+            raise ValueError(f"reference must be logits (N, C, H, W), got shape {ref.shape}")
+        n, c, h, w = ref.shape
+        kind = "labels" if cand.ndim == 3 else "logits"
+        if kind == "labels":
+            if cand.shape != (n, h, w):
+                raise ValueError(f"candidate label map {cand.shape} does not match reference logits {ref.shape}")
+        elif cand.shape != ref.shape:
+            raise ValueError(f"candidate shape {cand.shape} differs from reference shape {ref.shape}")
+        if self.shape is not None and (tuple(ref.shape[1:]) != self.shape or kind != self.kind):
+            raise ValueError(f"batch of shape {ref.shape} ({kind}) does not match earlier batches {self.shape} ({self.kind})")
+        self.shape, self.kind = tuple(ref.shape[1:]), kind
+        self.n_images += n
+        ref64 = ref.astype(np.float64)
+        ref_ok = np.isfinite(ref64)
+        self.nonfinite_ref += int(ref64.size - ref_ok.sum())
+        if ref_ok.any():
+            vals = ref64[ref_ok]
+            self.ref_min, self.ref_max = min(self.ref_min, float(vals.min())), max(self.ref_max, float(vals.max()))
+        if kind == "labels":
+            lab_c = cand.astype(np.int64) if labels_candidate is None else np.asarray(labels_candidate)
+        else:
+            c64 = cand.astype(np.float64)
+            cand_ok = np.isfinite(c64)
+            self.nonfinite += int(c64.size - cand_ok.sum())
+            self.n_values += c64.size
+            if cand_ok.all() and ref_ok.all():
+                diff = np.abs(c64 - ref64)
+                self.max_abs = max(self.max_abs, float(diff.max()))
+                self.sum_abs += float(diff.sum())
+                self.dot += float(np.dot(ref64.ravel(), c64.ravel()))
+                self.nr2 += float(np.dot(ref64.ravel(), ref64.ravel()))
+                self.nc2 += float(np.dot(c64.ravel(), c64.ravel()))
+                for i in range(n):
+                    self.cos_min = min(self.cos_min, _cosine(ref64[i].ravel(), c64[i].ravel()))
+            else:
+                self.max_abs = self.sum_abs = math.inf
+                self.cos_min = math.nan
+            lab_c = (np.where(cand_ok, c64, -np.inf).argmax(1) if labels_candidate is None
+                     else np.asarray(labels_candidate))
+        lab_r = ref64.argmax(1) if labels_ref is None else np.asarray(labels_ref)
+        agree = lab_r == lab_c
+        if valid_mask is not None:
+            agree = agree[np.asarray(valid_mask, bool)]
+        self.agree += int(agree.sum())
+        self.pixels += int(agree.size)
+        return self
+
+    def result(self) -> dict:
+        if self.shape is None:
+            raise ValueError("nothing compared")
+        rng = self.ref_max - self.ref_min if self.ref_max >= self.ref_min else 0.0
+        out: dict = {"shape": [self.n_images, *self.shape], "candidate_kind": self.kind,
+                     "nonfinite_reference": self.nonfinite_ref, "logit_range": float(rng)}
+        if self.kind == "labels":
+            out.update(max_abs=None, mean_abs=None, max_abs_rel=None, mean_abs_rel=None, cosine=None,
+                       cosine_min_image=None, nonfinite=0)
+        else:
+            bad = self.nonfinite or self.nonfinite_ref
+            max_abs = math.inf if bad else self.max_abs
+            mean_abs = math.inf if bad else self.sum_abs / max(self.n_values, 1)
+            out["nonfinite"] = self.nonfinite
+            out["max_abs"], out["mean_abs"] = max_abs, mean_abs
+            out["max_abs_rel"] = max_abs / rng if rng > 0 else (0.0 if max_abs == 0 else math.inf)
+            out["mean_abs_rel"] = mean_abs / rng if rng > 0 else (0.0 if mean_abs == 0 else math.inf)
+            if bad:
+                out["cosine"] = out["cosine_min_image"] = math.nan
+            else:
+                na, nc = math.sqrt(self.nr2), math.sqrt(self.nc2)
+                out["cosine"] = (1.0 if na == nc else 0.0) if na == 0 or nc == 0 else self.dot / (na * nc)
+                out["cosine_min_image"] = self.cos_min
+        out["num_pixels"] = self.pixels
+        out["argmax_disagree"] = self.pixels - self.agree
+        out["argmax_agreement"] = self.agree / self.pixels if self.pixels else 1.0
+        return out
+
+
 def compare_outputs(reference: np.ndarray, candidate: np.ndarray, labels_ref: np.ndarray | None = None,
                     labels_candidate: np.ndarray | None = None, valid_mask: np.ndarray | None = None) -> dict:
     """Compare reference logits (N, C, H, W) with a candidate: logits of the same shape, or a label
@@ -87,57 +190,9 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray, labels_ref: np
 
     ``labels_ref`` / ``labels_candidate`` override the argmax of either side (precomputed labels);
     ``valid_mask`` (N, H, W bool) restricts the label metrics to those pixels (e.g. not void).
+    For many batches use :class:`Comparison` (same result, one batch in memory).
     """
-    ref = np.asarray(reference)
-    cand = np.asarray(candidate)
-    if ref.ndim != 4:
-        raise ValueError(f"reference must be logits (N, C, H, W), got shape {ref.shape}")
-    n, c, h, w = ref.shape
-    cand_is_labels = cand.ndim == 3
-    if cand_is_labels:
-        if cand.shape != (n, h, w):
-            raise ValueError(f"candidate label map {cand.shape} does not match reference logits {ref.shape}")
-    elif cand.shape != ref.shape:
-        raise ValueError(f"candidate shape {cand.shape} differs from reference shape {ref.shape}")
-
-    ref64 = ref.astype(np.float64)
-    ref_finite = np.isfinite(ref64)
-    out: dict = {"shape": list(ref.shape), "candidate_kind": "labels" if cand_is_labels else "logits",
-                 "nonfinite_reference": int(ref64.size - ref_finite.sum())}
-    finite_vals = ref64[ref_finite]
-    out["logit_range"] = float(finite_vals.max() - finite_vals.min()) if finite_vals.size else 0.0
-
-    if cand_is_labels:
-        out.update(max_abs=None, mean_abs=None, max_abs_rel=None, mean_abs_rel=None, cosine=None,
-                   cosine_min_image=None, nonfinite=0)
-        lab_c = cand.astype(np.int64) if labels_candidate is None else np.asarray(labels_candidate)
-    else:
-        c64 = cand.astype(np.float64)
-        cand_finite = np.isfinite(c64)
-        out["nonfinite"] = int(c64.size - cand_finite.sum())
-        diff = np.abs(c64 - ref64)
-        if out["nonfinite"] or out["nonfinite_reference"]:
-            max_abs, mean_abs = math.inf, math.inf
-        else:
-            max_abs, mean_abs = float(diff.max()), float(diff.mean())
-        rng = out["logit_range"]
-        out["max_abs"], out["mean_abs"] = max_abs, mean_abs
-        out["max_abs_rel"] = max_abs / rng if rng > 0 else (0.0 if max_abs == 0 else math.inf)
-        out["mean_abs_rel"] = mean_abs / rng if rng > 0 else (0.0 if mean_abs == 0 else math.inf)
-        out["cosine"] = _cosine(ref64.ravel(), c64.ravel())
-        out["cosine_min_image"] = min(_cosine(ref64[i].ravel(), c64[i].ravel()) for i in range(n))
-        lab_c = (np.where(np.isfinite(c64), c64, -np.inf).argmax(1) if labels_candidate is None
-                 else np.asarray(labels_candidate))
-    lab_r = ref64.argmax(1) if labels_ref is None else np.asarray(labels_ref)
-    agree = lab_r == lab_c
-    if valid_mask is not None:
-        mask = np.asarray(valid_mask, bool)
-        agree = agree[mask]
-    num = int(agree.size)
-    out["num_pixels"] = num
-    out["argmax_disagree"] = int(num - agree.sum())
-    out["argmax_agreement"] = float(agree.mean()) if num else 1.0
-    return out
+    return Comparison().update(reference, candidate, labels_ref, labels_candidate, valid_mask).result()
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -38,7 +38,7 @@ from typing import Sequence
 import numpy as np
 
 from .compare import check as check_tolerances
-from .compare import compare_outputs, format_metrics, jsonable, tolerances_for
+from .compare import Comparison, format_metrics, jsonable, tolerances_for
 from .errors import UserError
 from .utils import atomic_path, atomic_write_json, sha256_file, versions
 
@@ -677,16 +677,19 @@ def convert_fp16(fp32_onnx_path, out_path, calibration_images=None, margin: floa
         if verify:
             ref_sess = _ort_session(fp32.SerializeToString(), threads)
             cand_sess = _ort_session(tmp.read_bytes(), threads)
-            refs, cands = [], []
+            comp, agree, pixels = Comparison(), 0, 0
             for b in batches:
-                refs.append(ref_sess.run(None, {inp.name: b})[0])
-                cands.append(cand_sess.run(None, {inp.name: b})[0])
-            ref, cand = np.concatenate(refs), np.concatenate(cands)
-            if ref.ndim == 3:  # labels model: compare label maps only
-                metrics = {"argmax_agreement": float((ref == cand).mean()), "num_pixels": int(ref.size),
-                           "argmax_disagree": int((ref != cand).sum()), "nonfinite": 0, "candidate_kind": "labels"}
+                ref = ref_sess.run(None, {inp.name: b})[0]
+                cand = cand_sess.run(None, {inp.name: b})[0]
+                if ref.ndim == 3:  # labels model: compare label maps only
+                    agree, pixels = agree + int((ref == cand).sum()), pixels + int(ref.size)
+                else:
+                    comp.update(ref, cand.astype(np.float32))
+            if pixels:
+                metrics = {"argmax_agreement": agree / pixels, "num_pixels": pixels, "argmax_disagree": pixels - agree,
+                           "nonfinite": 0, "candidate_kind": "labels"}
             else:
-                metrics = compare_outputs(ref, cand.astype(np.float32))
+                metrics = comp.result()
             failures = check_tolerances(metrics, tol) + _storage_failures(fp16, batches, threads, metrics)
             report["parity"] = {"reference": "fp32 onnx (onnxruntime)", "images": src, "tolerances": tol,
                                 "metrics": metrics, "failures": failures, "passed": not failures}
@@ -783,12 +786,12 @@ def export_onnx(checkpoint, out=None, input_size=None, batch: int = 1, dynamic_b
 
     _log(progress, f"exporting {checkpoint} at {h}x{w} ({precision}, {output_kind}, opset {opset}, "
                    f"{'batch ' + '/'.join(map(str, dynamic_batch)) if dynamic_batch else f'batch {batch}'})")
-    proto, pool = _static_graph(model, (h, w), dynamic_batch, int(batch), output_kind, opset)
-    n_pool = len(pool["nodes"])
     images = src = None
-    if verify or fp16:
+    if verify or fp16:  # read the images first: a bad --verify-data fails before the long export
         images, src = verification_images(pre, verify_data, verify_split, num_verify, seed)
     batches = _batches(images, int(batch), dynamic_batch) if images is not None else []
+    proto, pool = _static_graph(model, (h, w), dynamic_batch, int(batch), output_kind, opset)
+    n_pool = len(pool["nodes"])
     fp16_info = None
     if fp16:
         _log(progress, f"FP16: calibrating activation ranges on {len(images)} images ({src['kind']})")
@@ -864,14 +867,12 @@ def _parity(model, onnx_path: Path, batches: list[np.ndarray], threads: int, tol
     from .runners.ort_runner import OrtRunner, read_onnx_metadata
 
     runner = OrtRunner(str(onnx_path), read_onnx_metadata(onnx_path), threads=threads)
-    refs, cands = [], []
+    comp = Comparison()
     model.eval()
     with torch.inference_mode():
         for b in batches:
-            refs.append(model(torch.from_numpy(b)).float().numpy())
-            cands.append(runner.infer(b))
-    ref, cand = np.concatenate(refs), np.concatenate(cands)
-    metrics = compare_outputs(ref, cand)
+            comp.update(model(torch.from_numpy(b)).float().numpy(), runner.infer(b))
+    metrics = comp.result()
     failures = check_tolerances(metrics, tol)
     if fp16_model is not None:
         failures += _storage_failures(fp16_model, batches, threads, metrics)

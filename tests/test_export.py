@@ -18,7 +18,8 @@ import torch
 
 from conftest import ROOT, make_tiny_model, tiny_meta
 
-from pspnet_deploy.compare import DEFAULT_TOLERANCES, check, compare_outputs, parse_tolerances, tolerances_for
+from pspnet_deploy.compare import (DEFAULT_TOLERANCES, Comparison, check, compare_outputs, parse_tolerances,
+                                   tolerances_for)
 from pspnet_deploy.errors import UserError
 from pspnet_deploy.export import (BANNED_OPS, convert_fp16, default_output_path, export_onnx, fp16_overflow_tensors,
                                   parity_report_path, static_pool_node_names, write_onnx_metadata)
@@ -295,6 +296,20 @@ def test_compare_outputs_and_check(rng):
     assert check(ml, {"argmax_agreement": 0.9, "max_abs_rel": 1e-9}) == []  # logit checks skipped for labels
     with pytest.raises(ValueError):
         compare_outputs(ref, ref[:, :2])
+
+
+def test_streaming_comparison_equals_one_shot(rng):
+    ref = rng.normal(size=(5, 3, 6, 7)).astype(np.float32)
+    cand = ref + rng.normal(scale=0.05, size=ref.shape).astype(np.float32)
+    one = compare_outputs(ref, cand)
+    comp = Comparison()
+    for i in range(0, 5, 2):
+        comp.update(ref[i:i + 2], cand[i:i + 2])
+    many = comp.result()
+    assert many.keys() == one.keys() and many["shape"] == [5, 3, 6, 7]
+    for k, v in one.items():
+        assert many[k] == (pytest.approx(v, rel=1e-9) if isinstance(v, float) else v), k
+    assert 0 < one["argmax_disagree"] < one["num_pixels"]
 
 
 def test_tolerance_parsing():
