@@ -113,14 +113,9 @@ class SourceModel:
 
 
 def _read_meta(model) -> dict:
-    meta = {}
-    for p in model.metadata_props:
-        if p.key.startswith("pspnet."):
-            try:
-                meta[p.key[len("pspnet."):]] = json.loads(p.value)
-            except json.JSONDecodeError:
-                meta[p.key[len("pspnet."):]] = p.value
-    return meta
+    from .runners.ort_runner import metadata_from_proto
+
+    return metadata_from_proto(model)
 
 
 def inspect_fp32_onnx(path: str | Path) -> SourceModel:

@@ -94,3 +94,28 @@ def preprocess_of(meta: dict) -> Preprocess:
 
 def read_bytes_checkpoint(data: bytes) -> dict:  # pragma: no cover - convenience for in-memory use
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def release_checkpoint(src: str | Path, dst: str | Path, note: str | None = None) -> dict:
+    """Write a deployable copy of a training checkpoint: FP16 storage, no auxiliary head, no
+    optimizer state. Loads back to the same FP32 model (FP16 rounding of the weights aside)."""
+    payload = load_checkpoint(src)
+    meta = dict(payload["meta"])
+    model = build_model(meta["model"], aux=True)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()},
+                          strict=False)
+    meta["released_from"] = {"file": Path(src).name, "sha256": sha256_file(src)}
+    meta.pop("history", None)
+    if note:
+        meta["note"] = note
+    save_checkpoint(dst, model, meta, half=True, drop_aux=True)
+    return {"path": str(dst), "bytes": Path(dst).stat().st_size, "sha256": sha256_file(dst)}
+
+
+if __name__ == "__main__":  # python -m pspnet_deploy.checkpoint release SRC DST
+    import sys
+
+    if len(sys.argv) != 4 or sys.argv[1] != "release":
+        print("usage: python -m pspnet_deploy.checkpoint release SRC.pt DST.pt", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps(release_checkpoint(sys.argv[2], sys.argv[3])))

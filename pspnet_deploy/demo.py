@@ -73,11 +73,17 @@ def main(argv=None) -> int:
 
     _step(3, total, "INT8: calibrate on the train split, Q/DQ ONNX, accuracy on val")
     int8 = out / "export" / "model.int8.onnx"
-    r8 = calibrate_onnx(fp32, int8, a.data, split="train", num_images=64, method="entropy", progress=False)
-    print(f"  {int8.name}: {json.dumps({k: r8[k] for k in ('method', 'num_images') if k in r8})}")
+    int8_ort = out / "export" / "model.int8-ort.onnx"
+    calibrate_onnx(fp32, int8, a.data, split="train", num_images=64, method="entropy", progress=False,
+                   cache_dir=out / "calib-cache")
+    # same ranges, ONNX Runtime's placement: the file ONNX Runtime's CPU kernels run in INT8
+    calibrate_onnx(fp32, int8_ort, table=int8.with_suffix(".calib.json"), placement="ort", progress=False)
+    print(f"  {int8.name} (TensorRT placement), {int8_ort.name} (ONNX Runtime placement)")
 
     _step(4, total, "benchmark PyTorch FP32, ONNX Runtime FP32/FP16/INT8 with accuracy")
-    report = run_bench([str(ckpt), str(fp32), str(fp16), str(int8)], out / "report", data=a.data, split="val",
+    models = [(str(ckpt), "torch-fp32"), (str(fp32), "ort-fp32"), (str(fp16), "ort-fp16"), (str(int8), "ort-int8-trtqdq"),
+              (str(int8_ort), "ort-int8")]
+    report = run_bench(models, out / "report", data=a.data, split="val",
                        iterations=a.iterations, warmup=5, threads=a.threads, scope="both", progress=True)
 
     _step(5, total, "done")

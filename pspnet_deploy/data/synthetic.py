@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from ..errors import UserError
-from .base import IGNORE_INDEX, DatasetInfo
+from .base import IGNORE_INDEX, DatasetInfo, SegmentationDataset
 
 SYNTHETIC_CLASSES = ["background", "road", "water", "car", "boat"]
 SYNTHETIC_PALETTE = [[70, 130, 180], [128, 64, 128], [0, 170, 200], [220, 20, 60], [255, 200, 0]]
@@ -150,8 +150,8 @@ def render_scene(rng: np.random.Generator, size: tuple[int, int] = (96, 128)) ->
     return np.clip(img, 0, 255).round().astype(np.uint8), mask
 
 
-class SyntheticDataset:
-    """Same interface as :class:`~pspnet_deploy.data.base.SegmentationDataset`, generated on the fly."""
+class SyntheticDataset(SegmentationDataset):
+    """A :class:`~pspnet_deploy.data.base.SegmentationDataset` generated on the fly (no files)."""
 
     def __init__(self, split: str = "train", seed: int = 0, num_images: int | None = None,
                  size: tuple[int, int] = (96, 128), transform: Callable | None = None, cache: bool = True):
@@ -197,19 +197,6 @@ class SyntheticDataset:
 
     def load_mask(self, index: int, shape: tuple[int, int] | None = None) -> np.ndarray:
         return self.load(index)[1]
-
-    def preload(self) -> None:
-        """Generate every sample once and keep it in memory."""
-        if self._cache is None:
-            self._cache = {}
-        for i in range(len(self)):
-            self.load(i)
-
-    def __getitem__(self, index: int):
-        img, mask = self.load(index)
-        if self.transform is not None:
-            return self.transform(img, mask)
-        return img, mask
 
 
 def synthetic(split: str = "train", seed: int = 0, num_images: int | None = None, size: tuple[int, int] = (96, 128),

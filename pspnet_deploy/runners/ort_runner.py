@@ -23,6 +23,11 @@ def read_onnx_metadata(path: str | Path) -> dict:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - onnx raises several types for bad files
         raise UserError(f"{path}: cannot read ONNX model ({type(e).__name__}); is it a valid .onnx file?") from e
+    return metadata_from_proto(model)
+
+
+def metadata_from_proto(model) -> dict:
+    """The ``pspnet.*`` metadata_props of a loaded ``onnx.ModelProto``, JSON-decoded."""
     meta = {}
     for p in model.metadata_props:
         if p.key.startswith("pspnet."):
