@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(PIP_FIND) "$(TORCH_SPEC)"
-	$(PY) -m pip install -q $(PIP_FIND) -e ".[test,fp16,triton]"
+	$(PY) -m pip install -q $(PIP_FIND) -e ".[test,triton]"
 	touch $@
 
 venv: $(VENV)/.installed
