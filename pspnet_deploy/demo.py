@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     r32 = export_onnx(ckpt, fp32, size, verify_data=a.data, progress=False)
     r16 = export_onnx(ckpt, fp16, size, fp16=True, verify_data=a.data, progress=False)
     for r in (r32, r16):
-        p = r.get("parity", r)
+        p = r["parity"]["metrics"]
         print(f"  {Path(r['path']).name}: argmax agreement {100 * p.get('argmax_agreement', float('nan')):.3f}%, "
               f"max abs {p.get('max_abs', float('nan')):.2e}")
 
