@@ -95,6 +95,14 @@ def parity_report_path(onnx_path: str | Path) -> Path:
     return Path(onnx_path).with_suffix(".parity.json")
 
 
+def _finish_report(report: dict, out_path: Path, t0: float) -> None:
+    """Add the written file's hash, size and the elapsed time; write the report beside the model."""
+    report["sha256"] = sha256_file(out_path)
+    report["size_bytes"] = out_path.stat().st_size
+    report["time_s"] = round(time.time() - t0, 2)
+    atomic_write_json(parity_report_path(out_path), jsonable(report))
+
+
 def _check_writable(path: Path) -> None:
     """Fail early (before minutes of export) when the output cannot be written."""
     with atomic_path(path) as tmp:
@@ -698,10 +706,7 @@ def convert_fp16(fp32_onnx_path, out_path, calibration_images=None, margin: floa
                                 f"(nothing written; raise --fp16-margin or loosen tolerances)")
         else:
             report["parity"] = {"skipped": True}
-    report["sha256"] = sha256_file(out_path)
-    report["size_bytes"] = out_path.stat().st_size
-    report["time_s"] = round(time.time() - t0, 2)
-    atomic_write_json(parity_report_path(out_path), jsonable(report))
+    _finish_report(report, out_path, t0)
     _log(progress, f"wrote {out_path} ({len(info['blocked_nodes'])} nodes kept FP32)")
     return report
 
@@ -843,10 +848,7 @@ def export_onnx(checkpoint, out=None, input_size=None, batch: int = 1, dynamic_b
             _log(progress, f"parity ok: {format_metrics(parity['metrics'])}")
         else:
             report["parity"] = {"skipped": True}
-    report["sha256"] = sha256_file(out_path)
-    report["size_bytes"] = out_path.stat().st_size
-    report["time_s"] = round(time.time() - t0, 2)
-    atomic_write_json(parity_report_path(out_path), jsonable(report))
+    _finish_report(report, out_path, t0)
     _log(progress, f"wrote {out_path} ({report['size_bytes'] / 1e6:.1f} MB, {report['nodes']} nodes, "
                    f"pyramid pooling {n_pool} nodes) and {parity_report_path(out_path).name}")
     return report
