@@ -44,6 +44,14 @@ PLOT_PARETO = "latency_vs_miou.png"
 PLOT_DISTRIBUTION = "latency_distribution.png"
 
 
+def _png_bytes(fig) -> bytes:
+    """A finished matplotlib figure as PNG bytes (the caller closes it)."""
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
 def clean(obj):
     """Recursively replace NaN/inf by None (strict JSON)."""
     if isinstance(obj, float):
@@ -218,12 +226,9 @@ def plot_pareto(report: dict) -> bytes | None:
         ax.set_ylabel("mIoU (%)")
         ax.set_title("Latency vs accuracy")
         ax.grid(True, alpha=0.3)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
+        return _png_bytes(fig)
     finally:
         plt.close(fig)
-    return buf.getvalue()
 
 
 def plot_latency_distribution(report: dict) -> bytes | None:
@@ -247,12 +252,9 @@ def plot_latency_distribution(report: dict) -> bytes | None:
             ax.set_ylabel("latency per call (ms)")
             ax.set_title(f"scope {scope}, batch {batch} (whiskers p1-p99)")
             ax.grid(True, axis="y", alpha=0.3)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
+        return _png_bytes(fig)
     finally:
         plt.close(fig)
-    return buf.getvalue()
 
 
 def write_reports(report: dict, out_dir: str | Path) -> list[str]:
