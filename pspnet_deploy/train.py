@@ -55,6 +55,7 @@ class TrainConfig:
     scale: list = field(default_factory=lambda: [0.5, 2.0])
     rotate: float = 10.0
     blur_prob: float = 0.5
+    color_jitter: float = 0.0
     class_weights: str = "none"
     val_every: int = 1
     val_limit: int | None = None
@@ -106,6 +107,21 @@ def median_frequency_weights(dataset, num_classes: int, ignore_index: int) -> to
     freq = counts / np.maximum(present, 1)
     w = np.where(freq > 0, np.median(freq[freq > 0]) / np.maximum(freq, 1e-12), 0.0)
     return torch.tensor(w, dtype=torch.float32)
+
+
+CLASS_WEIGHTS = ("none", "median-freq", "sqrt-median-freq")
+
+
+def class_weights(dataset, mode: str) -> torch.Tensor | None:
+    """Loss weights per class: ``none``; ``median-freq`` (SegNet's median frequency balancing);
+    ``sqrt-median-freq``, its square root: rare classes still count more, frequent ones (Building,
+    Road) are traded away less."""
+    if mode not in CLASS_WEIGHTS:
+        raise UserError(f"--class-weights must be one of {', '.join(CLASS_WEIGHTS)}, got {mode!r}")
+    if mode == "none":
+        return None
+    w = median_frequency_weights(dataset, dataset.info.num_classes, dataset.info.ignore_index)
+    return w.sqrt() if mode == "sqrt-median-freq" else w
 
 
 def poly_lr(base: float, it: int, max_it: int, power: float, warmup: int = 0) -> float:
@@ -190,14 +206,11 @@ def train(cfg: TrainConfig) -> dict:
     optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
-    weight = None
-    if cfg.class_weights == "median-freq":
-        weight = median_frequency_weights(train_ds, info.num_classes, info.ignore_index).to(device)
-    elif cfg.class_weights != "none":
-        raise UserError(f"--class-weights must be none or median-freq, got {cfg.class_weights!r}")
+    weight = class_weights(train_ds, cfg.class_weights)
+    weight = weight.to(device) if weight is not None else None
 
     transform = TrainTransform(tuple(cfg.crop), preprocess, tuple(cfg.scale), cfg.rotate, True, cfg.blur_prob,
-                               info.ignore_index, cfg.seed)
+                               info.ignore_index, cfg.seed, color_jitter=cfg.color_jitter)
     aug = _Augmented(train_ds, transform, cfg.seed)
     sampler = DistributedSampler(aug, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
     loader = DataLoader(aug, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True,

@@ -15,8 +15,10 @@ def build_parser():
     p = make_parser(PROG, "Train PSPNet (SGD, poly lr, aux loss 0.4, paper augmentations). "
                           "Multi-process: torchrun --nproc_per_node N -m pspnet_deploy.cli.train ...")
     p.add_argument("--data", default=d.data, help="dataset folder (CamVid, Cityscapes, ADE20K, VOC, plain folder) or synthetic[:SEED]")
-    p.add_argument("--train-split", default=d.train_split)
-    p.add_argument("--val-split", default=d.val_split, help="'' to skip validation")
+    p.add_argument("--train-split", default=d.train_split,
+                   help="split or split expression: train+val joins, train!0006R0 drops files starting with 0006R0")
+    p.add_argument("--val-split", default=d.val_split,
+                   help="selection split ('' to skip validation), e.g. train@0006R0 to select on a held-out sequence")
     p.add_argument("--out", default=d.out, help="folder for last.pt, best.pt, history.json")
     p.add_argument("--backbone", default=d.backbone, choices=["resnet18", "resnet34", "resnet50", "resnet101"])
     p.add_argument("--output-stride", type=int, default=d.output_stride, choices=[8, 16])
@@ -38,7 +40,10 @@ def build_parser():
     p.add_argument("--scale", type=float, nargs=2, default=d.scale, metavar=("MIN", "MAX"))
     p.add_argument("--rotate", type=float, default=d.rotate, help="max rotation in degrees")
     p.add_argument("--blur-prob", type=float, default=d.blur_prob)
-    p.add_argument("--class-weights", default=d.class_weights, choices=["none", "median-freq"])
+    p.add_argument("--color-jitter", type=float, default=d.color_jitter,
+                   help="brightness/contrast/saturation jitter strength in [0, 1) (0 = off)")
+    p.add_argument("--class-weights", default=d.class_weights, choices=["none", "median-freq", "sqrt-median-freq"],  # train.CLASS_WEIGHTS (not imported: torch)
+                   help="sqrt-median-freq: the square root of SegNet's median-frequency weights (softer)")
     p.add_argument("--val-every", type=int, default=d.val_every, help="validate every N epochs (and the last)")
     p.add_argument("--val-limit", type=int, default=None, help="validate on the first N images only")
     p.add_argument("--max-steps-per-epoch", type=int, default=None)
@@ -62,7 +67,7 @@ def main(argv=None) -> int:
                       head_lr_mult=a.head_lr_mult, momentum=a.momentum, weight_decay=a.weight_decay, power=a.power,
                       warmup_iters=a.warmup_iters, aux_weight=a.aux_weight, crop=list(a.crop),
                       input_size=list(a.input_size) if a.input_size else None, scale=list(a.scale), rotate=a.rotate,
-                      blur_prob=a.blur_prob, class_weights=a.class_weights, val_every=a.val_every,
+                      blur_prob=a.blur_prob, color_jitter=a.color_jitter, class_weights=a.class_weights, val_every=a.val_every,
                       val_limit=a.val_limit, max_steps_per_epoch=a.max_steps_per_epoch, workers=a.workers,
                       threads=a.threads, seed=a.seed, init=a.init, resume=a.resume, device=a.device,
                       progress=not a.no_progress)

@@ -98,6 +98,19 @@ class SegmentationDataset:
             self._cache[index] = (img, mask)
         return img, mask
 
+    def subset(self, indices: Sequence[int]) -> "SegmentationDataset":
+        """The same dataset restricted to ``indices`` (in that order)."""
+        return SegmentationDataset([self.samples[i] for i in indices], self.info, self.label_map, self.transform)
+
+    def concat(self, others: Sequence["SegmentationDataset"]) -> "SegmentationDataset":
+        """This dataset followed by ``others`` (same classes; e.g. two splits of one dataset)."""
+        samples = list(self.samples)
+        for o in others:
+            if o.info.classes != self.info.classes or not hasattr(o, "samples"):
+                raise UserError(f"cannot join splits with different classes ({self.info.name} and {o.info.name})")
+            samples += o.samples
+        return SegmentationDataset(samples, self.info, self.label_map, self.transform)
+
     def preload(self) -> None:
         """Decode every sample once and keep it in memory."""
         if self._cache is None:

@@ -1,6 +1,7 @@
 """Open a dataset by folder (layout detected) or by a built-in name."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from ..errors import UserError
@@ -12,7 +13,49 @@ def open_dataset(spec: str | Path, split: str = "train", **kwargs):
 
     Layouts: CamVid (SegNet), Cityscapes, ADE20K, Pascal VOC 2012, plain folder
     (``images/``, ``masks/``, ``classes.txt``), each detected from its folders.
+
+    ``split`` is a split name or a split expression (:func:`parse_split`): ``train+val`` joins
+    splits, ``train!0006R0`` drops the images whose file name starts with ``0006R0`` (a CamVid
+    sequence) and ``train@0006R0`` keeps only those, so one sequence can be held out of training
+    and used for selection.
     """
+    terms = parse_split(split)
+    if len(terms) == 1 and not terms[0][2]:
+        return _open_one(spec, terms[0][0], **kwargs)
+    parts = []
+    for name, mode, prefixes in terms:
+        ds = _open_one(spec, name, **kwargs)
+        if not hasattr(ds, "samples"):
+            raise UserError(f"{spec}: split expressions ({split!r}) need a dataset of image files, not a generated one")
+        if mode:
+            keep = [i for i, p in enumerate(ds.image_paths) if p.name.startswith(prefixes) == (mode == "@")]
+            if not keep:
+                seen = sorted({p.name.split("_")[0] for p in ds.image_paths})
+                raise UserError(f"{spec}: split {name!r} has no images {'starting' if mode == '@' else 'left after removing those starting'} "
+                                f"with {', '.join(prefixes)} (file names start with e.g. {', '.join(seen[:6])})")
+            ds = ds.subset(keep)
+        parts.append(ds)
+    return parts[0] if len(parts) == 1 else parts[0].concat(parts[1:])
+
+
+def parse_split(split: str) -> list[tuple[str, str, tuple[str, ...]]]:
+    """``'train!0006R0+val'`` -> ``[('train', '!', ('0006R0',)), ('val', '', ())]``.
+
+    A term is ``NAME``, ``NAME@P1,P2`` (only files whose name starts with one of the prefixes) or
+    ``NAME!P1,P2`` (all but those); terms are joined with ``+``.
+    """
+    terms = []
+    for term in str(split).split("+"):
+        m = re.fullmatch(r"([A-Za-z0-9_.-]+)(?:([@!])([^@!+]+))?", term.strip())
+        if not m or (m.group(2) and not all(p.strip() for p in m.group(3).split(","))):
+            raise UserError(f"split {split!r}: expected NAME, NAME@PREFIX[,PREFIX] or NAME!PREFIX[,PREFIX], "
+                            f"joined with '+' (e.g. train!0006R0 or train@0006R0)")
+        prefixes = tuple(p.strip() for p in m.group(3).split(",")) if m.group(2) else ()
+        terms.append((m.group(1), m.group(2) or "", prefixes))
+    return terms
+
+
+def _open_one(spec: str | Path, split: str, **kwargs):
     s = str(spec)
     if s == "synthetic" or s.startswith("synthetic:"):
         from .synthetic import synthetic

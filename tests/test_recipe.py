@@ -1,0 +1,131 @@
+"""Training-recipe pieces of issue 13: split expressions (hold a sequence out for selection),
+colour jitter, softened class weights."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import CAMVID, needs_camvid
+from pspnet_deploy.data import Preprocess, open_dataset
+from pspnet_deploy.data.registry import parse_split
+from pspnet_deploy.data.transforms import TrainTransform, jitter_colors
+from pspnet_deploy.errors import UserError
+
+
+def _camvid_with_sequences(root: Path, rng) -> Path:
+    """A CamVid layout whose train split holds two 'sequences' (file-name prefixes)."""
+    names = {"train": ["0001TP_0001", "0001TP_0002", "0006R0_f0001", "0006R0_f0002", "0006R0_f0003"],
+             "val": ["0016E5_0001"]}
+    for split, stems in names.items():
+        for d in (root / split, root / f"{split}annot"):
+            d.mkdir(parents=True)
+        for i, stem in enumerate(stems):
+            cv2.imwrite(str(root / split / f"{stem}.png"), rng.integers(0, 256, (40, 48, 3), dtype=np.uint8))
+            mask = np.zeros((40, 48), np.uint8)  # class i on the top 8(i+1) rows, class 0 below
+            mask[:8 * (i + 1)] = i % 11
+            cv2.imwrite(str(root / f"{split}annot" / f"{stem}.png"), mask)
+    return root
+
+
+def _stems(ds) -> list[str]:
+    return [p.stem for p in ds.image_paths]
+
+
+def test_split_expressions_hold_a_sequence_out(tmp_path, rng):
+    root = _camvid_with_sequences(tmp_path / "camvid", rng)
+    train = _stems(open_dataset(root, "train!0006R0"))
+    held = _stems(open_dataset(root, "train@0006R0"))
+    assert train == ["0001TP_0001", "0001TP_0002"]
+    assert held == ["0006R0_f0001", "0006R0_f0002", "0006R0_f0003"]
+    assert not set(train) & set(held)
+    both = open_dataset(root, "train!0006R0+val")
+    assert _stems(both) == train + ["0016E5_0001"]
+    # the joined dataset still maps void and reads masks of the right split
+    assert both.load_mask(2).shape == (40, 48)
+    assert _stems(open_dataset(root, "train@0001TP,0006R0")) == _stems(open_dataset(root, "train"))
+
+
+@pytest.mark.parametrize("split, needle", [
+    ("train@9999", "no images starting with 9999"),
+    ("train!0001TP,0006R0", "no images left"),
+    ("train@", "expected NAME"),
+    ("tr ain", "expected NAME"),
+    ("test", "not found"),
+])
+def test_bad_split_expressions_are_one_line(tmp_path, rng, split, needle):
+    root = _camvid_with_sequences(tmp_path / "camvid", rng)
+    with pytest.raises(UserError) as e:
+        open_dataset(root, split)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_split_expressions_refused_for_generated_data():
+    with pytest.raises(UserError, match="need a dataset of image files"):
+        open_dataset("synthetic", "train+val")
+
+
+def test_parse_split():
+    assert parse_split("train") == [("train", "", ())]
+    assert parse_split("train!0006R0+val") == [("train", "!", ("0006R0",)), ("val", "", ())]
+    assert parse_split("train@a,b") == [("train", "@", ("a", "b"))]
+
+
+@needs_camvid
+def test_camvid_sequences_split_cleanly():
+    held = open_dataset(CAMVID, "train@0006R0")
+    rest = open_dataset(CAMVID, "train!0006R0")
+    assert len(held) + len(rest) == len(open_dataset(CAMVID, "train")) and len(held) > 50
+    assert all(p.name.startswith("0006R0") for p in held.image_paths)
+    assert not any(p.name.startswith("0006R0") for p in rest.image_paths)
+
+
+def test_jitter_changes_light_not_geometry(rng):
+    img = rng.integers(0, 256, (32, 40, 3), dtype=np.uint8)
+    out = jitter_colors(img, np.random.default_rng(3), 0.4)
+    assert out.shape == img.shape and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - img).mean() > 1.0  # it does something
+    again = jitter_colors(img, np.random.default_rng(3), 0.4)
+    np.testing.assert_array_equal(out, again)  # seeded
+    flat = np.full((8, 8, 3), 100, np.uint8)  # a grey image stays grey (no hue shift)
+    g = jitter_colors(flat, np.random.default_rng(5), 0.4)
+    assert (g[..., 0] == g[..., 1]).all() and (g[..., 1] == g[..., 2]).all()
+
+
+def test_jitter_off_keeps_the_augmentation_stream(rng):
+    """color_jitter=0 draws no random numbers, so runs and resumes made before it stay identical."""
+    img = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    mask = rng.integers(0, 11, (60, 80), dtype=np.uint8)
+    pre = Preprocess(input_size=(48, 48))
+    a = TrainTransform((48, 48), pre, seed=7)
+    b = TrainTransform((48, 48), pre, seed=7, color_jitter=0.0)
+    xa, ya = a(img, mask)
+    xb, yb = b(img, mask)
+    np.testing.assert_array_equal(xa, xb)
+    np.testing.assert_array_equal(ya, yb)
+    c = TrainTransform((48, 48), pre, seed=7, color_jitter=0.3)
+    xc, yc = c(img, mask)
+    assert not np.array_equal(xa, xc)
+    with pytest.raises(UserError, match="--color-jitter"):
+        TrainTransform((48, 48), pre, color_jitter=1.5)
+
+
+def test_class_weight_modes(tmp_path, rng):
+    import torch
+
+    from pspnet_deploy.train import class_weights
+
+    root = _camvid_with_sequences(tmp_path / "camvid", rng)
+    ds = open_dataset(root, "train")  # ids 0..4 with unequal areas
+    assert class_weights(ds, "none") is None
+    mf = class_weights(ds, "median-freq")
+    sq = class_weights(ds, "sqrt-median-freq")
+    assert mf.shape == sq.shape == (11,)
+    assert (mf[5:] == 0).all() and (mf[:5] > 0).all()  # absent classes get no weight
+    assert float(mf[:5].max() / mf[:5].min()) > 2  # unequal frequencies, unequal weights
+    assert float(mf[:5].median()) == pytest.approx(1.0)  # median frequency / freq: the median class weighs 1
+    torch.testing.assert_close(sq, mf.sqrt())
+    with pytest.raises(UserError, match="sqrt-median-freq"):
+        class_weights(ds, "inverse")
