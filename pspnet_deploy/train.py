@@ -282,7 +282,7 @@ def train(cfg: TrainConfig) -> dict:
             scaler.update()
             global_step += 1
             losses.append(float(loss.item()))
-            bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{lr:.2e}")
+            bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{lr:.2e}", refresh=False)
             bar.update(1)
         record = {"epoch": epoch + 1, "step": global_step, "loss": float(np.mean(losses)), "lr": lr,
                   "epoch_time_s": time.time() - t0}
