@@ -79,7 +79,8 @@ def _torchscript(model, size) -> str:
 def _our_counts(ckpt: Path, size, d: Path) -> dict:
     import onnx
 
-    from pspnet_deploy.export import export_onnx, static_pool_node_names
+    from pspnet_deploy.export import export_onnx
+    from pspnet_deploy.onnx_graph import static_pool_node_names
 
     t = time.time()
     out = d / f"ours_{size[0]}x{size[1]}.onnx"

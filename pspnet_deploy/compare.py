@@ -18,12 +18,14 @@ Metrics (keys of the dict :func:`compare_outputs` returns):
 from __future__ import annotations
 
 import math
+import time
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
-__all__ = ["DEFAULT_TOLERANCES", "TOLERANCE_KEYS", "Comparison", "check", "compare_outputs", "jsonable", "parse_tolerances",
-           "tolerances_for", "format_metrics"]
+__all__ = ["DEFAULT_TOLERANCES", "TOLERANCE_KEYS", "Comparison", "check", "compare_outputs", "parse_tolerances",
+           "tolerances_for", "format_metrics", "parity_report_path", "write_parity_report"]
 
 #: tolerance key -> (metric key, "max" | "min"): "max" means metric <= value, "min" metric >= value
 TOLERANCE_KEYS: dict[str, tuple[str, str]] = {
@@ -249,14 +251,17 @@ def format_metrics(m: Mapping) -> str:
     return ", ".join(parts)
 
 
-def jsonable(obj):
-    """Copy of ``obj`` safe for strict JSON: NaN/Inf floats become strings, numpy scalars Python."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
-        return str(obj)
-    return obj
+def parity_report_path(onnx_path: str | Path) -> Path:
+    """``model.fp32.onnx`` -> ``model.fp32.parity.json`` (beside the model)."""
+    return Path(onnx_path).with_suffix(".parity.json")
+
+
+def write_parity_report(report: dict, out_path: str | Path, t0: float) -> None:
+    """Add the written model's hash, size and the elapsed time to ``report``; write it beside the model."""
+    from .utils import atomic_write_json, jsonable, sha256_file
+
+    out_path = Path(out_path)
+    report["sha256"] = sha256_file(out_path)
+    report["size_bytes"] = out_path.stat().st_size
+    report["time_s"] = round(time.time() - t0, 2)
+    atomic_write_json(parity_report_path(out_path), jsonable(report))

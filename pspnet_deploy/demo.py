@@ -37,8 +37,8 @@ def main(argv=None) -> int:
     import torch
 
     from .bench import run_bench
-    from .calibrate import calibrate_onnx
     from .export import export_onnx
+    from .precision.calibrate import calibrate_onnx
     from .train import TrainConfig, train
 
     a = build_parser().parse_args(argv)

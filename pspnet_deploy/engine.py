@@ -694,7 +694,7 @@ def _make_variant(plan: BuildPlan, opts: BuildOptions, log) -> dict:
     """Write the FP16 or INT8 ONNX that ``plan.convert`` asks for (export / calibration code, CPU)."""
     if plan.convert == "fp16":
         try:
-            from .export import convert_fp16
+            from .precision.fp16 import convert_fp16
         except ImportError as e:
             raise UserError(f"FP16 conversion is not available in this build ({e}); export the FP16 ONNX with "
                             f"pspnet-export --fp16 and pass it instead") from e
@@ -707,12 +707,13 @@ def _make_variant(plan: BuildPlan, opts: BuildOptions, log) -> dict:
         return convert_fp16(str(plan.source_onnx), str(plan.build_onnx), **kwargs) or {}
     if plan.convert == "int8":
         try:
-            from .calibrate import calibrate_onnx
+            from .evaluate import onnx_miou  # --calib-method auto measures accuracy
+            from .precision.calibrate import calibrate_onnx
         except ImportError as e:
             raise UserError(f"INT8 calibration is not available in this build ({e}); calibrate with pspnet-calibrate "
                             f"and pass the INT8 ONNX instead") from e
         log(f"calibrating the INT8 Q/DQ ONNX {plan.build_onnx} from {plan.source_onnx} on {opts.calib_data}")
-        kwargs = {"split": opts.calib_split, "method": opts.calib_method}
+        kwargs = {"split": opts.calib_split, "method": opts.calib_method, "evaluator": onnx_miou}
         if opts.calib_images is not None:
             kwargs["num_images"] = opts.calib_images
         return calibrate_onnx(str(plan.source_onnx), str(plan.build_onnx), opts.calib_data, **kwargs) or {}

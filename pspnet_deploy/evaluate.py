@@ -72,3 +72,13 @@ def evaluate(runner, dataset, limit: int | None = None, batch_size: int = 1, pro
     summary["num_images"] = n
     summary["confusion_matrix"] = cm.mat.tolist()
     return summary
+
+
+def onnx_miou(path, dataset, limit: int | None = None, threads: int | None = None, progress: bool = True,
+              desc: str = "eval") -> float:
+    """mIoU (0..1) of an ONNX file on ``dataset``, whole-image, ONNX Runtime on CPU: the evaluator
+    the command layer hands to :func:`pspnet_deploy.precision.calibrate.calibrate_onnx`."""
+    from .runners.ort_runner import OrtRunner
+
+    runner = OrtRunner.from_file(str(path), threads=threads)
+    return float(evaluate(runner, dataset, limit=limit, progress=progress, desc=desc)["miou"])

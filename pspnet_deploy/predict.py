@@ -23,12 +23,11 @@ import cv2
 import numpy as np
 
 from .data.base import default_palette
-from .data.io import read_image, write_png_atomic
+from .data.io import IMAGE_EXTS, ensure_rgb, read_image, write_png_atomic
 from .errors import UserError
-from .sliding import ensure_rgb, make_predictor
+from .sliding import make_predictor
 from .utils import atomic_path
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 
 

@@ -24,31 +24,12 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from .data.io import ensure_rgb
 from .errors import UserError
 from .evaluate import resize_logits
 
 #: windows per call for runners that accept any batch size
 DEFAULT_WINDOW_BATCH = 4
-
-
-def ensure_rgb(image: np.ndarray, what: str = "image") -> np.ndarray:
-    """HxWx3 RGB uint8 from an array: grayscale expanded, alpha dropped, 16-bit scaled to 8-bit."""
-    img = np.asarray(image)
-    if img.dtype == np.uint16:
-        img = (img / 257.0).round().astype(np.uint8)
-    elif img.dtype != np.uint8:
-        raise UserError(f"{what}: pixel type {img.dtype} is not supported; give an 8-bit (or 16-bit) RGB image")
-    if img.ndim == 2:
-        img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    elif img.ndim == 3 and img.shape[2] == 1:
-        img = cv2.cvtColor(img[..., 0], cv2.COLOR_GRAY2RGB)
-    elif img.ndim == 3 and img.shape[2] == 4:
-        img = np.ascontiguousarray(img[..., :3])
-    elif not (img.ndim == 3 and img.shape[2] == 3):
-        raise UserError(f"{what}: expected an HxW or HxWxC image with 1, 3 or 4 channels, got shape {img.shape}")
-    if img.shape[0] < 1 or img.shape[1] < 1:
-        raise UserError(f"{what}: image is empty ({img.shape[1]}x{img.shape[0]})")
-    return np.ascontiguousarray(img)
 
 
 def _batch_limit(runner, want: int | None) -> int:

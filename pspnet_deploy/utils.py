@@ -1,9 +1,11 @@
-"""Small shared helpers: atomic writes, hashing, versions."""
+"""Small shared helpers: atomic writes, hashing, versions, strict-JSON copies."""
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,6 +38,32 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+class _ProbeDone(Exception):
+    pass
+
+
+def check_writable(path: str | Path, expect: str = "a file path") -> None:
+    """Fail early (before minutes of work) when a file cannot be written at ``path``; leaves nothing.
+    ``expect`` says what to give instead of a folder (e.g. "an .onnx file path")."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; give {expect}")
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(b"")
+            raise _ProbeDone  # leave nothing behind
+    except _ProbeDone:
+        pass
+    except PermissionError as e:
+        raise UserError(f"{path}: cannot write here ({e.strerror}); choose a writable output path") from e
+
+
+def say(progress: bool, msg: str) -> None:
+    """A progress line on stderr (stdout carries a command's result); nothing when ``progress`` is off."""
+    if progress:
+        print(msg, file=sys.stderr, flush=True)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -71,3 +99,23 @@ def versions() -> dict:
         except md.PackageNotFoundError:
             pass
     return out
+
+
+def jsonable(obj):
+    """Copy of ``obj`` safe for strict JSON: NaN/Inf floats become strings, numpy scalars and arrays
+    Python values, paths strings."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
+        return str(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj

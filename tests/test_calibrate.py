@@ -20,6 +20,8 @@ from torch import nn
 
 from conftest import ROOT, TINY_SIZE, make_tiny_model, tiny_meta
 
+from pspnet_deploy.evaluate import onnx_miou
+
 THREADS = int(os.environ.get("PSPNET_TEST_THREADS", "1"))
 H, W = TINY_SIZE
 #: stated agreement thresholds for INT8 vs FP32 on the trained tiny net (synthetic val)
@@ -76,7 +78,7 @@ class TinyNet(nn.Module):
 def _export_tiny(net: nn.Module, path: Path) -> Path:
     import onnx
 
-    from pspnet_deploy.export import write_onnx_metadata
+    from pspnet_deploy.onnx_graph import write_onnx_metadata
 
     net = net.eval()
     with warnings.catch_warnings():
@@ -184,8 +186,9 @@ def test_qdq_structure_metadata_and_cache(pspnet_fp32, image_folder, tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    from pspnet_deploy.calibrate import calibrate_onnx, read_calibration_table
-    from pspnet_deploy.export import static_pool_node_names
+    from pspnet_deploy.precision.calibrate import calibrate_onnx
+    from pspnet_deploy.precision.table import read_calibration_table
+    from pspnet_deploy.onnx_graph import static_pool_node_names
     from pspnet_deploy.parser_check import check_onnx_for_tensorrt
     from pspnet_deploy.runners import load_runner
     from pspnet_deploy.utils import sha256_file
@@ -283,7 +286,7 @@ def test_qdq_structure_metadata_and_cache(pspnet_fp32, image_folder, tmp_path):
 
 
 def test_int8_agrees_with_fp32_on_trained_model(trained_fp32, tmp_path):
-    from pspnet_deploy.calibrate import calibrate_onnx
+    from pspnet_deploy.precision.calibrate import calibrate_onnx
     from pspnet_deploy.compare import compare_outputs
 
     out = tmp_path / "tiny.int8.onnx"
@@ -306,12 +309,12 @@ def test_int8_agrees_with_fp32_on_trained_model(trained_fp32, tmp_path):
 
 
 def test_method_auto_evaluates_each_and_keeps_best(trained_fp32, tmp_path):
-    from pspnet_deploy.calibrate import calibrate_onnx
+    from pspnet_deploy.precision.calibrate import calibrate_onnx
     from pspnet_deploy.runners.ort_runner import read_onnx_metadata
 
     out = tmp_path / "auto.int8.onnx"
     rep = calibrate_onnx(trained_fp32, out, "synthetic", num_images=16, method="auto", eval_limit=8,
-                         cache_dir=tmp_path / "c", progress=False, threads=THREADS)
+                         cache_dir=tmp_path / "c", progress=False, threads=THREADS, evaluator=onnx_miou)
     assert set(rep["methods"]) == {"minmax", "entropy", "percentile"}
     best = max(v["miou"] for v in rep["methods"].values())
     assert rep["methods"][rep["method"]]["miou"] == best and rep["int8_miou"] == best
@@ -336,7 +339,7 @@ def _planted_node(model_path) -> str:
 def test_budget_keeps_planted_sensitive_node_fp32(planted_fp32, tmp_path):
     import onnx
 
-    from pspnet_deploy.calibrate import calibrate_onnx
+    from pspnet_deploy.precision.calibrate import calibrate_onnx
     from pspnet_deploy.runners.ort_runner import read_onnx_metadata
 
     planted = _planted_node(planted_fp32)
@@ -344,7 +347,7 @@ def test_budget_keeps_planted_sensitive_node_fp32(planted_fp32, tmp_path):
     budget = 2.0
     rep = calibrate_onnx(planted_fp32, out, "synthetic", num_images=16, method="minmax", max_miou_drop=budget,
                          eval_limit=12, cache_dir=tmp_path / "c", progress=False, threads=THREADS,
-                         sensitivity_images=4)
+                         sensitivity_images=4, evaluator=onnx_miou)
     s = rep["sensitivity"]
     assert rep["methods"]["minmax"]["drop_points"] > budget  # the plant does wreck all-INT8
     assert s["ranking"][0]["node"] == planted
@@ -365,14 +368,14 @@ def test_budget_keeps_planted_sensitive_node_fp32(planted_fp32, tmp_path):
 
 
 def test_budget_that_cannot_be_met_writes_no_model(planted_fp32, tmp_path):
-    from pspnet_deploy.calibrate import calibrate_onnx
     from pspnet_deploy.errors import UserError
+    from pspnet_deploy.precision.calibrate import calibrate_onnx
 
     out = tmp_path / "planted.int8.onnx"
     with pytest.raises(UserError, match=r"budget 0\.5 points not met: best plan keeps 0 node"):
         calibrate_onnx(planted_fp32, out, "synthetic", num_images=16, method="minmax", max_miou_drop=0.5,
                        eval_limit=12, cache_dir=tmp_path / "c", progress=False, threads=THREADS,
-                       sensitivity_images=2, max_fp32_nodes=0)
+                       sensitivity_images=2, max_fp32_nodes=0, evaluator=onnx_miou)
     assert not out.exists() and not out.with_suffix(".calib.json").exists()
     assert (tmp_path / "planted.int8.sensitivity.md").is_file()  # the plan is reported
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".calib-")]  # no work files left
@@ -384,18 +387,18 @@ def test_budget_that_cannot_be_met_writes_no_model(planted_fp32, tmp_path):
 
 
 def test_amax_methods_on_known_distributions():
-    from pspnet_deploy.calibrate import _AbsHistogram, _entropy_amax, amax_from_stats
+    from pspnet_deploy.precision.ranges import AbsHistogram, amax_from_stats, entropy_amax
 
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(0, 1, 100_000), [50.0]]).astype(np.float32)
-    h = _AbsHistogram()
+    h = AbsHistogram()
     for part in np.array_split(x[::-1], 7):  # the range grows across updates: bins merge, counts kept
         h.update(part)
     hist, width, amax = h.to_arrays()
     assert hist.sum() == x.size and amax == 50.0 and width * hist.size >= 50.0
     a = amax_from_stats({"t": (hist, width, amax)}, "minmax")["t"]
     p = amax_from_stats({"t": (hist, width, amax)}, "percentile", 99.9)["t"]
-    e = _entropy_amax(hist, width, amax)
+    e = entropy_amax(hist, width, amax)
     assert a == 50.0
     assert 3.0 < p < 4.0  # 99.9th percentile of |N(0,1)| is 3.29 (bin width ~0.1 here)
     assert 2.0 < e < 10.0  # entropy clips the lone outlier
@@ -461,7 +464,7 @@ def test_cli_bad_input(case, pattern, trained_fp32, image_folder, tmp_path):
         elif case == "no_metadata":
             model = _no_meta_copy(trained_fp32, tmp_path / "plain.onnx")
         elif case == "quantized":
-            from pspnet_deploy.calibrate import calibrate_onnx
+            from pspnet_deploy.precision.calibrate import calibrate_onnx
 
             model = tmp_path / "q.int8.onnx"
             calibrate_onnx(trained_fp32, model, image_folder, num_images=12, method="minmax",

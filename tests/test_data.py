@@ -432,3 +432,54 @@ def test_synthetic_object_class_comes_from_the_scene():
     assert len(seen[CAR]) >= 10 and len(seen[BOAT]) >= 10
     car, boat = np.array(seen[CAR]), np.array(seen[BOAT])
     assert np.abs(car.mean(0) - boat.mean(0)).max() < 0.5 * car.std(0).mean()
+
+
+# ----------------------------------------------------------------------------------------------
+# the one RGB converter: files (BGR(A) from OpenCV) and arrays (RGB(A)) give the same image
+# ----------------------------------------------------------------------------------------------
+
+
+def test_alpha_is_dropped_not_blended_in_files_and_arrays(tmp_path):
+    from pspnet_deploy.data.io import ensure_rgb, read_image
+
+    rgba = np.zeros((6, 8, 4), np.uint8)
+    rgba[..., 0], rgba[..., 1], rgba[..., 2] = 200, 100, 30  # R, G, B
+    rgba[..., 3] = 255
+    rgba[:3, :, 3] = 0  # top half fully transparent: its stored colour is kept, not blended to any background
+    path = tmp_path / "rgba.png"
+    assert cv2.imwrite(str(path), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+    from_file = read_image(path)
+    from_array = ensure_rgb(rgba)
+    assert from_file.shape == from_array.shape == (6, 8, 3) and from_file.dtype == np.uint8
+    assert np.array_equal(from_file, from_array)
+    assert np.array_equal(from_file, rgba[..., :3])  # R stays R: channel order right in both paths
+    # 16-bit with alpha: scaled to 8 bits the same way from a file and from memory
+    deep = (rgba.astype(np.uint16) * 257)
+    path16 = tmp_path / "rgba16.png"
+    assert cv2.imwrite(str(path16), cv2.cvtColor(deep, cv2.COLOR_RGBA2BGRA))
+    assert np.array_equal(read_image(path16), ensure_rgb(deep)) and np.array_equal(ensure_rgb(deep), rgba[..., :3])
+    # BGR order (what OpenCV decoders give) is reordered, gray expanded
+    assert np.array_equal(ensure_rgb(rgba[..., [2, 1, 0, 3]], order="bgr"), rgba[..., :3])
+    assert ensure_rgb(np.full((4, 5, 1), 9, np.uint8)).shape == (4, 5, 3)
+    with pytest.raises(UserError, match="1, 3 or 4 channels"):
+        ensure_rgb(np.zeros((4, 5, 2), np.uint8))
+
+
+def test_one_image_suffix_list_for_every_folder_reader(tmp_path, rng):
+    """A .tif image is read by the folder dataset, calibration's image folders and predict alike."""
+    from pspnet_deploy.data.io import IMAGE_EXTS
+    from pspnet_deploy.precision.calib_data import is_image_folder
+    from pspnet_deploy.predict import collect_inputs
+
+    assert ".tif" in IMAGE_EXTS and ".webp" in IMAGE_EXTS and len(set(IMAGE_EXTS)) == len(IMAGE_EXTS)
+    root = tmp_path / "ds"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    img = rng.integers(0, 256, (8, 10, 3), dtype=np.uint8)
+    assert cv2.imwrite(str(root / "images" / "a.tif"), img)
+    assert cv2.imwrite(str(root / "masks" / "a.png"), np.zeros((8, 10), np.uint8))
+    (root / "classes.txt").write_text("bg\nfg\n")
+    ds = open_dataset(root, "train")
+    assert len(ds) == 1 and ds.load_image(0).shape == (8, 10, 3)
+    assert is_image_folder(root / "images")
+    assert [i.path.name for i in collect_inputs([root / "images"])] == ["a.tif"]

@@ -299,7 +299,7 @@ def test_cli_without_tensorrt_one_line_nonzero_and_no_engine(work_onnx, tmp_path
 
 @needs_no_trt
 def test_cli_int8_without_tensorrt_still_writes_the_int8_onnx(work_onnx, tmp_path):
-    pytest.importorskip("pspnet_deploy.calibrate", reason="calibration module not in this build")
+    pytest.importorskip("pspnet_deploy.precision.calibrate", reason="calibration module not in this build")
     out = tmp_path / "tiny.int8.engine"
     p = _cli([work_onnx, "--int8", "--calib-data", "synthetic", "--calib-images", "10", "--engine", out])
     assert p.returncode == 2, p.stderr

@@ -18,11 +18,12 @@ import torch
 
 from conftest import ROOT, make_tiny_model, tiny_meta
 
-from pspnet_deploy.compare import (DEFAULT_TOLERANCES, Comparison, check, compare_outputs, parse_tolerances,
-                                   tolerances_for)
+from pspnet_deploy.compare import (DEFAULT_TOLERANCES, Comparison, check, compare_outputs, parity_report_path,
+                                   parse_tolerances, tolerances_for)
 from pspnet_deploy.errors import UserError
-from pspnet_deploy.export import (BANNED_OPS, convert_fp16, default_output_path, export_onnx, fp16_overflow_tensors,
-                                  parity_report_path, static_pool_node_names, write_onnx_metadata)
+from pspnet_deploy.export import default_output_path, export_onnx
+from pspnet_deploy.onnx_graph import BANNED_OPS, static_pool_node_names, write_onnx_metadata
+from pspnet_deploy.precision.fp16 import convert_fp16, fp16_overflow_tensors
 from pspnet_deploy.parser_check import check_onnx_for_tensorrt
 from pspnet_deploy.runners.ort_runner import OrtRunner, read_onnx_metadata
 from pspnet_deploy.utils import sha256_file

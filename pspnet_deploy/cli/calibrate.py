@@ -9,7 +9,8 @@ PROG = "pspnet-calibrate"
 
 
 def build_parser():
-    from ..calibrate import DEFAULT_NUM_IMAGES, DEFAULT_PERCENTILE, MIN_CALIB_IMAGES
+    from ..precision.calib_data import DEFAULT_NUM_IMAGES, MIN_CALIB_IMAGES
+    from ..precision.ranges import DEFAULT_PERCENTILE
 
     p = make_parser(PROG, "Calibrate an FP32 ONNX (from pspnet-export) into an INT8 Q/DQ ONNX: symmetric INT8, zero "
                           "points 0, weights per channel, biases FP32, the static pyramid pooling kept exact. Writes "
@@ -55,9 +56,10 @@ def build_parser():
 
 
 def main(argv=None) -> int:
-    from ..calibrate import calibrate_onnx
     from ..errors import UserError
-    from ..utils import atomic_write_json
+    from ..evaluate import onnx_miou
+    from ..precision.calibrate import calibrate_onnx
+    from ..utils import atomic_write_json, jsonable
 
     a = build_parser().parse_args(argv)
     if a.num_images <= 0:
@@ -71,11 +73,10 @@ def main(argv=None) -> int:
                          cache_dir=a.cache_dir, force=a.force, progress=not a.no_progress, eval_data=a.eval_data,
                          percentile=a.percentile, placement=a.placement, backend=a.backend, table=a.calib_table,
                          min_images=a.min_images, sensitivity_images=a.sensitivity_images,
-                         max_fp32_nodes=a.max_fp32_nodes, threads=a.threads, parser_check=not a.no_parser_check)
+                         max_fp32_nodes=a.max_fp32_nodes, threads=a.threads, parser_check=not a.no_parser_check,
+                         evaluator=onnx_miou)
     print(format_report(rep))
     if a.json:
-        from ..compare import jsonable
-
         atomic_write_json(a.json, jsonable(rep))
     return 0
 

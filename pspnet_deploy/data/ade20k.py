@@ -64,5 +64,5 @@ def open(root: str | Path, split: str = "train", **kwargs) -> SegmentationDatase
     img_dir = base / "images" / folder
     if not img_dir.is_dir():
         raise UserError(f"{img_dir}: ADE20K split {split!r} not found")
-    samples = pair_by_stem(img_dir, base / "annotations" / folder, image_exts=(".jpg", ".jpeg", ".png"))
+    samples = pair_by_stem(img_dir, base / "annotations" / folder)
     return SegmentationDataset(samples, ade20k_info(), reduce_zero_label(), **kwargs)

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import UserError
 from .indexed_png import read_label_mask
-from .io import read_image
+from .io import IMAGE_EXTS, read_image
 
 IGNORE_INDEX = 255
 
@@ -125,7 +125,7 @@ class SegmentationDataset:
         return img, mask
 
 
-def pair_by_stem(image_dir: Path, mask_dir: Path, image_exts=(".png", ".jpg", ".jpeg", ".bmp"),
+def pair_by_stem(image_dir: Path, mask_dir: Path, image_exts=IMAGE_EXTS,
                  mask_suffix: str = "", mask_ext: str = ".png") -> list[tuple[Path, Path]]:
     """Pair images with masks of the same stem (plus ``mask_suffix``); a missing mask is an error."""
     if not image_dir.is_dir():

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from ..errors import UserError
 from .base import IGNORE_INDEX, DatasetInfo, SegmentationDataset, default_palette, pair_by_stem
+from .io import IMAGE_EXTS
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
 _NOT_SPLIT_LISTS = {"classes.txt", "palette.txt"}
 _COMMON_SPLITS = {"train", "val", "test", "trainval"}  # lists that mean "this folder is split by lists"
 

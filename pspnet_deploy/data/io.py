@@ -9,39 +9,62 @@ import numpy as np
 from ..errors import UserError
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as RGB uint8 HxWx3. Grayscale is expanded, alpha dropped, 16-bit scaled."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: image not found")
-    data = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if img is None:
-        raise UserError(f"{path}: cannot decode image (corrupt or not an image file)")
+#: image file suffixes every reader of image folders accepts (what OpenCV decodes), lower case
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def ensure_rgb(image: np.ndarray, what: str = "image", order: str = "rgb") -> np.ndarray:
+    """HxWx3 RGB uint8 from a pixel array; the one converter for decoded files and in-memory images.
+
+    ``order`` is the channel order of ``image``: ``"rgb"`` (arrays from callers) or ``"bgr"``
+    (OpenCV's decoders). Grayscale (HxW or HxWx1) is expanded, 16-bit scaled to 8-bit (/257), and
+    an alpha channel dropped: the colour channels are kept as they are, not blended over any
+    background (a transparent pixel keeps its stored colour), so a file and the same pixels in
+    memory give the same image.
+    """
+    if order not in ("rgb", "bgr"):
+        raise ValueError(f"channel order must be 'rgb' or 'bgr', got {order!r}")
+    img = np.asarray(image)
     if img.dtype == np.uint16:
         img = (img / 257.0).round().astype(np.uint8)
     elif img.dtype != np.uint8:
-        raise UserError(f"{path}: unsupported image dtype {img.dtype}; convert it to 8-bit RGB")
+        raise UserError(f"{what}: pixel type {img.dtype} is not supported; give an 8-bit (or 16-bit) RGB image")
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]
     if img.ndim == 2:
         img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    elif img.shape[2] == 4:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    elif img.shape[2] == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    elif img.ndim == 3 and img.shape[2] in (3, 4):
+        img = img[..., :3]  # alpha dropped, colour kept
+        if order == "bgr":
+            img = img[..., ::-1]
     else:
-        raise UserError(f"{path}: image has {img.shape[2]} channels; expected 1, 3 or 4")
+        raise UserError(f"{what}: expected an HxW or HxWxC image with 1, 3 or 4 channels, got shape {img.shape}")
+    if img.shape[0] < 1 or img.shape[1] < 1:
+        raise UserError(f"{what}: image is empty ({img.shape[1]}x{img.shape[0]})")
     return np.ascontiguousarray(img)
+
+
+def _decode(path: str | Path, what: str) -> np.ndarray:
+    """The file's pixels as OpenCV decodes them (unchanged depth and channels); UserError if it cannot."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: {what} not found")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if img is None:
+        raise UserError(f"{path}: cannot decode {what} (corrupt or not an image file)")
+    return img
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as RGB uint8 HxWx3 (see :func:`ensure_rgb`: gray expanded, alpha dropped,
+    16-bit scaled)."""
+    return ensure_rgb(_decode(path, "image"), str(path), order="bgr")
 
 
 def read_mask(path: str | Path) -> np.ndarray:
     """Read a label-id mask as uint8 HxW (single channel or palette PNG indices)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: mask not found")
-    data = np.fromfile(str(path), dtype=np.uint8)
-    m = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if m is None:
-        raise UserError(f"{path}: cannot decode mask (corrupt or not an image file)")
+    m = _decode(path, "mask")
     if m.ndim == 3:
         if m.shape[2] >= 3 and np.array_equal(m[..., 0], m[..., 1]) and np.array_equal(m[..., 1], m[..., 2]):
             m = m[..., 0]

@@ -1,7 +1,7 @@
 """Accuracy-driven mixed precision for INT8: which nodes to keep in FP32, and the report that says why.
 
 1. Rank: each quantization unit (a weighted op or a residual Add, see
-   :func:`pspnet_deploy.calibrate.quantizable_units`) is quantized *alone* and the model run on a
+   :func:`pspnet_deploy.precision.qdq.quantizable_units`) is quantized *alone* and the model run on a
    few calibration images; its sensitivity is the noise it adds to the FP32 logits,
    ``mean((int8 - fp32)^2) / mean(fp32^2)`` (also reported: cosine, argmax disagreement).
 2. Search: keep the top-k of the ranking in FP32 for k = 1, 2, 4, ... (at most ``limit``), measuring
@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .utils import atomic_path, atomic_write_json, atomic_write_text
+from ..utils import atomic_path, atomic_write_json, atomic_write_text, jsonable
 
 __all__ = ["noise_metrics", "rank_units", "search_mixed_precision", "write_sensitivity_report"]
 
@@ -30,7 +30,7 @@ def noise_metrics(reference: np.ndarray, candidate: np.ndarray) -> dict:
         return {"noise": float("inf"), "cosine": float("nan"), "argmax_disagreement": 1.0}
     noise = float(np.mean((c - r) ** 2) / max(float(np.mean(r ** 2)), 1e-30))
     try:
-        from .compare import compare_outputs
+        from ..compare import compare_outputs
 
         m = compare_outputs(reference, candidate)
         cos, agree = float(m["cosine"]), float(m["argmax_agreement"])
@@ -127,8 +127,6 @@ def write_sensitivity_report(search: dict, base: str | Path, title: str, budget_
            "best": _jsonable_plan(search["best"]), "plans": [_jsonable_plan(p) for p in search["plans"]],
            "ranking": search["ranking"],
            "metric": "noise = mean((int8 - fp32)^2) / mean(fp32^2) of the logits with only that node quantized"}
-    from .compare import jsonable
-
     atomic_write_json(files["json"], jsonable(doc))
     lines = [f"# {title}", "",
              f"Budget: INT8 may lose at most {budget_points:g} mIoU points. FP32 mIoU {100 * fp32_miou:.2f}, "

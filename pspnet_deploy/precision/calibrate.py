@@ -1,0 +1,374 @@
+"""INT8 by calibration: an FP32 ONNX in, an explicit Q/DQ INT8 ONNX out (TensorRT's format).
+
+This module runs the job; each step lives in its own module of :mod:`pspnet_deploy.precision`:
+the input check (:func:`inspect_fp32_onnx`), calibration images (:mod:`.calib_data`), statistics
+and range methods (:mod:`.ranges`, through the shared :mod:`.observer`), Q/DQ writing
+(:mod:`.qdq`), the table (:mod:`.table`) and the accuracy-budget search (:mod:`.sensitivity`).
+
+``pspnet.*`` metadata is carried over and updated: ``precision`` "int8", ``calibration_method``,
+``calibration_images_hash``, ``source_onnx_sha256`` and a ``calibration`` record (what was kept in
+FP32 and why).
+
+Accuracy (``max_miou_drop`` in mIoU *points*, or ``method="auto"``) is measured by an
+``evaluator(onnx_path, dataset, limit=, threads=, progress=, desc=) -> mIoU`` the caller passes
+(the command layer passes :func:`pspnet_deploy.evaluate.onnx_miou`), so this stage does not
+import the runners above it. When INT8 loses more than the budget, quantization units are ranked
+by how much quantizing each alone disturbs the logits and the most sensitive kept in FP32,
+fewest first, until the budget holds.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..data.preprocess import Preprocess
+from ..errors import UserError
+from ..onnx_graph import write_onnx_metadata
+from ..ort_session import make_session
+from ..utils import atomic_path, atomic_write_json, say, sha256_file
+from .batches import iter_batches
+from .calib_data import DEFAULT_NUM_IMAGES, MIN_CALIB_IMAGES, is_image_folder, load_calibration_set
+from .qdq import (PLACEMENT_OPS, PLACEMENTS, QUANTIZED_OPS, check_modelopt, default_exclusions, prepare_fp32,
+                  qdq_summary, quantizable_units, quantize_modelopt, quantize_qdq, ranges_from_qdq, static_pool_nodes,
+                  tensors_to_calibrate)
+from .ranges import DEFAULT_PERCENTILE, METHOD_PREFERENCE, METHODS, amax_from_stats, collect_statistics
+from .sensitivity import search_mixed_precision, write_sensitivity_report
+from .table import make_table, read_calibration_table, table_path_for
+
+__all__ = ["SourceModel", "inspect_fp32_onnx", "calibrate_onnx", "Evaluator"]
+
+#: ``evaluator(onnx_path, dataset, limit=, threads=, progress=, desc=) -> mIoU in [0, 1]``
+Evaluator = Callable[..., float]
+
+
+@dataclass
+class SourceModel:
+    path: Path
+    sha256: str
+    meta: dict
+    input_name: str
+    batch: int | None  # fixed batch size, None when dynamic
+    size: tuple[int, int]
+    preprocess: Preprocess
+
+
+def inspect_fp32_onnx(path: str | Path) -> SourceModel:
+    """Check that ``path`` is an FP32, unquantized pspnet-export ONNX; one clear UserError if not."""
+    import onnx
+    from onnx import TensorProto
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: ONNX model not found; pass the model.fp32.onnx written by pspnet-export")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - onnx raises several types for bad files
+        raise UserError(f"{path}: cannot read ONNX model ({type(e).__name__}); pass the model.fp32.onnx written by "
+                        f"pspnet-export") from e
+    from ..runners.ort_runner import metadata_from_proto  # until one model-file reader exists below runners
+
+    meta = metadata_from_proto(model)
+    ops = {n.op_type for n in model.graph.node}
+    precision = str(meta.get("precision", "")).lower()
+    if ops & QUANTIZED_OPS or precision == "int8":
+        raise UserError(f"{path}: model is already quantized ({', '.join(sorted(ops & QUANTIZED_OPS)) or 'precision int8'}); "
+                        f"pass the FP32 ONNX (model.fp32.onnx) it came from")
+    fp16 = any(i.data_type == TensorProto.FLOAT16 for i in model.graph.initializer) or any(
+        v.type.tensor_type.elem_type == TensorProto.FLOAT16 for v in list(model.graph.input) + list(model.graph.output))
+    if fp16 or precision == "fp16":
+        raise UserError(f"{path}: model is FP16; calibration needs the FP32 ONNX (pspnet-export without --fp16, "
+                        f"model.fp32.onnx)")
+    missing = [k for k in ("preprocess", "classes", "palette") if k not in meta]
+    if missing:
+        raise UserError(f"{path}: ONNX has no pspnet.{missing[0]} metadata (not written by pspnet-export); pass the "
+                        f"model.fp32.onnx written by pspnet-export, or export the checkpoint with pspnet-export")
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise UserError(f"{path}: expected one image input, found {len(inputs)}; pass the ONNX written by pspnet-export")
+    inp = inputs[0]
+    if inp.type.tensor_type.elem_type != TensorProto.FLOAT:
+        raise UserError(f"{path}: input {inp.name!r} is not float32; calibration needs the FP32 ONNX")
+    dims = inp.type.tensor_type.shape.dim
+    if len(dims) != 4 or dims[1].dim_value not in (0, 3):
+        raise UserError(f"{path}: input {inp.name!r} is not Nx3xHxW; pass the ONNX written by pspnet-export")
+    h, w = dims[2].dim_value, dims[3].dim_value
+    if not h or not w:
+        raise UserError(f"{path}: input height/width are not fixed; re-export with a fixed --input-size")
+    batch = dims[0].dim_value or None
+    try:
+        pre = Preprocess.from_dict(meta["preprocess"]).with_size(h, w)
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path}: pspnet.preprocess metadata is unreadable ({e}); re-export with pspnet-export") from e
+    return SourceModel(path=path, sha256=sha256_file(path), meta=meta, input_name=inp.name, batch=batch, size=(h, w),
+                       preprocess=pre)
+
+
+def _same_data(a, b) -> bool:
+    if a is None or b is None:
+        return False
+    sa, sb = str(a), str(b)
+    if sa.startswith("synthetic") or sb.startswith("synthetic"):
+        return sa.split(":")[0] == sb.split(":")[0] and (sa.split(":") + ["0"])[1] == (sb.split(":") + ["0"])[1]
+    try:
+        return Path(sa).resolve() == Path(sb).resolve()
+    except OSError:
+        return sa == sb
+
+
+def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: str = "train",
+                   num_images: int = DEFAULT_NUM_IMAGES, method: str = "entropy", max_miou_drop: float | None = None,
+                   eval_split: str = "val", eval_limit: int | None = None, cache_dir: str | Path | None = None,
+                   force: bool = False, progress: bool = True, *, eval_data=None,
+                   percentile: float = DEFAULT_PERCENTILE, placement: str = "trt", backend: str = "ort",
+                   table: str | Path | None = None, min_images: int = MIN_CALIB_IMAGES, sensitivity_images: int = 16,
+                   max_fp32_nodes: int | None = None, threads: int | None = None,
+                   parser_check: bool = True, evaluator: Evaluator | None = None) -> dict:
+    """Calibrate ``fp32_onnx`` and write the Q/DQ INT8 model to ``output`` (plus ``.calib.json``).
+
+    ``data``: dataset folder, ``synthetic[:SEED]`` or a folder of images (no masks needed);
+    ``num_images`` chosen evenly over it. ``method``: minmax, entropy, percentile or auto (each
+    tried, the best mIoU on ``eval_split`` kept). ``max_miou_drop``: allowed INT8 - FP32 mIoU loss
+    in *points* (0.5 = half a point); over it, the most sensitive nodes stay FP32 (sensitivity
+    report beside the output) or, if ``max_fp32_nodes`` of them do not suffice, UserError and no
+    model. ``table``: reuse the ranges of an earlier ``.calib.json`` instead of images.
+    ``eval_data`` defaults to ``data``. Calibrating on ``eval_split`` of the evaluation data is
+    refused unless ``force``. ``evaluator`` measures mIoU when the budget or ``auto`` needs it
+    (see the module docstring). Returns a report dict (also the basis of the CLI's JSON).
+    """
+    t0 = time.time()
+    output = Path(output)
+    if output.suffix.lower() != ".onnx":
+        raise UserError(f"{output}: output must be an .onnx file (e.g. model.int8.onnx)")
+    if method not in METHODS + ("auto",):
+        raise UserError(f"unknown calibration method {method!r}; choose from {', '.join(METHODS + ('auto',))}")
+    if placement not in PLACEMENTS:
+        raise UserError(f"unknown placement {placement!r}; choose from {', '.join(PLACEMENTS)}")
+    if backend not in ("ort", "modelopt"):
+        raise UserError(f"unknown backend {backend!r}; choose ort or modelopt")
+    if max_miou_drop is not None and not (0 <= float(max_miou_drop) < 100):
+        raise UserError(f"--max-miou-drop is in mIoU points (0.5 = half a point) and must be in [0, 100), "
+                        f"got {max_miou_drop}")
+    if not (0 < percentile <= 100):
+        raise UserError(f"--percentile must be in (0, 100], got {percentile}")
+    if eval_limit is not None and eval_limit <= 0:
+        raise UserError(f"--eval-limit must be positive, got {eval_limit}")
+    if backend == "modelopt":  # before any statistics: what ModelOpt cannot do, and ModelOpt itself
+        check_modelopt(list(METHODS) if method == "auto" else [method], table is not None)
+    src = inspect_fp32_onnx(fp32_onnx)
+    if output.resolve() == src.path.resolve():
+        raise UserError(f"{output}: output would overwrite the FP32 input; choose another name (e.g. model.int8.onnx)")
+    needs_eval = max_miou_drop is not None or method == "auto"
+    if needs_eval and evaluator is None:
+        raise ValueError("max_miou_drop / method='auto' measure accuracy: pass evaluator= "
+                         "(e.g. pspnet_deploy.evaluate.onnx_miou)")
+    eval_spec = eval_data if eval_data is not None else data
+    reuse = read_calibration_table(table) if table is not None else None
+    if reuse is not None:
+        if method == "auto":
+            raise UserError("--method auto calibrates with every method; it cannot reuse one --calib-table")
+        if reuse.get("source_onnx_sha256") != src.sha256 and not force:
+            raise UserError(f"{table}: calibration table was made for another model (sha256 "
+                            f"{str(reuse.get('source_onnx_sha256'))[:12]}…, this one {src.sha256[:12]}…); "
+                            f"recalibrate, or pass --force to apply it anyway")
+        method = reuse["method"]
+    elif data is None:
+        raise UserError("no calibration data; pass --data DIR (dataset, folder of images or synthetic)")
+    if needs_eval and eval_spec is None:
+        raise UserError("--max-miou-drop and --method auto need an evaluation dataset; pass --eval-data DIR")
+    if reuse is None and _same_data(data, eval_spec) and split == eval_split and not (
+            is_image_folder(Path(str(data)))):
+        if not force:
+            raise UserError(f"calibrating on the {split!r} split, which is the evaluation split, inflates the measured "
+                            f"accuracy; calibrate on --split train (or pass --force)")
+        say(True, f"warning: calibrating on the evaluation split {split!r} (--force); INT8 accuracy measured on it "
+                  f"will look better than it is")
+    cache_dir = Path(cache_dir) if cache_dir is not None else output.parent / "calib-cache"
+    eval_ds = None
+    if needs_eval:
+        from ..data import open_dataset
+
+        eval_ds = open_dataset(eval_spec, eval_split)
+        if len(eval_ds) == 0:
+            raise UserError(f"{eval_spec} [{eval_split}]: the evaluation split has no images")
+        if eval_ds.info.num_classes != len(src.meta["classes"]):
+            raise UserError(f"model predicts {len(src.meta['classes'])} classes but {eval_spec} has "
+                            f"{eval_ds.info.num_classes}; evaluate on the dataset the model was trained for")
+    report: dict = {"source_onnx": str(src.path), "source_onnx_sha256": src.sha256, "output": str(output),
+                    "placement": placement, "backend": backend, "budget_points": max_miou_drop}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".calib-", dir=output.parent) as work_s:
+        work = Path(work_s)
+        import onnx
+
+        say(progress, f"preparing {src.path.name} (shape inference, BatchNorm folding)")
+        prepped = prepare_fp32(src.path, work / "fp32.pre.onnx")
+        pm = onnx.load(str(prepped))
+        pool_nodes = static_pool_nodes(pm)
+        exclude_base = default_exclusions(pm, placement, pool_nodes)
+        units = quantizable_units(pm, placement, exclude_base)
+        report["static_pool_nodes"] = pool_nodes
+        report["units"] = len(units)
+
+        calib = None
+        if reuse is None:
+            calib = load_calibration_set(data, split, num_images, src.preprocess, src.sha256, cache_dir, progress,
+                                         min_images=min_images)
+            calib_info = {"hash": calib.images_hash, "count": calib.num_images, "skipped": len(calib.skipped),
+                          **calib.source}
+            report["cache"] = {"path": str(calib.cache_path), "hit": calib.cache_hit}
+            # every tensor either placement may quantize: one statistics pass (and one table) serves both
+            tensors = tensors_to_calibrate(pm, PLACEMENT_OPS["ort"], set(default_exclusions(pm, "trt", pool_nodes)))
+            stats, stats_hit = collect_statistics(pm, tensors, calib, src.input_name, src.batch, cache_dir, progress,
+                                                  threads, model_key=src.sha256)
+            report["cache"]["stats_hit"] = stats_hit
+            method_list = list(METHODS) if method == "auto" else [method]
+            amax_by_method = {m: amax_from_stats(stats, m, percentile) for m in method_list}
+        else:
+            calib_info = dict(reuse.get("images", {}))
+            method_list = [method]
+            amax_by_method = {method: {t: float(v["amax"]) for t, v in reuse["tensors"].items()}}
+            report["cache"] = {"path": None, "hit": None, "table": str(table)}
+            need = tensors_to_calibrate(pm, PLACEMENT_OPS[placement], set(exclude_base), outputs=placement != "trt")
+            missing = [t for t in need if t not in amax_by_method[method]]
+            if missing:
+                raise UserError(f"{table}: calibration table has no range for {len(missing)} tensor(s) this model needs "
+                                f"(first: {missing[0]}); it was made for another model or version: recalibrate "
+                                f"with --data")
+        report["images"] = calib_info
+
+        def meta_for(m: str, fp32_nodes: list[str]) -> dict:
+            meta = dict(src.meta)
+            meta.update({
+                "precision": "int8", "calibration_method": m, "calibration_images_hash": calib_info.get("hash"),
+                "source_onnx_sha256": src.sha256,
+                "calibration": {"method": m, "percentile": percentile if m == "percentile" else None,
+                                "images_hash": calib_info.get("hash"), "num_images": calib_info.get("count"),
+                                "data": calib_info.get("data"), "split": calib_info.get("split"),
+                                "placement": placement, "backend": backend, "fp32_nodes": list(fp32_nodes),
+                                "static_pool_nodes_fp32": list(pool_nodes), "budget_points": max_miou_drop},
+                "quantization": {"format": "QDQ", "activations": "int8 symmetric per-tensor",
+                                 "weights": "int8 symmetric per-channel", "bias": "fp32", "zero_point": 0},
+            })
+            return meta
+
+        def build(m: str, fp32_nodes: Sequence[str], name: str, only: Sequence[str] | None = None) -> Path:
+            path = work / f"{name}.onnx"
+            excl = sorted(set(exclude_base) | set(fp32_nodes))
+            if backend == "modelopt":
+                quantize_modelopt(prepped, calib.array, m, excl, path)
+            else:
+                quantize_qdq(prepped, amax_by_method[m], path, placement, excl, only=only, work=work)
+            if only is None:  # probes are only run, never kept
+                _finish_model(path, meta_for(m, list(fp32_nodes)))
+            return path
+
+        candidates = {m: build(m, [], f"int8-{m}") for m in method_list}
+        fp32_miou = None
+        scores: dict[str, float] = {}
+        if needs_eval:
+            fp32_miou = _miou(evaluator, src.path, eval_ds, eval_limit, threads, progress, "eval fp32")
+            report["fp32_miou"] = fp32_miou
+            for m, p in candidates.items():
+                scores[m] = _miou(evaluator, p, eval_ds, eval_limit, threads, progress, f"eval int8 {m}")
+                say(progress, f"  {m:<10} mIoU {100 * scores[m]:6.2f}  (FP32 {100 * fp32_miou:6.2f}, "
+                              f"drop {100 * (fp32_miou - scores[m]):+.2f} points)")
+            report["methods"] = {m: {"miou": s, "drop_points": 100 * (fp32_miou - s)} for m, s in scores.items()}
+        chosen = (max(method_list, key=lambda m: (scores[m], -METHOD_PREFERENCE[m])) if method == "auto"
+                  else method_list[0])
+        report["method"] = chosen
+        final = candidates[chosen]
+        fp32_nodes: list[str] = []
+        int8_miou = scores.get(chosen)
+        if max_miou_drop is not None and 100 * (fp32_miou - int8_miou) > max_miou_drop:
+            if calib is None:
+                calib = load_calibration_set(data if data is not None else eval_spec, split, num_images,
+                                             src.preprocess, src.sha256, cache_dir, progress, min_images=min_images)
+            ref = _run_outputs(prepped, calib.array, src.input_name, src.batch, sensitivity_images, threads)
+
+            def probe(unit: str) -> np.ndarray:
+                p = build(chosen, [], "probe", only=[unit])
+                return _run_outputs(p, calib.array, src.input_name, src.batch, sensitivity_images, threads)
+
+            def trial(kept: list[str]) -> tuple[float, Path]:
+                p = build(chosen, kept, f"plan-{len(kept)}")
+                return _miou(evaluator, p, eval_ds, eval_limit, threads, progress, f"eval int8, {len(kept)} fp32"), p
+
+            limit = max_fp32_nodes if max_fp32_nodes is not None else max(1, len(units) // 4)
+            search = search_mixed_precision(units, ref, probe, trial, fp32_miou, int8_miou, max_miou_drop, limit,
+                                            progress=progress)
+            base = output.with_suffix("")
+            files = write_sensitivity_report(search, base, title=f"{src.path.name}: INT8 sensitivity ({chosen})",
+                                             budget_points=max_miou_drop, fp32_miou=fp32_miou)
+            report["sensitivity"] = {"met": search["met"], "kept": search["kept"], "limit": search["limit"],
+                                     "ranking": search["ranking"], "files": files,
+                                     "plans": [{k: v for k, v in p.items() if k != "path"} for p in search["plans"]]}
+            if not search["met"]:
+                best = search["best"]
+                raise UserError(f"accuracy budget {max_miou_drop:g} points not met: best plan keeps "
+                                f"{len(best['fp32_nodes'])} node(s) in FP32 and loses {best['drop_points']:.2f} points "
+                                f"(limit {limit} FP32 nodes, --max-fp32-nodes); see {files['md']}")
+            fp32_nodes = list(search["best"]["fp32_nodes"])
+            int8_miou = search["best"]["miou"]
+            final = search["best"]["path"]
+        if int8_miou is not None:
+            report["int8_miou"] = int8_miou
+            report["drop_points"] = 100 * (fp32_miou - int8_miou)
+        report["fp32_nodes"] = fp32_nodes
+        if parser_check:
+            report["parser_check"] = _parser_check(final)
+        qm = onnx.load(str(final))
+        report["qdq"] = qdq_summary(qm)
+        ranges = amax_by_method[chosen] if backend == "ort" else ranges_from_qdq(qm)  # what the file uses
+        tbl = make_table(chosen, ranges, calib_info, src, placement, percentile, fp32_nodes, pool_nodes)
+        tpath = table_path_for(output)
+        with atomic_path(output) as tmp:
+            onnx.save(qm, str(tmp))
+            atomic_write_json(tpath, tbl)
+        report["table"] = str(tpath)
+        report["output_sha256"] = sha256_file(output)
+    report["seconds"] = round(time.time() - t0, 1)
+    return report
+
+
+def _finish_model(qpath: Path, meta: dict) -> None:
+    """Stamp the pspnet metadata onto a quantized file in place (and check the graph)."""
+    import onnx
+
+    m = onnx.load(str(qpath))
+    del m.metadata_props[:]
+    write_onnx_metadata(m, meta)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(qpath))
+
+
+def _parser_check(path: Path) -> dict | None:
+    """TensorRT parser check (:mod:`pspnet_deploy.parser_check`) of the INT8 file."""
+    from ..parser_check import check_onnx_for_tensorrt, format_problems
+
+    problems = list(check_onnx_for_tensorrt(str(path)))
+    if problems:
+        raise UserError(f"the INT8 model fails the TensorRT parser check ({format_problems(problems, 2)}); "
+                        f"report this as a bug (nothing written)")
+    return {"ok": True, "problems": 0}
+
+
+def _run_outputs(model_or_path, array: np.ndarray, input_name: str, batch: int | None, limit: int,
+                 threads: int | None) -> np.ndarray:
+    sess = make_session(model_or_path, threads, quiet=True)
+    outs = []
+    name = sess.get_outputs()[0].name
+    for x, real in iter_batches(array, batch, limit=limit):
+        outs.append(sess.run([name], {input_name: x})[0][:real])
+    return np.concatenate(outs).astype(np.float32)
+
+
+
+def _miou(evaluator: Evaluator, path: Path, dataset, limit: int | None, threads: int | None, progress: bool,
+          desc: str) -> float:
+    return float(evaluator(path, dataset, limit=limit, threads=threads, progress=progress, desc=desc))

@@ -1,0 +1,50 @@
+"""The calibration table: ``<int8 model>.calib.json`` beside the INT8 ONNX, the per-tensor ranges it
+was made with (``amax`` and ``scale = amax / 127``), the images, method and FP32 nodes. A later
+run reuses it with ``--calib-table`` instead of images.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import UserError
+from .ranges import NUM_BINS
+
+__all__ = ["TABLE_FORMAT", "TABLE_VERSION", "table_path_for", "read_calibration_table", "make_table"]
+
+TABLE_FORMAT = "pspnet-deploy/calibration-table"
+TABLE_VERSION = 1
+
+
+def table_path_for(output: Path) -> Path:
+    """``model.int8.onnx`` -> ``model.int8.calib.json``."""
+    return output.with_suffix(".calib.json")
+
+
+def read_calibration_table(path: str | Path) -> dict:
+    """A table written by :func:`make_table` (checked header); one clear UserError otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: calibration table not found")
+    try:
+        t = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: calibration table is not valid JSON ({e}); recalibrate to rewrite it") from e
+    if not isinstance(t, dict) or t.get("format") != TABLE_FORMAT or not isinstance(t.get("tensors"), dict):
+        raise UserError(f"{path}: not a pspnet-deploy calibration table (no '{TABLE_FORMAT}' header)")
+    return t
+
+
+def make_table(method: str, amax: dict, calib_info: dict, src, placement: str, percentile: float,
+               fp32_nodes: list[str], pool_nodes: list[str]) -> dict:
+    """The table document; ``src``: the :class:`~pspnet_deploy.precision.calibrate.SourceModel`."""
+    return {
+        "format": TABLE_FORMAT, "version": TABLE_VERSION, "method": method,
+        "percentile": percentile if method == "percentile" else None, "num_bins": NUM_BINS,
+        "scale_rule": "scale = amax / 127, zero point 0 (symmetric INT8)",
+        "images": calib_info, "source_onnx": src.path.name, "source_onnx_sha256": src.sha256,
+        "preprocess": src.preprocess.to_dict(), "placement": placement, "fp32_nodes": list(fp32_nodes),
+        "static_pool_nodes": list(pool_nodes),
+        "tensors": {t: {"amax": a, "scale": a / 127.0} for t, a in sorted(amax.items())},
+    }
+
