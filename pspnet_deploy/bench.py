@@ -47,6 +47,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import UserError
+from .utils import jsonable
 
 SCOPES = ("model", "end2end")
 MODEL_SUFFIXES = {".pt": "pt", ".pth": "pt", ".onnx": "onnx", ".engine": "engine", ".plan": "engine", ".trt": "engine"}
@@ -197,7 +198,9 @@ def peek_model(spec: ModelSpec, input_size: tuple[int, int] | None = None) -> di
         except Exception as e:  # noqa: BLE001
             info["flops_error"] = f"{type(e).__name__}: {e}"
     elif spec.kind == "engine":
-        side = spec.path.with_name(spec.path.name + ".json")
+        from .engine import sidecar_path
+
+        side = sidecar_path(spec.path)
         try:
             import json
 
@@ -436,19 +439,14 @@ def end2end_call(runner, paths: Sequence[Path], batch: int) -> Callable[[], floa
 
 
 def _synthetic_images(folder: Path, count: int, size: tuple[int, int], seed: int = 0) -> list[Path]:
-    """Smooth random RGB images (low-res noise upsampled, so they decode like photos, not noise)."""
-    import cv2
+    """``count`` generated scene-like images (:func:`pspnet_deploy.data.samples.generated_images`) as PNG files."""
+    from .data.io import write_png_atomic
+    from .data.samples import generated_images
 
-    rng = np.random.default_rng(seed)
-    h, w = size
     out = []
-    for i in range(count):
-        small = rng.integers(0, 256, size=(max(2, h // 16), max(2, w // 16), 3), dtype=np.uint8)
-        img = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
-        img = np.clip(img.astype(np.int16) + rng.integers(-8, 9, size=img.shape), 0, 255).astype(np.uint8)
+    for i, img in enumerate(generated_images(size[0], size[1], count, seed)):
         p = folder / f"bench_{i:03d}.png"
-        if not cv2.imwrite(str(p), img):
-            raise UserError(f"{folder}: cannot write temporary benchmark images")
+        write_png_atomic(p, img)
         out.append(p)
     return out
 
@@ -655,7 +653,7 @@ def run_bench(models: Sequence, out_dir: str | Path | None = None, *, labels: Se
                         "file_size_mb": info["file_bytes"] / 2 ** 20, "flops_per_image": info["flops"],
                         "gflops_per_image": None if info["flops"] is None else info["flops"] / 1e9,
                         "flops_method": info.get("flops_method"), "load_s": load_s, "rss_before_load_mb": rss_before,
-                        "peak_rss_load_mb": load_peak, "describe": _jsonable(desc)}
+                        "peak_rss_load_mb": load_peak, "describe": jsonable(desc)}
                 if "flops_error" in info:
                     mrow["flops_error"] = info["flops_error"]
                 if dataset is not None:
@@ -663,8 +661,10 @@ def run_bench(models: Sequence, out_dir: str | Path | None = None, *, labels: Se
                 else:
                     from .data.io import read_image
 
+                    from .data.samples import generated_images
+
                     pool_imgs = [read_image(p) for p in images] if images else \
-                        [_random_image(runner.input_size, k) for k in range(max(batches))]
+                        generated_images(*runner.input_size, max(batches))
                 for b in batches:
                     staged = np.stack([runner.preprocess(pool_imgs[k % len(pool_imgs)]) for k in range(b)])
                     for sc in scopes:
@@ -779,25 +779,6 @@ def _load(spec: ModelSpec, device: str, threads: int | None, input_size):
     return load_runner(spec.path, device=device, **kwargs)
 
 
-def _random_image(size, seed) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, size=(size[0], size[1], 3), dtype=np.uint8)
-
-
 def _short(classes) -> str:
     classes = list(classes)
     return f"[{', '.join(classes[:4])}{', ...' if len(classes) > 4 else ''}] ({len(classes)})"
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if obj is None or isinstance(obj, (str, int, float, bool)):
-        return obj
-    return str(obj)

@@ -154,7 +154,9 @@ def onnx_flops(path: str | Path, input_size: tuple[int, int] | None = None) -> d
 def engine_source_onnx(path: str | Path) -> Path | None:
     """The ONNX file a TensorRT engine was built from, if its sidecar JSON names one that exists."""
     p = Path(path)
-    for side in (p.with_name(p.name + ".json"), p.with_suffix(".engine.json"), p.with_suffix(".json")):
+    from .engine import sidecar_path
+
+    for side in (sidecar_path(p), p.with_suffix(".engine.json"), p.with_suffix(".json")):
         if not side.is_file():
             continue
         try:

@@ -206,7 +206,9 @@ def write_triton_repo(model_path: str | Path, repo_dir: str | Path, name: str | 
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, tmp / rel)
         if kind == "engine":
-            shutil.copy2(path.with_name(path.name + ".json"), tmp / "model.plan.json")
+            from .engine import sidecar_path
+
+            shutil.copy2(sidecar_path(path), tmp / "model.plan.json")
         os.chmod(tmp, 0o755)
         if vdir.exists():
             old = model_dir / f".{version}.old"

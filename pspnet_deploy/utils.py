@@ -103,7 +103,7 @@ def versions() -> dict:
 
 def jsonable(obj):
     """Copy of ``obj`` safe for strict JSON: NaN/Inf floats become strings, numpy scalars and arrays
-    Python values, paths strings."""
+    Python values, anything else that JSON has no type for (paths, ...) its ``str``."""
     import numpy as np
 
     if isinstance(obj, dict):
@@ -116,6 +116,6 @@ def jsonable(obj):
         obj = obj.item()
     if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
         return str(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    return str(obj)
