@@ -498,3 +498,26 @@ def test_cli_force_calibrates_on_eval_split_with_warning(trained_fp32, tmp_path)
                       "--json", str(tmp_path / "eval.json")]) == 0
     ev = json.loads((tmp_path / "eval.json").read_text())
     assert ev["model"]["precision"] == "int8" and 0 <= ev["miou"] <= 1
+
+
+def test_modelopt_limits_refused_before_any_statistics(trained_fp32, image_folder, tmp_path):
+    """What backend modelopt cannot do is refused before images are read or statistics collected."""
+    from pspnet_deploy.errors import UserError
+    from pspnet_deploy.precision.calibrate import calibrate_onnx
+
+    out, cache = tmp_path / "m.int8.onnx", tmp_path / "cache"
+    cases = [({"method": "percentile"}, r"supports methods minmax and entropy, not percentile"),
+             ({"method": "auto"}, r"not percentile; --method auto would try them all"),
+             ({"method": "entropy", "table": tmp_path / "t.calib.json"}, r"cannot reuse a --calib-table")]
+    try:
+        import modelopt.onnx.quantization  # noqa: F401 - only whether it is installed
+    except ImportError:
+        cases.append(({"method": "entropy"}, r"needs NVIDIA ModelOpt"))
+    for kw, pattern in cases:
+        with pytest.raises(UserError, match=pattern):
+            calibrate_onnx(trained_fp32, out, image_folder, num_images=12, backend="modelopt", cache_dir=cache,
+                           progress=False, threads=THREADS, evaluator=onnx_miou, **kw)
+        assert not cache.exists() and not out.exists()
+    with pytest.raises(ValueError, match="pass evaluator="):  # accuracy needs the caller's evaluator
+        calibrate_onnx(trained_fp32, out, image_folder, method="auto", cache_dir=cache, progress=False)
+    assert not cache.exists()
