@@ -144,3 +144,17 @@ def test_observer_marks_overflow_and_chunks_runs():
     assert over and all(math.isinf(v) for v in over.values())
     assert fp16_overflow_tensors(float16.convert_float_to_float16(_toy_model(scale=1.0), keep_io_types=True),
                                  [images]) == {}
+
+
+def test_bad_thread_env_fails_before_any_work(monkeypatch, tmp_path):
+    from pspnet_deploy.ort_session import THREADS_ENV
+    from pspnet_deploy.precision.calibrate import calibrate_onnx
+    from pspnet_deploy.precision.fp16 import convert_fp16
+
+    monkeypatch.setenv(THREADS_ENV, "four")
+    for call in (lambda: calibrate_onnx(tmp_path / "m.fp32.onnx", tmp_path / "o.int8.onnx", "synthetic",
+                                        cache_dir=tmp_path / "cache", progress=False),
+                 lambda: convert_fp16(tmp_path / "m.fp32.onnx", tmp_path / "o.fp16.onnx", progress=False)):
+        with pytest.raises(UserError, match=f"{THREADS_ENV}='four' is not a positive number"):
+            call()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

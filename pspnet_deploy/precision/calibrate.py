@@ -29,7 +29,7 @@ import numpy as np
 from ..data.preprocess import Preprocess
 from ..errors import UserError
 from ..onnx_graph import write_onnx_metadata
-from ..ort_session import make_session
+from ..ort_session import make_session, ort_threads
 from ..utils import atomic_path, atomic_write_json, say, sha256_file
 from .batches import iter_batches
 from .calib_data import DEFAULT_NUM_IMAGES, MIN_CALIB_IMAGES, is_image_folder, load_calibration_set
@@ -158,6 +158,7 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
         raise UserError(f"--percentile must be in (0, 100], got {percentile}")
     if eval_limit is not None and eval_limit <= 0:
         raise UserError(f"--eval-limit must be positive, got {eval_limit}")
+    threads = ort_threads(threads)  # a bad PSPNET_ORT_THREADS fails here, before any work
     if backend == "modelopt":  # before any statistics: what ModelOpt cannot do, and ModelOpt itself
         check_modelopt(list(METHODS) if method == "auto" else [method], table is not None)
     src = inspect_fp32_onnx(fp32_onnx)

@@ -22,7 +22,7 @@ from ..compare import Comparison, tolerances_for, write_parity_report
 from ..compare import check as check_tolerances
 from ..errors import UserError
 from ..onnx_graph import prune, run_checks, static_pool_node_names, write_onnx_metadata
-from ..ort_session import make_session
+from ..ort_session import make_session, ort_threads
 from ..utils import atomic_path, check_writable, say, sha256_file, versions
 from .batches import fitted_batches
 from .observer import activation_ranges
@@ -132,6 +132,7 @@ def convert_fp16(fp32_onnx_path, out_path, calibration_images=None, margin: floa
 
     t0 = time.time()
     check_margin(margin)
+    threads = ort_threads(threads)  # a bad PSPNET_ORT_THREADS fails here, before any work
     src_path = Path(fp32_onnx_path)
     if not src_path.is_file():
         raise UserError(f"{src_path}: ONNX file not found")
