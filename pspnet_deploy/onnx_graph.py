@@ -83,8 +83,8 @@ def check_static_graph(model, expected_pool_nodes: int | None = None) -> list[st
     """Rules for a clean static graph; returns the violations ([] = clean).
 
     No gathers, control flow or shape arithmetic (:data:`BANNED_OPS`); shape inputs (Reshape,
-    Slice, Resize sizes, ...) constant; Resize bilinear with ``align_corners`` and constant sizes;
-    every weight inline (no external data); spatial input dims static; under 2 GB.
+    Slice, Resize sizes, ...) constant; Resize bilinear (``align_corners``, or ``half_pixel`` for
+    models with ``align_corners=False`` such as converted mmseg ones) with constant sizes; every weight inline (no external data); spatial input dims static; under 2 GB.
     """
     graph = model.graph
     consts = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
@@ -99,8 +99,8 @@ def check_static_graph(model, expected_pool_nodes: int | None = None) -> list[st
             a = {x.name: x for x in node.attribute}
             mode = a["mode"].s.decode() if "mode" in a else "nearest"
             ctm = a["coordinate_transformation_mode"].s.decode() if "coordinate_transformation_mode" in a else "half_pixel"
-            if mode != "linear" or ctm != "align_corners":
-                out.append(f"node {node.name!r} Resize is {mode}/{ctm}; expected linear/align_corners")
+            if mode != "linear" or ctm not in ("align_corners", "half_pixel", "pytorch_half_pixel"):
+                out.append(f"node {node.name!r} Resize is {mode}/{ctm}; expected linear/align_corners or half_pixel")
             if len(node.input) < 4 or not node.input[3]:
                 out.append(f"node {node.name!r} Resize has no static sizes")
     for t in graph.initializer:

@@ -31,15 +31,18 @@ def feature_size(size: int, output_stride: int = 8) -> int:
 
 
 class PyramidPooling(nn.Module):
-    """Pool to each bin, 1x1 conv to C/len(bins), BN, ReLU, upsample (align_corners=True), concat.
+    """Pool to each bin, 1x1 conv to C/len(bins) (or ``reduction_channels``), BN, ReLU, bilinear
+    upsample (``align_corners``: True here and in semseg, False in mmseg's default configs), concat.
 
     ``self.pools`` holds one pooling module per bin; export swaps them for exact static
     equivalents (see :mod:`pspnet_deploy.model.static_pool`).
     """
 
-    def __init__(self, in_channels: int, bins: Sequence[int] = (1, 2, 3, 6), reduction_channels: int | None = None):
+    def __init__(self, in_channels: int, bins: Sequence[int] = (1, 2, 3, 6), reduction_channels: int | None = None,
+                 align_corners: bool = True):
         super().__init__()
         self.bins = tuple(int(b) for b in bins)
+        self.align_corners = bool(align_corners)
         red = reduction_channels or in_channels // len(self.bins)
         self.pools = nn.ModuleList(nn.AdaptiveAvgPool2d(b) for b in self.bins)
         self.stages = nn.ModuleList(
@@ -53,7 +56,7 @@ class PyramidPooling(nn.Module):
         outs = [x]
         for pool, stage in zip(self.pools, self.stages):
             y = stage(pool(x))
-            outs.append(F.interpolate(y, size=(h, w), mode="bilinear", align_corners=True))
+            outs.append(F.interpolate(y, size=(h, w), mode="bilinear", align_corners=self.align_corners))
         return torch.cat(outs, 1)
 
 
@@ -73,17 +76,36 @@ class PSPNet(nn.Module):
     Both are upsampled bilinearly to the input size. ``aux=False`` builds the deploy form with no
     auxiliary head (a checkpoint with one still loads with ``strict=False`` semantics handled by
     :func:`pspnet_deploy.checkpoint.load_model`).
+
+    Architecture options beyond the paper's defaults (all recorded in ``self.config``, so a
+    checkpoint rebuilds exactly; the defaults are what this project's own checkpoints use):
+    ``stem_channels``, ``strides``, ``dilations``, ``contract_dilation``, ``basic_conv2_dilated``
+    (backbone, see :mod:`pspnet_deploy.model.resnet`); ``ppm_channels`` (width of each pyramid
+    branch, default in_channels / len(bins)); ``align_corners`` of the final resize and the aux
+    head's, ``ppm_align_corners`` of the pyramid upsampling (default: ``align_corners``).
     """
 
     def __init__(self, num_classes: int, backbone: str = "resnet50", output_stride: int = 8,
                  deep_stem: bool = False, bins: Sequence[int] = (1, 2, 3, 6), head_channels: int = 512,
-                 aux: bool = True, aux_channels: int = 256, dropout: float = 0.1):
+                 aux: bool = True, aux_channels: int = 256, dropout: float = 0.1, stem_channels=None,
+                 strides=None, dilations=None, contract_dilation: bool = True, basic_conv2_dilated: bool = True,
+                 ppm_channels: int | None = None, align_corners: bool = True, ppm_align_corners: bool | None = None):
         super().__init__()
-        self.config = dict(num_classes=int(num_classes), backbone=backbone, output_stride=int(output_stride),
-                           deep_stem=bool(deep_stem), bins=[int(b) for b in bins], head_channels=int(head_channels),
-                           aux_channels=int(aux_channels), dropout=float(dropout))
-        self.backbone = resnet(backbone, output_stride=output_stride, deep_stem=deep_stem)
-        self.ppm = PyramidPooling(self.backbone.out_channels, bins)
+        self.backbone = resnet(backbone, output_stride=output_stride, deep_stem=deep_stem,
+                               stem_channels=stem_channels, strides=strides, dilations=dilations,
+                               contract_dilation=contract_dilation, basic_conv2_dilated=basic_conv2_dilated)
+        bb = self.backbone
+        self.align_corners = bool(align_corners)
+        ppm_ac = self.align_corners if ppm_align_corners is None else bool(ppm_align_corners)
+        self.ppm = PyramidPooling(bb.out_channels, bins, ppm_channels, align_corners=ppm_ac)
+        red = self.ppm.stages[0][0].out_channels
+        self.config = dict(num_classes=int(num_classes), backbone=backbone, output_stride=int(bb.output_stride),
+                           deep_stem=bool(bb.deep_stem), bins=[int(b) for b in bins], head_channels=int(head_channels),
+                           aux_channels=int(aux_channels), dropout=float(dropout),
+                           stem_channels=list(bb.stem_channels), strides=list(bb.strides),
+                           dilations=list(bb.dilations), contract_dilation=bb.contract_dilation,
+                           basic_conv2_dilated=bb.basic_conv2_dilated, ppm_channels=int(red),
+                           align_corners=self.align_corners, ppm_align_corners=ppm_ac)
         self.head = _head(self.ppm.out_channels, head_channels, num_classes, dropout)
         self.aux_head = _head(self.backbone.aux_channels, aux_channels, num_classes, dropout) if aux else None
 
@@ -98,15 +120,19 @@ class PSPNet(nn.Module):
     def forward(self, x: torch.Tensor):
         size = x.shape[-2:]
         c3, c4 = self.backbone(x)
-        out = F.interpolate(self.head(self.ppm(c4)), size=size, mode="bilinear", align_corners=True)
+        ac = self.align_corners
+        out = F.interpolate(self.head(self.ppm(c4)), size=size, mode="bilinear", align_corners=ac)
         if self.training and self.aux_head is not None:
-            aux = F.interpolate(self.aux_head(c3), size=size, mode="bilinear", align_corners=True)
+            aux = F.interpolate(self.aux_head(c3), size=size, mode="bilinear", align_corners=ac)
             return out, aux
         return out
 
 
 def build_model(config: dict, aux: bool = True) -> PSPNet:
-    """Build a PSPNet from the ``config`` dict stored in checkpoints (``PSPNet.config``)."""
+    """Build a PSPNet from the ``config`` dict stored in checkpoints (``PSPNet.config``).
+
+    Configs written before the architecture options existed lack them and get the defaults,
+    which are what those checkpoints were trained with."""
     cfg = dict(config)
     cfg.pop("aux", None)
     return PSPNet(aux=aux, **cfg)

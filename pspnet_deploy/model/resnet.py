@@ -2,25 +2,39 @@
 
 Output stride 8 dilates layer3 by 2 and layer4 by 4; output stride 16 dilates layer4 by 2.
 Only plain nn.Modules: the constructor arguments say what the network is.
+
+The options that tell the ResNet variants of other code bases apart (mmsegmentation's ResNetV1c
+and ResNet, hszhao/semseg's ResNet) are constructor arguments, each with the default that this
+project's own checkpoints were trained with:
+
+- ``stem_channels``: ``(64,)`` a 7x7/2 conv (torchvision, mmseg "b" variants); three widths
+  ``(a, b, c)`` the deep stem of three 3x3 convs (mmseg ResNetV1c: 32-32-64; semseg: 64-64-128);
+- ``strides`` / ``dilations`` of the four stages (d8: ``(1, 2, 1, 1)`` / ``(1, 1, 2, 4)``; mmseg's
+  d32 configs keep the dilations with strides ``(1, 2, 2, 2)``);
+- ``contract_dilation``: the first block of a dilated stage uses half the dilation (mmseg's
+  ``contract_dilation=True``, this project's default); semseg dilates every block fully;
+- ``basic_conv2_dilated``: whether a BasicBlock's second 3x3 conv is dilated too (this project:
+  yes; mmseg's BasicBlock leaves it undilated, ``padding=1``).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-__all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet", "RESNET_LAYERS"]
+__all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet", "RESNET_LAYERS", "stage_layout"]
 
 
 class BasicBlock(nn.Module):
     expansion = 1
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
-                 downsample: nn.Module | None = None):
+                 downsample: nn.Module | None = None, conv2_dilated: bool = True):
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, padding=dilation, dilation=dilation, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, padding=dilation, dilation=dilation, bias=False)
+        d2 = dilation if conv2_dilated else 1
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, padding=d2, dilation=d2, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
 
@@ -35,8 +49,8 @@ class Bottleneck(nn.Module):
     expansion = 4
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
-                 downsample: nn.Module | None = None):
-        super().__init__()
+                 downsample: nn.Module | None = None, conv2_dilated: bool = True):
+        super().__init__()  # conv2_dilated: accepted for a uniform block signature (the 3x3 is always dilated)
         self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride, padding=dilation, dilation=dilation, bias=False)
@@ -59,40 +73,80 @@ RESNET_LAYERS = {
     "resnet34": (BasicBlock, (3, 4, 6, 3)),
     "resnet50": (Bottleneck, (3, 4, 6, 3)),
     "resnet101": (Bottleneck, (3, 4, 23, 3)),
+    "resnet152": (Bottleneck, (3, 8, 36, 3)),
 }
+
+#: stage strides and dilations of the three output strides (the defaults when none are given)
+OUTPUT_STRIDE_LAYOUT = {8: ((1, 2, 1, 1), (1, 1, 2, 4)), 16: ((1, 2, 2, 1), (1, 1, 1, 2)),
+                        32: ((1, 2, 2, 2), (1, 1, 1, 1))}
+
+
+def stage_layout(output_stride: int = 8, strides=None, dilations=None) -> tuple[tuple, tuple, int]:
+    """Resolve ``(strides, dilations, output_stride)`` of the four stages.
+
+    Without explicit ``strides``/``dilations`` they follow ``output_stride``; with them, the output
+    stride is 4 (stem conv and max pool) times the product of the stage strides.
+    """
+    if strides is None and dilations is None:
+        if output_stride not in OUTPUT_STRIDE_LAYOUT:
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        st, dl = OUTPUT_STRIDE_LAYOUT[output_stride]
+        return st, dl, int(output_stride)
+    base_st, base_dl = OUTPUT_STRIDE_LAYOUT.get(output_stride, OUTPUT_STRIDE_LAYOUT[8])
+    st = tuple(int(v) for v in (strides if strides is not None else base_st))
+    dl = tuple(int(v) for v in (dilations if dilations is not None else base_dl))
+    if len(st) != 4 or len(dl) != 4:
+        raise ValueError(f"strides and dilations need one value per stage (4), got {list(st)} and {list(dl)}")
+    if st[0] != 1 or any(s not in (1, 2) for s in st) or any(d < 1 for d in dl):
+        raise ValueError(f"unsupported stage strides {list(st)} / dilations {list(dl)} (strides 1 or 2, the first 1)")
+    os_ = 4
+    for s_ in st:
+        os_ *= s_
+    return st, dl, os_
 
 
 class ResNet(nn.Module):
     """ResNet trunk returning (layer3, layer4) features.
 
-    output_stride: 8 (layer3 dilation 2, layer4 dilation 4), 16 (layer4 dilation 2) or 32 (none).
-    deep_stem: three 3x3 convs (64/2, 64, 128) instead of one 7x7, as in the PSPNet author's code.
+    output_stride: 8 (layer3 dilation 2, layer4 dilation 4), 16 (layer4 dilation 2) or 32 (none),
+    unless ``strides``/``dilations`` give the four stages explicitly.
+    deep_stem: three 3x3 convs (64/2, 64, 128) instead of one 7x7, as in the PSPNet author's code;
+    ``stem_channels`` gives other widths (see the module docstring for the remaining options).
     """
 
     def __init__(self, block: type[nn.Module], layers: tuple[int, int, int, int],
-                 output_stride: int = 8, deep_stem: bool = False):
+                 output_stride: int = 8, deep_stem: bool = False, stem_channels=None, strides=None,
+                 dilations=None, contract_dilation: bool = True, basic_conv2_dilated: bool = True):
         super().__init__()
-        if output_stride not in (8, 16, 32):
-            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
-        self.deep_stem = deep_stem
-        if deep_stem:
-            self.inplanes = 128
+        strides, dilations, output_stride = stage_layout(output_stride, strides, dilations)
+        if stem_channels is None:
+            stem_channels = (64, 64, 128) if deep_stem else (64,)
+        stem_channels = tuple(int(c) for c in stem_channels)
+        if len(stem_channels) not in (1, 3) or min(stem_channels) < 1:
+            raise ValueError(f"stem_channels must be one width (7x7 stem) or three (deep stem), got {list(stem_channels)}")
+        self.deep_stem = len(stem_channels) == 3
+        self.stem_channels = stem_channels
+        self.strides, self.dilations, self.output_stride = strides, dilations, output_stride
+        self.contract_dilation = bool(contract_dilation)
+        self.basic_conv2_dilated = bool(basic_conv2_dilated)
+        if self.deep_stem:
+            a, b, c = stem_channels
             self.stem = nn.Sequential(
-                nn.Conv2d(3, 64, 3, 2, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
-                nn.Conv2d(64, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
-                nn.Conv2d(64, 128, 3, 1, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(inplace=True),
+                nn.Conv2d(3, a, 3, 2, 1, bias=False), nn.BatchNorm2d(a), nn.ReLU(inplace=True),
+                nn.Conv2d(a, b, 3, 1, 1, bias=False), nn.BatchNorm2d(b), nn.ReLU(inplace=True),
+                nn.Conv2d(b, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
             )
         else:
-            self.inplanes = 64
+            (c,) = stem_channels
             self.stem = nn.Sequential(
-                nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+                nn.Conv2d(3, c, 7, 2, 3, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
             )
+        self.inplanes = stem_channels[-1]
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        d3, d4 = {8: (2, 4), 16: (1, 2), 32: (1, 1)}[output_stride]
-        self.layer1 = self._make_layer(block, 64, layers[0])
-        self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
-        self.layer3 = self._make_layer(block, 256, layers[2], stride=1 if d3 > 1 else 2, dilation=d3)
-        self.layer4 = self._make_layer(block, 512, layers[3], stride=1 if d4 > 1 else 2, dilation=d4)
+        self.layer1 = self._make_layer(block, 64, layers[0], strides[0], dilations[0])
+        self.layer2 = self._make_layer(block, 128, layers[1], strides[1], dilations[1])
+        self.layer3 = self._make_layer(block, 256, layers[2], strides[2], dilations[2])
+        self.layer4 = self._make_layer(block, 512, layers[3], strides[3], dilations[3])
         self.out_channels = 512 * block.expansion
         self.aux_channels = 256 * block.expansion
         for m in self.modules():
@@ -115,11 +169,13 @@ class ResNet(nn.Module):
                 nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
                 nn.BatchNorm2d(planes * block.expansion),
             )
-        # first block of a dilated stage uses half the dilation (as in DeepLab / semseg)
-        first_dilation = max(1, dilation // 2) if dilation > 1 else 1
-        layers = [block(self.inplanes, planes, stride, first_dilation, downsample)]
+        # contract_dilation: the first block of a dilated stage uses half the dilation (mmseg's
+        # contract_dilation=True); without it every block gets the full dilation (semseg)
+        first_dilation = dilation // 2 if (dilation > 1 and self.contract_dilation) else dilation
+        c2 = self.basic_conv2_dilated
+        layers = [block(self.inplanes, planes, stride, first_dilation, downsample, conv2_dilated=c2)]
         self.inplanes = planes * block.expansion
-        layers += [block(self.inplanes, planes, 1, dilation) for _ in range(1, blocks)]
+        layers += [block(self.inplanes, planes, 1, dilation, conv2_dilated=c2) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,8 +186,10 @@ class ResNet(nn.Module):
         return c3, c4
 
 
-def resnet(name: str, output_stride: int = 8, deep_stem: bool = False) -> ResNet:
+def resnet(name: str, output_stride: int = 8, deep_stem: bool = False, **options) -> ResNet:
+    """``options``: ``stem_channels``, ``strides``, ``dilations``, ``contract_dilation``,
+    ``basic_conv2_dilated`` (see :class:`ResNet`)."""
     if name not in RESNET_LAYERS:
         raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(RESNET_LAYERS)}")
     block, layers = RESNET_LAYERS[name]
-    return ResNet(block, layers, output_stride=output_stride, deep_stem=deep_stem)
+    return ResNet(block, layers, output_stride=output_stride, deep_stem=deep_stem, **options)

@@ -1,0 +1,234 @@
+"""mmsegmentation PSPNet (``EncoderDecoder`` + ``ResNet``/``ResNetV1c`` + ``PSPHead`` [+ ``FCNHead``])
+-> this project's PSPNet: architecture from the config, key mapping, preprocessing.
+
+mmseg facts this relies on (mmseg 1.x ``models/backbones/resnet.py``, ``models/utils/res_layer.py``,
+``models/decode_heads/psp_head.py``, ``fcn_head.py``, ``decode_head.py``; 0.x is the same):
+
+- ``ResNetV1c`` is ``ResNet(deep_stem=True)``: three 3x3 convs ``stem_channels // 2``,
+  ``stem_channels // 2``, ``stem_channels`` (keys ``backbone.stem.{0,1,3,4,6,7}``); plain ``ResNet``
+  (the "b" configs) has a 7x7 ``conv1`` + ``bn1``;
+- ``contract_dilation=True`` halves the dilation of a dilated stage's first block; BasicBlock's
+  conv2 is never dilated; style ``pytorch`` strides the 3x3 conv;
+- PSPHead: ``psp_modules.i`` = AdaptiveAvgPool2d + ConvModule(1x1, ``channels``), upsampled with
+  the head's ``align_corners`` and concatenated after the input; ``bottleneck`` 3x3 ConvModule;
+  Dropout2d; ``conv_seg``; the logits are resized to the input with the same ``align_corners``;
+- FCNHead (aux, training only): ``convs.0`` 3x3 ConvModule on stage 3, Dropout2d, ``conv_seg``.
+"""
+from __future__ import annotations
+
+import re
+
+from ..errors import UserError
+from .mmconfig import Unevaluable, get
+
+__all__ = ["DEPTHS", "is_mmseg_state", "model_config_from_mmseg", "infer_model_config", "map_keys", "preprocess_from_mmseg"]
+
+#: ResNet depth -> (block kind, blocks per stage), as in mmseg's ``ResNet.arch_settings``
+DEPTHS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3)),
+          101: ("bottleneck", (3, 4, 23, 3)), 152: ("bottleneck", (3, 8, 36, 3))}
+_BLOCKS_TO_DEPTH = {(kind, blocks): d for d, (kind, blocks) in DEPTHS.items()}
+
+
+def is_mmseg_state(state: dict) -> bool:
+    return any(k.startswith("decode_head.") for k in state) and any(k.startswith("backbone.") for k in state)
+
+
+def _refuse(where: str, what: str):
+    raise UserError(f"{where}: {what}")
+
+
+def _tuple(v, n: int, name: str, where: str) -> list[int]:
+    if isinstance(v, int):
+        v = (v,) * n
+    if not isinstance(v, (list, tuple)) or len(v) != n or not all(isinstance(x, int) for x in v):
+        _refuse(where, f"{name} must be {n} integers, got {v!r}")
+    return [int(x) for x in v]
+
+
+def _norm_ok(cfg_norm, where: str, part: str) -> None:
+    if cfg_norm is None:
+        _refuse(where, f"{part} has no normalisation layers (norm_cfg=None); only BN/SyncBN PSPNets convert")
+    t = cfg_norm.get("type") if isinstance(cfg_norm, dict) else None
+    if t not in ("BN", "SyncBN", "BN2d", "MMSyncBN", None):
+        _refuse(where, f"{part} uses norm {t!r}; only BN/SyncBN PSPNets convert")
+
+
+def model_config_from_mmseg(cfg: dict, where: str) -> tuple[dict, dict]:
+    """``(PSPNet config, facts)`` from an evaluated mmseg config dict; refuses what this PSPNet
+    cannot reproduce exactly with one line."""
+    model = get(cfg, "model", required=True)
+    if isinstance(model, Unevaluable) or not isinstance(model, dict):
+        _refuse(where, "config has no evaluable 'model'")
+    mtype = model.get("type", "EncoderDecoder")
+    if mtype != "EncoderDecoder":
+        _refuse(where, f"model type {mtype!r} is not a single-stage EncoderDecoder PSPNet")
+    if model.get("neck"):
+        _refuse(where, "config has a neck; PSPNet has none (not a PSPNet model)")
+    bb = get(cfg, "model.backbone", required=True)
+    dh = get(cfg, "model.decode_head", required=True)
+    ah = get(cfg, "model.auxiliary_head")
+    if not isinstance(dh, dict) or dh.get("type") != "PSPHead":
+        t = dh.get("type") if isinstance(dh, dict) else dh
+        _refuse(where, f"decode head is {t!r}, not PSPHead: not a PSPNet model")
+    btype = bb.get("type")
+    if btype not in ("ResNet", "ResNetV1c"):
+        _refuse(where, f"backbone {btype!r} is not supported (ResNet, ResNetV1c)")
+    depth = int(bb.get("depth", 50))
+    if depth not in DEPTHS:
+        _refuse(where, f"ResNet depth {depth} is not supported ({sorted(DEPTHS)})")
+    deep_stem = True if btype == "ResNetV1c" else bool(bb.get("deep_stem", False))
+    for key, ok in (("avg_down", False), ("dcn", None), ("plugins", None), ("multi_grid", None),
+                    ("base_channels", 64), ("num_stages", 4), ("in_channels", 3)):
+        if bb.get(key, ok) != ok:
+            _refuse(where, f"backbone option {key}={bb.get(key)!r} is not supported (expected {ok!r})")
+    if bb.get("style", "pytorch") != "pytorch":
+        _refuse(where, f"backbone style {bb.get('style')!r} is not supported (only 'pytorch': stride on the 3x3 conv)")
+    _norm_ok(bb.get("norm_cfg", {"type": "BN"}), where, "backbone")
+    stem = int(bb.get("stem_channels", 64))
+    stem_channels = [stem // 2, stem // 2, stem] if deep_stem else [stem]
+    strides = _tuple(bb.get("strides", (1, 2, 2, 2)), 4, "backbone strides", where)
+    dilations = _tuple(bb.get("dilations", (1, 1, 1, 1)), 4, "backbone dilations", where)
+    if strides[0] != 1 or any(s not in (1, 2) for s in strides):
+        _refuse(where, f"backbone strides {strides} are not supported")
+    if dh.get("in_index", -1) not in (3, -1) or dh.get("input_transform") is not None:
+        _refuse(where, "decode head does not read the last backbone stage alone")
+    _norm_ok(dh.get("norm_cfg", None), where, "decode head")
+    blocks_kind = DEPTHS[depth][0]
+    expansion = 4 if blocks_kind == "bottleneck" else 1
+    if int(dh.get("in_channels", 512 * expansion)) != 512 * expansion:
+        _refuse(where, f"decode head in_channels {dh.get('in_channels')} does not match ResNet-{depth} ({512 * expansion})")
+    channels = int(dh["channels"])
+    ac = bool(dh.get("align_corners", False))
+    conf = dict(num_classes=int(dh["num_classes"]), backbone=f"resnet{depth}", deep_stem=deep_stem,
+                bins=[int(b) for b in dh.get("pool_scales", (1, 2, 3, 6))], head_channels=channels,
+                dropout=float(dh.get("dropout_ratio", 0.1)), stem_channels=stem_channels, strides=strides,
+                dilations=dilations, contract_dilation=bool(bb.get("contract_dilation", False)),
+                basic_conv2_dilated=False, ppm_channels=channels, align_corners=ac, ppm_align_corners=ac)
+    if dh.get("out_channels") not in (None, conf["num_classes"]) or dh.get("threshold") is not None:
+        _refuse(where, "decode head uses a sigmoid/binary output (out_channels != num_classes); not supported")
+    facts = {"aux": False}
+    if isinstance(ah, list):
+        _refuse(where, "config has several auxiliary heads; a PSPNet has one")
+    if isinstance(ah, dict):
+        if ah.get("type") != "FCNHead" or int(ah.get("num_convs", 2)) != 1 or ah.get("concat_input", True) \
+                or int(ah.get("kernel_size", 3)) != 3 or int(ah.get("dilation", 1)) != 1 or ah.get("in_index") not in (2, -2):
+            _refuse(where, "auxiliary head is not PSPNet's (FCNHead on stage 3, one 3x3 conv, no concat_input)")
+        if int(ah.get("num_classes", conf["num_classes"])) != conf["num_classes"]:
+            _refuse(where, "auxiliary head predicts a different number of classes than the decode head")
+        _norm_ok(ah.get("norm_cfg", None), where, "auxiliary head")
+        conf["aux_channels"] = int(ah["channels"])
+        facts["aux"] = True
+        facts["aux_align_corners"] = bool(ah.get("align_corners", False))
+    test_cfg = model.get("test_cfg") or {}
+    facts["test_cfg"] = test_cfg if isinstance(test_cfg, dict) else {}
+    return conf, facts
+
+
+def infer_model_config(state: dict, where: str) -> tuple[dict, list[str]]:
+    """What the weights' shapes say when there is no config; returns the config and the facts
+    that were assumed (mmseg's PSPNet defaults: d8, contract_dilation, align_corners False, bins 1-2-3-6)."""
+    if "backbone.stem.0.weight" in state:
+        deep_stem = True
+        stem_channels = [int(state[f"backbone.stem.{i}.weight"].shape[0]) for i in (0, 3, 6)]
+    elif "backbone.conv1.weight" in state:
+        deep_stem = False
+        w = state["backbone.conv1.weight"]
+        if tuple(w.shape[-2:]) != (7, 7):
+            _refuse(where, f"backbone.conv1 is {tuple(w.shape)}, not a 7x7 ResNet stem")
+        stem_channels = [int(w.shape[0])]
+    else:
+        _refuse(where, "no ResNet stem (backbone.stem.* or backbone.conv1) in the weights: not a ResNet PSPNet")
+    blocks = []
+    for layer in (1, 2, 3, 4):
+        idx = {int(m.group(1)) for k in state for m in [re.match(rf"backbone\.layer{layer}\.(\d+)\.", k)] if m}
+        if not idx:
+            _refuse(where, f"no backbone.layer{layer} weights: not a 4-stage ResNet")
+        blocks.append(max(idx) + 1)
+    kind = "bottleneck" if "backbone.layer1.0.conv3.weight" in state else "basic"
+    depth = _BLOCKS_TO_DEPTH.get((kind, tuple(blocks)))
+    if depth is None:
+        _refuse(where, f"ResNet with {kind} blocks {blocks} is not a known depth")
+    if "decode_head.conv_seg.weight" not in state or "decode_head.bottleneck.conv.weight" not in state:
+        _refuse(where, "no PSPHead weights (decode_head.bottleneck / conv_seg): not a PSPNet model")
+    n_bins = len({m.group(1) for k in state for m in [re.match(r"decode_head\.psp_modules\.(\d+)\.", k)] if m})
+    bins = [1, 2, 3, 6] if n_bins == 4 else None
+    if bins is None:
+        _refuse(where, f"{n_bins} pyramid branches and no config to give their bin sizes; pass --config")
+    conf = dict(num_classes=int(state["decode_head.conv_seg.weight"].shape[0]), backbone=f"resnet{depth}",
+                deep_stem=deep_stem, bins=bins, head_channels=int(state["decode_head.bottleneck.conv.weight"].shape[0]),
+                dropout=0.1, stem_channels=stem_channels, strides=[1, 2, 1, 1], dilations=[1, 1, 2, 4],
+                contract_dilation=True, basic_conv2_dilated=False,
+                ppm_channels=int(state["decode_head.psp_modules.0.1.conv.weight"].shape[0]),
+                align_corners=False, ppm_align_corners=False)
+    if "auxiliary_head.convs.0.conv.weight" in state:
+        conf["aux_channels"] = int(state["auxiliary_head.convs.0.conv.weight"].shape[0])
+    assumed = ["output stride 8 (strides 1-2-1-1, dilations 1-1-2-4, contract_dilation)", "bins 1-2-3-6",
+               "align_corners False", "dropout 0.1"]
+    return conf, assumed
+
+
+_STEM_7X7 = {"backbone.conv1.": "backbone.stem.0.", "backbone.bn1.": "backbone.stem.1."}
+_HEAD = [
+    (re.compile(r"^decode_head\.psp_modules\.(\d+)\.1\.conv\."), r"ppm.stages.\1.0."),
+    (re.compile(r"^decode_head\.psp_modules\.(\d+)\.1\.bn\."), r"ppm.stages.\1.1."),
+    (re.compile(r"^decode_head\.bottleneck\.conv\."), "head.0."),
+    (re.compile(r"^decode_head\.bottleneck\.bn\."), "head.1."),
+    (re.compile(r"^decode_head\.conv_seg\."), "head.4."),
+    (re.compile(r"^auxiliary_head\.convs\.0\.conv\."), "aux_head.0."),
+    (re.compile(r"^auxiliary_head\.convs\.0\.bn\."), "aux_head.1."),
+    (re.compile(r"^auxiliary_head\.conv_seg\."), "aux_head.4."),
+]
+_BACKBONE = re.compile(r"^backbone\.(stem\.[0-9]+|layer[1-4]\.\d+\.(conv[1-3]|bn[1-3]|downsample\.[01]))\.")
+
+
+def map_keys(state: dict, where: str) -> dict:
+    """mmseg state-dict keys -> this project's; any key with no counterpart is refused."""
+    out, unknown = {}, []
+    for k, v in state.items():
+        new = None
+        for a, b in _STEM_7X7.items():
+            if k.startswith(a):
+                new = b + k[len(a):]
+        if new is None and _BACKBONE.match(k):
+            new = k
+        if new is None:
+            for pat, rep in _HEAD:
+                if pat.match(k):
+                    new = pat.sub(rep, k)
+                    break
+        if new is None:
+            unknown.append(k)
+            continue
+        out[new] = v
+    if unknown:
+        _refuse(where, f"{len(unknown)} weights have no place in a PSPNet (e.g. {unknown[0]!r}): not an mmseg "
+                       f"PSPNet with a ResNet backbone")
+    return out
+
+
+def preprocess_from_mmseg(cfg: dict | None) -> tuple[dict, list[str]]:
+    """``(mean, std, channel_order, input_size)`` from ``data_preprocessor`` (1.x) or
+    ``img_norm_cfg`` (0.x); the defaults of mmseg's configs otherwise (noted as assumed)."""
+    assumed = []
+    dp = (get(cfg, "model.data_preprocessor") or get(cfg, "data_preprocessor")) if cfg else None
+    norm = get(cfg, "img_norm_cfg") if cfg else None
+    if isinstance(dp, dict) and "mean" in dp:
+        mean, std = dp["mean"], dp.get("std", (1.0, 1.0, 1.0))
+        # mmcv decodes images as BGR; bgr_to_rgb=True feeds RGB to the model, otherwise BGR
+        rgb = bool(dp.get("bgr_to_rgb", False))
+    elif isinstance(norm, dict) and "mean" in norm:
+        mean, std, rgb = norm["mean"], norm.get("std", (1.0, 1.0, 1.0)), bool(norm.get("to_rgb", True))
+    else:
+        mean, std, rgb = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375], True
+        assumed.append("ImageNet mean/std on RGB (mmseg's default; the config does not say)")
+    size = None
+    for key in ("model.data_preprocessor.size", "data_preprocessor.size", "crop_size", "model.test_cfg.crop_size"):
+        v = get(cfg, key) if cfg else None
+        if isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, int) for x in v):
+            size = [int(v[0]), int(v[1])]
+            break
+    if size is None:
+        size = [512, 512]
+        assumed.append("input size 512x512 (no crop size in the config; choose with --input-size)")
+    return {"mean": [float(x) for x in mean], "std": [float(x) for x in std], "channel_order": "RGB" if rgb else "BGR",
+            "input_size": size}, assumed
