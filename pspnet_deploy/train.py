@@ -147,6 +147,25 @@ def _rng_state(device: torch.device) -> dict:
     return st
 
 
+def _architecture(cfg: TrainConfig, num_classes: int, init_payload: dict | None) -> dict:
+    """PSPNet constructor arguments: from the options, or with ``--init`` the init checkpoint's
+    architecture (every model option, e.g. of a converted mmseg/semseg model) with this dataset's
+    class count and ``cfg.output_stride`` (changing it re-derives the stage strides/dilations)."""
+    if init_payload is None:
+        return dict(num_classes=num_classes, backbone=cfg.backbone, output_stride=cfg.output_stride,
+                    deep_stem=cfg.deep_stem, bins=list(cfg.bins), head_channels=cfg.head_channels)
+    arch = dict(init_payload["meta"].get("model") or {})
+    if not arch:
+        raise UserError(f"{cfg.init}: checkpoint has no model description to start from")
+    arch.pop("aux", None)
+    arch["num_classes"] = num_classes
+    if int(arch.get("output_stride", 8)) != int(cfg.output_stride):
+        arch["output_stride"] = int(cfg.output_stride)
+        arch.pop("strides", None)
+        arch.pop("dilations", None)
+    return arch
+
+
 def train(cfg: TrainConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -171,11 +190,20 @@ def train(cfg: TrainConfig) -> dict:
             img = train_ds.load_image(0)
             default = img.shape[:2]
         cfg.input_size = [int(default[0]), int(default[1])]
-    need = min_input_size(cfg.bins, cfg.output_stride)
+    init_payload = load_checkpoint(cfg.init) if cfg.init else None
+    arch = _architecture(cfg, info.num_classes, init_payload)
+    if cfg.resume:  # resuming rebuilds exactly the model that was being trained
+        resume_model = load_checkpoint(cfg.resume)["meta"].get("model")
+        if resume_model:
+            arch = {k: v for k, v in resume_model.items() if k != "aux"}
+    need = min_input_size(arch["bins"], arch.get("output_stride", cfg.output_stride))
     if min(cfg.crop) < need or min(cfg.input_size) < need:
-        raise UserError(f"crop {cfg.crop} / input size {cfg.input_size} too small for bins {cfg.bins} at output "
+        raise UserError(f"crop {cfg.crop} / input size {cfg.input_size} too small for bins {arch['bins']} at output "
                         f"stride {cfg.output_stride}: each side must be at least {need} pixels")
     preprocess = Preprocess(input_size=tuple(cfg.input_size))
+    if init_payload is not None and "preprocess" in init_payload["meta"]:
+        # fine-tuning keeps the normalisation the weights were trained with (e.g. a converted mmseg model's)
+        preprocess = Preprocess.from_dict(init_payload["meta"]["preprocess"]).with_size(*cfg.input_size)
     out_dir = Path(cfg.out)
     if main:
         try:
@@ -189,13 +217,16 @@ def train(cfg: TrainConfig) -> dict:
         train_ds.preload()  # decode once; forked workers share it
 
     torch.manual_seed(cfg.seed)
-    model = PSPNet(info.num_classes, cfg.backbone, cfg.output_stride, cfg.deep_stem, cfg.bins, cfg.head_channels,
-                   aux=True)
-    if cfg.init:
-        payload = load_checkpoint(cfg.init)
-        state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
+    model = PSPNet(aux=True, **arch)
+    if init_payload is not None:
+        state = {k: v.float() if v.is_floating_point() else v for k, v in init_payload["state_dict"].items()}
+        own = model.state_dict()
+        # another class count: the classifiers (head.4, aux_head.4) start fresh, everything else is kept
+        fresh = {k for k, v in state.items()
+                 if k.startswith(("head.4.", "aux_head.4.")) and k in own and own[k].shape != v.shape}
+        state = {k: v for k, v in state.items() if k not in fresh}
         missing, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected or [m for m in missing if not m.startswith("aux_head.")]:
+        if unexpected or [m for m in missing if not m.startswith("aux_head.") and m not in fresh]:
             raise UserError(f"{cfg.init}: weights do not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]})")
     model.to(device)
     new_params = {id(p) for m in model.new_modules for p in m.parameters()}

@@ -50,7 +50,9 @@ def build_parser():
     p.add_argument("--workers", type=int, default=d.workers)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--init", default=None, help="start from this checkpoint's weights (e.g. change output stride)")
+    p.add_argument("--init", default=None, help="start from this checkpoint's weights and architecture (a pspnet-train or pspnet-convert "
+                        "checkpoint; --backbone/--deep-stem/--bins/--head-channels are taken from it, --output-stride "
+                        "still applies, classifiers are re-initialised when the class count differs)")
     p.add_argument("--resume", default=None, help="continue exactly from a last.pt")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda")
     p.add_argument("--no-progress", action="store_true")

@@ -128,7 +128,7 @@ def _load_strict(model: PSPNet, state: dict, where: str, what: str) -> None:
     if missing or unexpected or bad:
         detail = []
         if bad:
-            detail.append(f"shape of {bad[0]} is {tuple(state[bad[0]].shape)}, the {what} needs {tuple(own[bad[0]].shape)}")
+            detail.append(f"shape of {bad[0]} is {tuple(state[bad[0]].shape)}, the model needs {tuple(own[bad[0]].shape)}")
         if missing:
             detail.append(f"missing {missing[:2]}")
         if unexpected:
