@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -30,138 +29,50 @@ REL_TOL = 1e-5  # of the logit range
 
 
 # --------------------------------------------------------------------------------------------
-# mmsegmentation, imported for real
+# mmsegmentation, imported for real (pspnet_deploy.interop.mmseg_runtime: mmcv.ops stub, MODELS.build)
 # --------------------------------------------------------------------------------------------
-
-class _StubOps(types.ModuleType):
-    """``mmcv.ops`` for mmcv-lite: names resolve (mmseg imports a few at import time), calls raise."""
-
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-
-        def _unavailable(*args, **kwargs):
-            raise RuntimeError(f"mmcv.ops.{name} is not available in mmcv-lite (no compiled ops)")
-
-        _unavailable.__name__ = name
-        return _unavailable
-
-
-def _import_mmseg():
-    try:
-        import mmcv  # noqa: F401
-        import mmengine  # noqa: F401
-    except ImportError as e:
-        pytest.skip(f"mmsegmentation stack not installed ({e}); pip install -e '.[interop]' and the --no-deps "
-                    f"packages of the Makefile's INTEROP_NODEPS")
-    if "mmcv.ops" not in sys.modules:
-        try:
-            importlib.import_module("mmcv.ops")
-        except Exception:  # noqa: BLE001 - mmcv-lite: no compiled extension
-            for k in [k for k in sys.modules if k == "mmcv.ops" or k.startswith("mmcv.ops.")]:
-                del sys.modules[k]
-            stub = _StubOps("mmcv.ops")
-            stub.__file__ = "<stub: mmcv-lite has no compiled ops>"
-            stub.__path__ = []
-            sys.modules["mmcv.ops"] = stub
-    try:
-        import mmseg.models  # noqa: F401
-        from mmseg.registry import MODELS
-    except ImportError as e:
-        pytest.skip(f"mmsegmentation not importable ({e})")
-    return MODELS
-
 
 @pytest.fixture(scope="module")
 def mmseg_models():
-    import warnings
+    from pspnet_deploy.interop import mmseg_runtime
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return _import_mmseg()
+    try:
+        return mmseg_runtime.import_mmseg_models()
+    except ImportError as e:
+        pytest.skip(f"mmsegmentation not importable ({e}); install the interop extra and the Makefile's INTEROP_NODEPS")
 
 
 def _config_path(name: str) -> Path:
-    from pspnet_deploy.interop.mmconfig import mmseg_config_root
+    from pspnet_deploy.interop.mmseg_runtime import shipped_config
 
-    root = mmseg_config_root()
-    if root is None:
+    try:
+        return shipped_config(name)
+    except ImportError:
         pytest.skip("mmsegmentation's configs are not installed")
-    return root / "pspnet" / name
 
 
 def _bn_to_plain(obj):
-    if isinstance(obj, dict):
-        out = {k: _bn_to_plain(v) for k, v in obj.items()}
-        if out.get("type") == "SyncBN":
-            out["type"] = "BN"
-        return out
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_bn_to_plain(v) for v in obj)
-    return obj
+    from pspnet_deploy.interop.mmseg_runtime import _plain_bn
 
-
-def _randomise(model: torch.nn.Module, seed: int) -> None:
-    """Random weights everywhere, BN statistics included, scaled so a deep stack stays bounded."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if name.endswith("num_batches_tracked"):
-                continue
-            if name.endswith("running_var"):
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-            elif name.endswith("running_mean") or (t.ndim == 1 and name.endswith("bias")):
-                t.copy_((torch.rand(t.shape, generator=g) - 0.5) * 0.2)
-            elif t.ndim == 1:
-                t.copy_(torch.rand(t.shape, generator=g) * 0.5 + 0.3)
-            else:
-                fan_in = int(np.prod(t.shape[1:]))
-                t.copy_(torch.randn(t.shape, generator=g) * (2.0 / fan_in) ** 0.5)
+    return _plain_bn(obj)
 
 
 def build_mmseg(models, config_name: str, seed: int = 0):
-    """(mmseg EncoderDecoder in eval mode, mmengine Config) from a shipped config."""
-    from mmengine.config import Config, ConfigDict
+    from pspnet_deploy.interop.mmseg_runtime import build_mmseg_pspnet
 
-    cfg = Config.fromfile(str(_config_path(config_name)))
-    mcfg = _bn_to_plain(cfg.model.to_dict())
-    mcfg["data_preprocessor"] = None
-    mcfg["pretrained"] = None
-    mcfg["backbone"].pop("init_cfg", None)
-    model = models.build(ConfigDict(mcfg))
-    _randomise(model, seed)
-    return model.eval(), cfg
+    return build_mmseg_pspnet(models, _config_path(config_name), seed)
 
 
 def save_like_mmengine(model, cfg, path: Path, classes) -> None:
-    """What mmengine's ``Runner.save_checkpoint`` writes, with mmengine's own objects and writer."""
-    import time
+    from pspnet_deploy.interop.mmseg_runtime import save_like_mmengine as save
 
-    import mmengine
-    from mmengine.logging import MessageHub
-    from mmengine.optim import OptimWrapper, PolyLR
-    from mmengine.runner.checkpoint import save_checkpoint, weights_to_cpu
-
-    hub = MessageHub.get_instance(f"convert-test-{path.stem}")
-    for i in range(3):
-        hub.update_scalar("train/loss", 1.0 / (i + 1))
-        hub.update_scalar("train/lr", np.float64(0.01))
-    hub.update_info("iter", 3)
-    optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
-    sched = PolyLR(optim, eta_min=1e-4, power=0.9, begin=0, end=80000, by_epoch=False)
-    meta = {"epoch": 0, "iter": 3, "cfg": cfg.pretty_text, "seed": np.int64(0), "experiment_name": "test",
-            "time": time.strftime("%Y%m%d_%H%M%S"), "mmengine_version": mmengine.__version__,
-            "dataset_meta": {"classes": tuple(classes), "palette": [[i, 2 * i % 256, 3 * i % 256] for i in range(len(classes))]}}
-    ckpt = {"meta": meta, "state_dict": weights_to_cpu(model.state_dict()), "message_hub": hub.state_dict(),
-            "optimizer": optim.state_dict(), "param_schedulers": [sched.state_dict()]}
-    save_checkpoint(ckpt, str(path))
+    save(model, cfg, path, classes)
 
 
 def mmseg_logits(model, x: torch.Tensor) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    metas = [{"img_shape": (h, w), "ori_shape": (h, w), "pad_shape": (h, w)}] * x.shape[0]
-    with torch.no_grad():
-        return model.inference(x, metas)
+    from pspnet_deploy.interop.mmseg_runtime import mmseg_inference
+
+    return mmseg_inference(model, x)
 
 
 def _assert_close(ours: np.ndarray, ref: np.ndarray, what: str) -> float:
@@ -575,3 +486,24 @@ def test_other_mmseg_models_are_refused(mmseg_models, tmp_path):
     with pytest.raises(UserError, match=r"weights do not fit the PSPNet described by pspnet_r50-d8.*: shape of backbone\.layer1\.0\.conv1\.weight"):
         convert_checkpoint(psp, tmp_path / "out.pt", config="pspnet_r50-d8_4xb2-40k_cityscapes-512x1024.py")
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_semseg_yaml_config_is_checked(tmp_path):
+    pytest.importorskip("yaml")
+    from pspnet_deploy.checkpoint import load_checkpoint
+    from pspnet_deploy.interop import convert_checkpoint
+
+    src = tmp_path / "train_epoch_50.pth"
+    _semseg_checkpoint(src)
+    good = tmp_path / "voc2012_pspnet50.yaml"  # the shape of semseg's config/voc2012/voc2012_pspnet50.yaml
+    good.write_text("DATA:\n  classes: 21\nTRAIN:\n  arch: psp\n  layers: 50\n  train_h: 473\n  train_w: 473\n"
+                    "  zoom_factor: 8\n  ignore_label: 255\nTEST:\n  test_h: 473\n  test_w: 473\n")
+    out = tmp_path / "ok.pt"
+    convert_checkpoint(src, out, source="semseg", config=good)
+    meta = load_checkpoint(out)["meta"]
+    assert meta["preprocess"]["input_size"] == [473, 473] and meta["converted_from"]["config"] == str(good)
+    bad = tmp_path / "ade20k_pspnet101.yaml"
+    bad.write_text("DATA:\n  classes: 150\nTRAIN:\n  layers: 101\n  zoom_factor: 8\n")
+    with pytest.raises(UserError, match="config says layers=101 but the weights are ResNet-50"):
+        convert_checkpoint(src, tmp_path / "bad.pt", source="semseg", config=bad)
+    assert not (tmp_path / "bad.pt").exists()

@@ -113,5 +113,6 @@ def read_semseg_yaml(path) -> dict:
     for sec in doc.values():
         if isinstance(sec, dict):
             flat.update(sec)
-    return {k: flat[k] for k in ("layers", "classes", "zoom_factor", "train_h", "train_w", "test_h", "test_w")
+    return {k: flat[k] for k in ("layers", "classes", "zoom_factor", "train_h", "train_w", "test_h", "test_w",
+                                 "ignore_label")
             if k in flat}
