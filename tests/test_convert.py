@@ -341,10 +341,11 @@ def test_config_reader_inheritance_and_delete(tmp_path):
     (tmp_path / "base.py").write_text("a = dict(x=1, y=dict(p=1, q=2))\nb = [1, 2]\nsize = (4, 5)\n")
     (tmp_path / "child.py").write_text(
         "_base_ = './base.py'\nsize = (6, 7)\na = dict(y=dict(q=3), z=size)\nb = [3]\nc = dict(_delete_=True, k=1)\n"
-        "d = '{{_base_.size}}'\ne = _base_.a\n")
+        "d = '{{_base_.size}}'\ne = _base_.a\nf = {{_base_.b}}\n")
     cfg = read_config_file(tmp_path / "child.py")
     assert cfg["a"] == {"x": 1, "y": {"p": 1, "q": 3}, "z": (6, 7)}
     assert cfg["b"] == [3] and cfg["c"] == {"k": 1} and cfg["d"] == (4, 5) and cfg["e"]["x"] == 1
+    assert cfg["f"] == [1, 2]
 
 
 # --------------------------------------------------------------------------------------------

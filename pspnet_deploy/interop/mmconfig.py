@@ -154,6 +154,9 @@ class _Evaluator:
             if not isinstance(v, (list, tuple, str, dict)):
                 self.fail(node, f"{node.func.id}() of {type(v).__name__}")
             return list(v) if node.func.id == "list" else tuple(v)
+        if isinstance(node, ast.Set) and len(node.elts) == 1 and isinstance(node.elts[0], ast.Set) \
+                and len(node.elts[0].elts) == 1 and _dotted(node.elts[0].elts[0]).startswith("_base_."):
+            return self._base_lookup(node, _dotted(node.elts[0].elts[0])[len("_base_."):])  # {{_base_.x}} unquoted
         if isinstance(node, ast.Attribute) and _dotted(node).startswith("_base_."):
             return self._base_lookup(node, _dotted(node)[len("_base_."):])
         what = type(node).__name__
@@ -226,7 +229,6 @@ def _evaluate(text: str, where: str, base: dict) -> tuple[dict, list]:
         if isinstance(stmt, (ast.Expr,)) and isinstance(stmt.value, ast.Constant):
             continue  # docstring
         if isinstance(stmt, (ast.Import, ast.ImportFrom, ast.With)):
-            text_ = ast.unparse(stmt).splitlines()[0]
             if "read_base" in ast.unparse(stmt) or (isinstance(stmt, ast.ImportFrom) and stmt.module == "mmengine.config"):
                 raise UserError(f"{where}:{stmt.lineno}: new-style (read_base) configs are not read; pass the merged "
                                 f"config (mmengine: Config.fromfile(...).dump('merged.py'))")
