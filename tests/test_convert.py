@@ -508,3 +508,22 @@ def test_semseg_yaml_config_is_checked(tmp_path):
     with pytest.raises(UserError, match="config says layers=101 but the weights are ResNet-50"):
         convert_checkpoint(src, tmp_path / "bad.pt", source="semseg", config=bad)
     assert not (tmp_path / "bad.pt").exists()
+
+
+def test_mmseg_preprocessing_facts():
+    """1.x data_preprocessor and 0.x img_norm_cfg -> channel order, mean/std, size."""
+    from pspnet_deploy.interop.mmconfig import read_config_text
+    from pspnet_deploy.interop.mmseg import preprocess_from_mmseg
+
+    v1 = read_config_text("crop_size = (480, 640)\ndata_preprocessor = dict(type='SegDataPreProcessor', "
+                          "mean=[1.0, 2.0, 3.0], std=[4.0, 5.0, 6.0], bgr_to_rgb=False, size=crop_size)\n"
+                          "model = dict(type='EncoderDecoder', data_preprocessor=data_preprocessor)\n")
+    pre, assumed = preprocess_from_mmseg(v1)
+    assert pre == {"mean": [1.0, 2.0, 3.0], "std": [4.0, 5.0, 6.0], "channel_order": "BGR", "input_size": [480, 640]}
+    assert assumed == []
+    v0 = read_config_text("img_norm_cfg = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)\n"
+                          "crop_size = (769, 769)\n")
+    pre, _ = preprocess_from_mmseg(v0)
+    assert pre["channel_order"] == "RGB" and pre["input_size"] == [769, 769] and pre["mean"][0] == 123.675
+    pre, assumed = preprocess_from_mmseg(None)
+    assert pre["channel_order"] == "RGB" and len(assumed) == 2
