@@ -13,12 +13,11 @@ Scopes, always labelled in the report:
   preprocesses them, infers and postprocesses each output to a label map at the image's original
   size (bilinear logits resize + argmax, exactly as pspnet-eval does).
 
-Timers: PyTorch on CUDA in ``model`` scope uses CUDA events around the call (the output stays on
-the GPU); a runner may offer ``infer_timed(batch) -> milliseconds`` measured with its device's
-own clock (e.g. CUDA events around TensorRT's ``execute_async_v3`` with the input already on the
-GPU), which is then used in ``model`` scope; everything else, TensorRT runners without that hook
-included, is wall clock (``time.perf_counter``) around a call that takes and returns host arrays,
-so it includes the copies and the device synchronisation. Each row names its timer.
+Timers: in ``model`` scope each runner times itself (:meth:`Runner.model_timer
+<pspnet_deploy.runners.base.Runner.model_timer>`): PyTorch on CUDA uses CUDA events around the
+call (input staged on the GPU, the output stays there); a backend without a device clock of its
+own is timed by wall clock (``time.perf_counter``) around a call that takes and returns host
+arrays, so it includes the copies and the device synchronisation. Each row names its timer.
 
 Memory: the process's RSS high-water mark (``VmHWM`` in ``/proc/self/status``), reset to the
 current RSS before each measurement by writing ``5`` to ``/proc/self/clear_refs`` (Linux >= 4.0).
@@ -46,11 +45,11 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from .card import SUFFIX_KINDS, read_card, strip_model_suffix
 from .errors import UserError
 from .utils import jsonable
 
 SCOPES = ("model", "end2end")
-MODEL_SUFFIXES = {".pt": "pt", ".pth": "pt", ".onnx": "onnx", ".engine": "engine", ".plan": "engine", ".trt": "engine"}
 PERCENTILES = (50, 90, 95, 99)
 
 
@@ -99,7 +98,7 @@ class ModelSpec:
 
     @property
     def kind(self) -> str:
-        return MODEL_SUFFIXES.get(self.path.suffix.lower(), "?")
+        return SUFFIX_KINDS.get(self.path.suffix.lower(), "?")
 
 
 def parse_model_arg(spec, label: str | None = None) -> ModelSpec:
@@ -119,7 +118,7 @@ def parse_model_arg(spec, label: str | None = None) -> ModelSpec:
         if head and tail and "/" not in tail:
             path, lab = head, tail
     p = Path(path)
-    if p.suffix.lower() not in MODEL_SUFFIXES:
+    if p.suffix.lower() not in SUFFIX_KINDS:
         raise UserError(f"{p}: unknown model file type {p.suffix or '(none)'!r}; expected .pt, .onnx or .engine "
                         f"(use PATH:LABEL to name a model)")
     if not p.is_file():
@@ -128,93 +127,42 @@ def parse_model_arg(spec, label: str | None = None) -> ModelSpec:
 
 
 def _default_label(p: Path) -> str:
-    name = p.name
-    for suf in (".onnx", ".engine", ".plan", ".trt", ".pt", ".pth"):
-        if name.lower().endswith(suf):
-            name = name[: -len(suf)]
-    return name or str(p)
-
-
-def _onnx_peek(path: Path) -> dict:
-    import onnx
-
-    from .runners.ort_runner import read_onnx_metadata
-
-    meta = read_onnx_metadata(path)
-    model = onnx.load(str(path), load_external_data=False)
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    fixed_batch, size = None, None
-    if inputs:
-        dims = inputs[0].type.tensor_type.shape.dim
-        if len(dims) == 4:
-            if dims[0].HasField("dim_value"):
-                fixed_batch = int(dims[0].dim_value)
-            if dims[2].HasField("dim_value") and dims[3].HasField("dim_value"):
-                size = (int(dims[2].dim_value), int(dims[3].dim_value))
-    if size is None and isinstance(meta.get("preprocess"), dict) and "input_size" in meta["preprocess"]:
-        size = tuple(int(v) for v in meta["preprocess"]["input_size"])
-    files = {path.resolve()}
-    for t in model.graph.initializer:
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            for kv in t.external_data:
-                if kv.key == "location":
-                    files.add((path.parent / kv.value).resolve())
-    size_bytes = sum(f.stat().st_size for f in files if f.is_file())
-    return {"classes": meta.get("classes"), "fixed_batch": fixed_batch, "input_size": size, "file_bytes": size_bytes,
-            "static_size": size is not None and inputs and all(d.HasField("dim_value") for d in inputs[0].type.tensor_type.shape.dim[2:])}
+    return strip_model_suffix(p.name) or str(p)
 
 
 def peek_model(spec: ModelSpec, input_size: tuple[int, int] | None = None) -> dict:
-    """What can be known about a model file without loading it into a runner: classes, fixed batch,
-    input size, file size, FLOPs per image (None where unknown). Bad files raise UserError."""
+    """What can be known about a model file without loading it into a runner (its card): classes,
+    fixed batch, input size, file size, FLOPs per image (None where unknown). Bad files raise UserError."""
     from . import flops as fl
 
-    info: dict = {"classes": None, "fixed_batch": None, "input_size": None, "file_bytes": spec.path.stat().st_size,
-                  "flops": None, "flops_method": None}
-    if spec.kind == "pt":
-        from .checkpoint import load_checkpoint
-
-        meta = load_checkpoint(spec.path)["meta"]
-        info["classes"] = list(meta.get("classes") or [])
+    card = read_card(spec.path)
+    info: dict = {"classes": card.classes, "fixed_batch": card.fixed_batch, "input_size": card.input_size,
+                  "static_size": card.static_size, "file_bytes": card.file_bytes, "flops": None,
+                  "flops_method": None}
+    if card.kind == "torch":
+        card.require("preprocess", hint="train it with pspnet-train")
+        info["input_size"] = tuple(input_size or card.input_size)
         try:
-            info["input_size"] = tuple(input_size or tuple(int(v) for v in meta["preprocess"]["input_size"]))
-        except (KeyError, TypeError) as e:
-            raise UserError(f"{spec.path}: checkpoint has no preprocessing metadata; train it with pspnet-train") from e
-        try:
-            info["flops"] = fl.torch_flops(meta["model"], info["input_size"])
+            info["flops"] = fl.torch_flops(card.model, info["input_size"])
             info["flops_method"] = "torch FlopCounterMode on the meta device (2 x MACs of conv/matmul), per image"
         except Exception as e:  # noqa: BLE001 - FLOPs are informative; a failure must not stop the benchmark
             info["flops_error"] = f"{type(e).__name__}: {e}"
-    elif spec.kind == "onnx":
-        info.update(_onnx_peek(spec.path))
-        try:
-            f = fl.onnx_flops(spec.path, info["input_size"])
-            info["flops"] = f["flops"] if f["counted_nodes"] else None
+        return info
+    src = Path(spec.path) if card.kind == "onnx" else fl.engine_source_onnx(card)
+    if src is None:
+        return info
+    try:
+        f = fl.onnx_flops(src, info["input_size"] if card.kind == "onnx" else None)
+        info["flops"] = f["flops"] if f["counted_nodes"] else None
+        if card.kind == "onnx":
             info["flops_method"] = f["method"] + (f" (lower bound: {len(f['uncounted_nodes'])} nodes without shapes)"
                                                   if f["uncounted_nodes"] else "")
-        except UserError:
+        else:
+            info["flops_method"] = f"from the source ONNX {src.name} (2 x MACs, shape inference), per image"
+    except Exception as e:  # noqa: BLE001 - FLOPs are informative, but a bad ONNX given to bench is bad input
+        if card.kind == "onnx" and isinstance(e, UserError):
             raise
-        except Exception as e:  # noqa: BLE001
-            info["flops_error"] = f"{type(e).__name__}: {e}"
-    elif spec.kind == "engine":
-        from .engine import sidecar_path
-
-        side = sidecar_path(spec.path)
-        try:
-            import json
-
-            model = json.loads(side.read_text()).get("model", {}) if side.is_file() else {}
-            info["classes"] = list(model["classes"]) if isinstance(model.get("classes"), list) else None
-        except (OSError, ValueError, AttributeError):
-            pass  # the runner refuses a bad sidecar with its own message when it loads
-        src = fl.engine_source_onnx(spec.path)
-        if src is not None:
-            try:
-                info["flops"] = fl.onnx_flops(src)["flops"]
-                info["flops_method"] = f"from the source ONNX {src.name} (2 x MACs, shape inference), per image"
-            except Exception as e:  # noqa: BLE001
-                info["flops_error"] = f"{type(e).__name__}: {e}"
+        info["flops_error"] = f"{type(e).__name__}: {e}"
     return info
 
 
@@ -394,30 +342,6 @@ def _wall(fn: Callable[[], object]) -> Callable[[], float]:
     return call
 
 
-def model_scope_timer(runner, batch: np.ndarray) -> tuple[Callable[[], float], str]:
-    """A zero-argument callable that runs one model-scope call and returns its milliseconds, and
-    the timer's name."""
-    hook = getattr(runner, "infer_timed", None)
-    if callable(hook):
-        return (lambda: float(hook(batch))), f"{runner.backend} infer_timed (device clock)"
-    dev = runner.device() if callable(getattr(runner, "device", None)) else "cpu"
-    if runner.backend == "torch" and str(dev).startswith("cuda") and hasattr(runner, "infer_tensor"):
-        import torch
-
-        runner.check_batch(batch)
-        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(dev)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-
-        def call() -> float:
-            start.record()
-            runner.infer_tensor(x)
-            end.record()
-            end.synchronize()
-            return float(start.elapsed_time(end))
-        return call, "CUDA events (input and output on the GPU)"
-    return _wall(lambda: runner.infer(batch)), "wall clock (time.perf_counter), host arrays in and out"
-
-
 def end2end_call(runner, paths: Sequence[Path], batch: int) -> Callable[[], float]:
     """One call = read ``batch`` images (cycling through ``paths``), preprocess, infer, label maps at
     the original sizes. Returns milliseconds (wall clock)."""
@@ -485,10 +409,7 @@ class _Capture:
 
         from .evaluate import labels_at
 
-        x = runner.preprocess(image)[None]
-        if runner.fixed_batch and runner.fixed_batch > 1:
-            x = np.repeat(x, runner.fixed_batch, 0)
-        labels = labels_at(runner.infer(x)[0], image.shape[:2])
+        labels = labels_at(runner.infer_items([runner.preprocess(image)], batch=1)[0], image.shape[:2])
         lab16 = labels.astype(np.uint16)
         path = self.folder / f"{self.i:06d}.png"
         if self.is_reference:
@@ -574,8 +495,8 @@ def run_bench(models: Sequence, out_dir: str | Path | None = None, *, labels: Se
     # ---- pre-flight: every model file is readable, classes agree, batches fit
     peeks = []
     for s in specs:
-        info = peek_model(s, input_size if s.kind == "pt" else None)
-        if s.kind != "pt" and input_size is not None and info.get("static_size") and info["input_size"] is not None \
+        info = peek_model(s, input_size if s.kind == "torch" else None)
+        if s.kind != "torch" and input_size is not None and info.get("static_size") and info["input_size"] is not None \
                 and tuple(info["input_size"]) != tuple(input_size):
             raise UserError(f"{s.path}: model {s.label!r} has a fixed input of {info['input_size'][0]}x"
                             f"{info['input_size'][1]} but --input-size asks {input_size[0]}x{input_size[1]}; "
@@ -671,7 +592,7 @@ def run_bench(models: Sequence, out_dir: str | Path | None = None, *, labels: Se
                         memory.reset()
                         gpu_mem.reset()
                         if sc == "model":
-                            call, timer = model_scope_timer(runner, staged)
+                            call, timer = runner.model_timer(staged)
                         else:
                             call, timer = end2end_call(runner, images, b), "wall clock (time.perf_counter)"
                         samples = _collect(call, warmup, iterations, duration, progress,
@@ -759,24 +680,18 @@ def model_device(spec: ModelSpec, device: str) -> str:
     """The device a model runs on: ``device``, except that TensorRT engines always run on CUDA
     (``cuda`` when ``device`` is the CPU), so a CPU model and an engine can be compared in one run."""
     device = str(device)
-    if spec.kind == "engine" and not device.startswith("cuda"):
+    if spec.kind == "tensorrt" and not device.startswith("cuda"):
         return "cuda"
     return device
 
 
 def _load(spec: ModelSpec, device: str, threads: int | None, input_size):
-    from .runners import load_runner
+    from .runners import RunnerOptions, load_runner
 
-    kwargs = {}
-    if spec.kind == "pt" and input_size is not None:
-        kwargs["input_size"] = tuple(input_size)
-    if spec.kind == "onnx":
-        if threads:
-            kwargs["threads"] = threads
-        if not str(device).startswith("cuda"):
-            # explicit CPU provider: also sidesteps OrtRunner's providers=None path on CPU
-            kwargs["providers"] = ["CPUExecutionProvider"]
-    return load_runner(spec.path, device=device, **kwargs)
+    cpu = not str(device).startswith("cuda")
+    return load_runner(spec.path, RunnerOptions(device=device, threads=threads or None,
+                                                input_size=tuple(input_size) if input_size else None,
+                                                providers=["CPUExecutionProvider"] if cpu else None))
 
 
 def _short(classes) -> str:

@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import io
 import json
-import pickle
-import zipfile
 from pathlib import Path
 
 import torch
 
+from .card import CHECKPOINT_FORMAT as FORMAT
+from .card import CHECKPOINT_VERSION as VERSION
+from .card import dump_checkpoint_meta, read_checkpoint_payload
 from .data.preprocess import Preprocess
 from .errors import UserError
 from .model import PSPNet, build_model
 from .utils import atomic_path, sha256_file
-
-FORMAT = "pspnet-deploy/checkpoint"
-VERSION = 1
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, meta: dict, train_state: dict | None = None,
@@ -38,7 +36,7 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, meta: dict, train_
     meta.setdefault("model", dict(getattr(model, "config", {})))
     meta["storage_dtype"] = "float16" if half else "float32"
     meta["has_aux_head"] = not drop_aux and getattr(model, "aux_head", None) is not None
-    payload = {"format": FORMAT, "version": VERSION, "meta": json.dumps(meta), "state_dict": state}
+    payload = {"format": FORMAT, "version": VERSION, "meta": dump_checkpoint_meta(meta, path), "state_dict": state}
     if train_state is not None:
         payload["train_state"] = train_state
     path = Path(path)
@@ -49,23 +47,7 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, meta: dict, train_
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """Load and validate; returns the payload with ``meta`` decoded. Never runs pickled code."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: checkpoint not found")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"{path}: cannot read checkpoint (corrupt, truncated or not a PyTorch file: {msg[:160]})") from e
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise UserError(f"{path}: not a pspnet-deploy checkpoint (no '{FORMAT}' header); train one with pspnet-train")
-    if int(payload.get("version", 0)) > VERSION:
-        raise UserError(f"{path}: checkpoint version {payload['version']} is newer than this toolkit reads ({VERSION}); upgrade pspnet-deploy")
-    try:
-        payload["meta"] = json.loads(payload["meta"])
-    except (KeyError, TypeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: checkpoint metadata is missing or corrupt") from e
-    return payload
+    return read_checkpoint_payload(path, map_location=map_location)
 
 
 def load_model(path: str | Path, map_location="cpu", aux: bool = False) -> tuple[PSPNet, dict]:

@@ -44,18 +44,14 @@ def evaluate(runner, dataset, limit: int | None = None, batch_size: int = 1, pro
         raise UserError(f"model predicts {runner.num_classes} classes but the dataset has "
                         f"{dataset.info.num_classes}; evaluate on the dataset the model was trained for")
     cm = ConfusionMatrix(dataset.info.num_classes, dataset.info.ignore_index)
-    bs = runner.fixed_batch or batch_size
+    bs = runner.batch_limit(batch_size)
     pending: list[tuple[np.ndarray, np.ndarray]] = []
 
     def flush():
         if not pending:
             return
-        batch = np.stack([runner.preprocess(img) for img, _ in pending])
-        real = len(pending)
-        if runner.fixed_batch and real < runner.fixed_batch:
-            batch = np.concatenate([batch, np.repeat(batch[-1:], runner.fixed_batch - real, 0)])
-        out = runner.infer(batch)[:real]
-        for o, (_, mask) in zip(out, pending):
+        outs = runner.infer_items([runner.preprocess(img) for img, _ in pending], batch=bs)
+        for o, (_, mask) in zip(outs, pending):
             cm.update(labels_at(o, mask.shape), mask)
         pending.clear()
 

@@ -16,7 +16,6 @@ models) and reports the best rate: a measured practical peak, not a datasheet nu
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -151,28 +150,17 @@ def onnx_flops(path: str | Path, input_size: tuple[int, int] | None = None) -> d
             "method": "2 x MACs of Conv/ConvTranspose/MatMul/Gemm from ONNX shape inference, per image"}
 
 
-def engine_source_onnx(path: str | Path) -> Path | None:
-    """The ONNX file a TensorRT engine was built from, if its sidecar JSON names one that exists."""
-    p = Path(path)
-    from .engine import sidecar_path
+def engine_source_onnx(engine) -> Path | None:
+    """The ONNX file an engine was built from (``engine``: its path or its card), if its sidecar
+    names one that still exists."""
+    from .card import ModelCard, read_card
 
-    for side in (sidecar_path(p), p.with_suffix(".engine.json"), p.with_suffix(".json")):
-        if not side.is_file():
-            continue
-        try:
-            meta = json.loads(side.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        for key in ("onnx", "onnx_path", "source_onnx", "source"):
-            v = meta.get(key)
-            if isinstance(v, dict):
-                v = v.get("path")
-            if isinstance(v, str):
-                cand = Path(v) if Path(v).is_absolute() else side.parent / v
-                if cand.suffix == ".onnx" and cand.is_file():
-                    return cand
-                if Path(v).suffix == ".onnx" and Path(v).is_file():
-                    return Path(v)
+    card = engine if isinstance(engine, ModelCard) else read_card(engine)
+    src = card.provenance.get("onnx_path")
+    if isinstance(src, str):
+        cand = Path(src) if Path(src).is_absolute() else Path(card.path).parent / src
+        if cand.suffix == ".onnx" and cand.is_file():
+            return cand
     return None
 
 

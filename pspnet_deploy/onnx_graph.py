@@ -9,12 +9,11 @@
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
+from .card import write_onnx_metadata  # noqa: F401 - re-exported: the card owns the ONNX metadata format
 from .errors import UserError
-from .utils import jsonable
 
 __all__ = ["BANNED_OPS", "SHAPE_INPUTS", "POOL_OPS", "MAX_PROTO_BYTES", "static_pool_node_names", "prune",
            "check_static_graph", "run_checks", "write_onnx_metadata"]
@@ -41,23 +40,6 @@ def static_pool_node_names(onnx_model) -> list[str]:
     if isinstance(onnx_model, (str, Path)):
         onnx_model = onnx.load(str(onnx_model), load_external_data=False)
     return [n.name for n in onnx_model.graph.node if n.op_type in POOL_OPS and _POOL_NAME.match(n.name)]
-
-
-def write_onnx_metadata(model_proto, meta: dict) -> None:
-    """Set ``pspnet.<key>`` metadata_props (JSON values) on ``model_proto``, replacing same keys.
-
-    Keys may be given with or without the ``pspnet.`` prefix. Read back with
-    :func:`pspnet_deploy.runners.ort_runner.read_onnx_metadata`.
-    """
-    entries = {}
-    for k, v in meta.items():
-        key = k if k.startswith("pspnet.") else f"pspnet.{k}"
-        entries[key] = json.dumps(jsonable(v), sort_keys=False, allow_nan=False)
-    keep = [(p.key, p.value) for p in model_proto.metadata_props if p.key not in entries]
-    del model_proto.metadata_props[:]
-    for k, v in keep + sorted(entries.items()):
-        e = model_proto.metadata_props.add()
-        e.key, e.value = k, v
 
 
 def prune(graph) -> None:

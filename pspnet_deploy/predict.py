@@ -254,5 +254,7 @@ def predict(model, inputs: list[str | Path], output_dir: str | Path, device: str
     """Segment ``inputs`` with ``model`` (a path or a runner); returns counts and the files written."""
     from .runners import load_runner
 
-    runner = load_runner(model, device=device) if isinstance(model, (str, Path)) else model
-    return Predictor(runner, output_dir, **kwargs).run(inputs).to_dict()
+    if not isinstance(model, (str, Path)):
+        return Predictor(model, output_dir, **kwargs).run(inputs).to_dict()
+    with load_runner(model, device=device) as runner:
+        return Predictor(runner, output_dir, **kwargs).run(inputs).to_dict()

@@ -28,39 +28,6 @@ from .data.io import ensure_rgb
 from .errors import UserError
 from .evaluate import resize_logits
 
-#: windows per call for runners that accept any batch size
-DEFAULT_WINDOW_BATCH = 4
-
-
-def _batch_limit(runner, want: int | None) -> int:
-    if runner.fixed_batch:
-        return int(runner.fixed_batch)
-    limit = int(want or DEFAULT_WINDOW_BATCH)
-    if runner.batch_range is not None:
-        limit = max(min(limit, runner.batch_range[1]), runner.batch_range[0])
-    return max(limit, 1)
-
-
-def infer_chw(runner, items: list[np.ndarray], batch: int | None = None) -> list[np.ndarray]:
-    """Run preprocessed 3xHxW arrays (at the runner's input size) in batches the runner accepts.
-
-    A fixed-batch runner gets full batches (the last one padded by repeating its last item); a
-    runner with a batch range gets at least its minimum. Returns one output (CxHxW logits or HxW
-    labels) per item.
-    """
-    limit = _batch_limit(runner, batch)
-    minimum = runner.batch_range[0] if runner.batch_range is not None else 1
-    outs: list[np.ndarray] = []
-    for start in range(0, len(items), limit):
-        chunk = items[start:start + limit]
-        real = len(chunk)
-        need = limit if runner.fixed_batch else max(real, minimum)
-        arr = np.stack(chunk).astype(np.float32, copy=False)
-        if need > real:
-            arr = np.concatenate([arr, np.repeat(arr[-1:], need - real, 0)])
-        out = np.asarray(runner.infer(arr))[:real]
-        outs.extend(out)
-    return outs
 
 
 def _as_scores(out: np.ndarray, num_classes: int) -> np.ndarray:
@@ -86,7 +53,7 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
 def whole_logits(runner, image_rgb: np.ndarray) -> np.ndarray:
     """Scores (CxHxW) at the image's size from one pass at the model's input size."""
     img = ensure_rgb(image_rgb)
-    out = infer_chw(runner, [runner.preprocess(img)], batch=1)[0]
+    out = runner.infer_items([runner.preprocess(img)], batch=1)[0]
     scores = _as_scores(out, runner.num_classes)
     size = img.shape[:2]
     if out.ndim == 2 and tuple(out.shape) != tuple(size):  # votes: nearest keeps them one-hot
@@ -121,7 +88,7 @@ def slide_logits(runner, image_rgb: np.ndarray, stride_frac: float = 2 / 3, scal
     sh, sw = max(1, int(wh * stride_frac)), max(1, int(ww * stride_frac))
     boxes = [(y, x) for y in window_starts(hp, wh, sh) for x in window_starts(wp, ww, sw)]
     crops = [np.ascontiguousarray(norm[:, y:y + wh, x:x + ww]) for y, x in boxes]
-    outs = infer_chw(runner, crops, batch=batch)
+    outs = runner.infer_items(crops, batch=batch)
     c = runner.num_classes
     acc = np.zeros((c, hp, wp), np.float32)
     count = np.zeros((hp, wp), np.float32)

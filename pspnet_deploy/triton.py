@@ -22,6 +22,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .card import SUFFIX_KINDS, read_card, sidecar_path
 from .errors import UserError
 from .utils import atomic_write_json, atomic_write_text
 
@@ -37,12 +38,12 @@ def _model_kind(path: Path, kind: str | None) -> str:
         if kind not in ("onnx", "engine"):
             raise UserError(f"kind must be 'onnx' or 'engine', got {kind!r}")
         return kind
-    ext = path.suffix.lower()
-    if ext == ".onnx":
+    found = SUFFIX_KINDS.get(path.suffix.lower())
+    if found == "onnx":
         return "onnx"
-    if ext in (".engine", ".plan", ".trt"):
+    if found == "tensorrt":
         return "engine"
-    raise UserError(f"{path}: Triton serves .onnx or .engine files here, not {ext or 'this file'}")
+    raise UserError(f"{path}: Triton serves .onnx or .engine files here, not {path.suffix.lower() or 'this file'}")
 
 
 def safe_name(name: str) -> str:
@@ -52,35 +53,19 @@ def safe_name(name: str) -> str:
     return out
 
 
-def _onnx_model_info(path: Path) -> dict:
-    import onnx
-
-    from .engine import onnx_io
-    from .runners.ort_runner import read_onnx_metadata
-
-    io = onnx_io(path)
-    meta = read_onnx_metadata(path)
-    model = onnx.load(str(path), load_external_data=False)
-    external = sorted({e.value for init in model.graph.initializer if init.data_location == onnx.TensorProto.EXTERNAL
-                       for e in init.external_data if e.key == "location"})
-    from .engine import export_batch_range
-
-    # ONNX Runtime takes any batch: the export's range is only the default max_batch_size
-    return {"io": io, "meta": meta, "external": external, "max_batch": None,
-            "default_max_batch": export_batch_range(meta)[2] if meta.get("export") else None}
-
-
-def _engine_model_info(path: Path) -> dict:
-    from .engine import read_sidecar
-
-    sc = read_sidecar(path)
-    io = {"inputs": sc["io"].get("inputs", []), "outputs": sc["io"].get("outputs", [])}
-    prof = sc["io"].get("profile")
-    meta = dict(sc.get("pspnet_metadata") or {})
-    meta.update(sc["model"])
-    meta.setdefault("precision", sc.get("precision"))
-    return {"io": io, "meta": meta, "external": [], "max_batch": int(prof["max"][0]) if prof else None,
-            "min_batch": int(prof["min"][0]) if prof else None, "sidecar": sc}
+def _model_info(path: Path) -> dict:
+    """IO, card facts, external data files and batch limits of the model, from its card."""
+    card = read_card(path)
+    meta = {**card.meta, **card.model_facts(), "precision": card.precision}
+    info = {"io": {"inputs": card.inputs, "outputs": card.outputs}, "meta": meta,
+            "external": sorted(os.path.relpath(f, path.parent.resolve()) for f in card.files
+                               if Path(f) != path.resolve())}
+    if card.kind == "onnx":  # ONNX Runtime takes any batch: the export's range is only the default max_batch_size
+        info.update(max_batch=None, default_max_batch=card.batch_range[2] if card.batch_range else None)
+    else:  # an engine's profile is a hard limit
+        rng = card.batch_range
+        info.update(max_batch=rng[2] if rng else None, min_batch=rng[0] if rng else None, sidecar=card.sidecar)
+    return info
 
 
 def _dtype(path: Path, t: dict) -> str:
@@ -149,7 +134,7 @@ def write_triton_repo(model_path: str | Path, repo_dir: str | Path, name: str | 
         raise UserError(f"instance kind must be gpu, cpu or auto, got {ik!r}")
     if kind == "engine" and ik == "cpu":
         raise UserError("TensorRT engines run on GPUs only; use --instance-kind gpu")
-    info = _onnx_model_info(path) if kind == "onnx" else _engine_model_info(path)
+    info = _model_info(path)
     io = info["io"]
     if len(io["inputs"]) != 1 or not io["outputs"]:
         raise UserError(f"{path}: expected one input and at least one output, found {len(io['inputs'])} inputs and "
@@ -206,8 +191,6 @@ def write_triton_repo(model_path: str | Path, repo_dir: str | Path, name: str | 
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, tmp / rel)
         if kind == "engine":
-            from .engine import sidecar_path
-
             shutil.copy2(sidecar_path(path), tmp / "model.plan.json")
         os.chmod(tmp, 0o755)
         if vdir.exists():

@@ -1,14 +1,17 @@
 """Shared fixtures: tiny real models and checkpoints (no downloads, seconds on 2 cores)."""
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-torch.set_num_threads(int(os.environ.get("PSPNET_TEST_THREADS", "1")))
+torch.set_num_threads(int(os.environ.get("PSPNET_TEST_THREADS", "1")))  # THREADS below
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMVID = ROOT.parent / "shared" / "data" / "camvid"
@@ -62,3 +65,98 @@ def camvid_available() -> bool:
 
 
 needs_camvid = pytest.mark.skipif(not camvid_available(), reason="../shared/data/camvid not present")
+
+
+# ---------------------------------------------------------------------------------- threads and the CLI
+
+THREADS = int(os.environ.get("PSPNET_TEST_THREADS", "1"))
+CLI_ENV = {"PSPNET_TEST_THREADS": str(THREADS), "PSPNET_ORT_THREADS": str(THREADS), "OMP_NUM_THREADS": str(THREADS)}
+
+
+def run_cli(module: str, *args, cwd=ROOT, timeout: int = 300, launcher: list | None = None,
+            env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m <module> ARGS`` as a real subprocess with this checkout first on the path and
+    the test thread count; ``launcher`` replaces ``python`` (e.g. torchrun)."""
+    full_env = dict(os.environ, **CLI_ENV, **(env or {}))
+    full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    return subprocess.run([*(launcher or [sys.executable]), "-m", module, *map(str, args)], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# ---------------------------------------------------------------------------------- model files
+
+@pytest.fixture(scope="session")
+def onnx_factory(tmp_path_factory, tiny_checkpoint):
+    """``make(batch=1, dynamic_batch=None, output_kind="logits") -> Path``: the tiny checkpoint
+    exported by the project's exporter (no parity run), cached for the session."""
+    from pspnet_deploy.export import export_onnx
+
+    cache: dict[tuple, Path] = {}
+
+    def make(batch: int = 1, dynamic_batch: tuple | None = None, output_kind: str = "logits") -> Path:
+        key = (batch, dynamic_batch, output_kind)
+        if key not in cache or not cache[key].is_file():
+            dyn = "x".join(map(str, dynamic_batch)) if dynamic_batch else "no"
+            out = tmp_path_factory.mktemp("onnx") / f"tiny_b{batch}_d{dyn}_{output_kind}.fp32.onnx"
+            export_onnx(str(tiny_checkpoint), str(out), input_size=TINY_SIZE, batch=batch, dynamic_batch=dynamic_batch,
+                        output_kind=output_kind, verify=False, progress=False, threads=THREADS)
+            cache[key] = out
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def onnx_b1(onnx_factory) -> Path:
+    """The tiny model, fixed batch 1, logits."""
+    return onnx_factory()
+
+
+@pytest.fixture(scope="session")
+def onnx_dyn(onnx_factory) -> Path:
+    """The tiny model with a dynamic batch (export range 1/2/4), logits."""
+    return onnx_factory(dynamic_batch=(1, 2, 4))
+
+
+#: what pspnet_deploy.engine.environment() says on a machine with TensorRT 10.3 and an H100
+ENV_H100 = {"tensorrt": "10.3.0", "tensorrt_error": None, "cuda_error": None, "device_index": 0, "gpu_error": None,
+            "gpu": {"index": 0, "name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", "driver": "12.4"}}
+
+
+def trt_env(**changes) -> dict:
+    """ENV_H100 with ``changes`` (``gpu=`` updates the GPU's fields)."""
+    env = json.loads(json.dumps(ENV_H100))
+    gpu = changes.pop("gpu", None)
+    env.update(changes)
+    if gpu:
+        env["gpu"].update(gpu)
+    return env
+
+
+@pytest.fixture(scope="session")
+def fake_engine():
+    """``make(folder, onnx, args=(), env=None, payload=..., name=...) -> Path``: an engine-shaped
+    file with the sidecar a build writes (the bytes are not a real plan): plan, options and the
+    recorded command all come from the real ``pspnet-build-engine`` parser given ``args``."""
+    import hashlib
+
+    from pspnet_deploy.cli.build_engine import build_parser, command_line, options_from_args
+    from pspnet_deploy.engine import make_sidecar, plan_build
+    from pspnet_deploy.utils import atomic_write_json, sha256_file
+
+    def make(folder: Path, onnx: Path, args=(), env: dict | None = None, payload: bytes = b"plan" * 1000,
+             name: str = "tiny.fp32.engine") -> Path:
+        eng = folder / name
+        parser = build_parser()
+        a = parser.parse_args([str(onnx), "--engine", str(eng), *map(str, args)])
+        opts = options_from_args(a)
+        plan = plan_build(onnx, opts, eng)
+        io = {"inputs": [{"name": plan.input_name, "shape": [1, 3, *TINY_SIZE], "dtype": "float32"}],
+              "outputs": [{"name": "logits", "shape": [1, 4, *TINY_SIZE], "dtype": "float32"}], "profile": None}
+        eng.write_bytes(payload)
+        sc = make_sidecar(plan, opts, env or ENV_H100, io, hashlib.sha256(payload).hexdigest(), len(payload), 12.5,
+                          sha256_file(onnx), command=command_line(a, plan.engine_path, parser))
+        atomic_write_json(plan.sidecar_path, sc)
+        return eng
+
+    return make

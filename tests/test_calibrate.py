@@ -7,9 +7,7 @@ metadata, parser check) and a tiny conv net trained for a few dozen steps on the
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -18,11 +16,10 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import ROOT, TINY_SIZE, make_tiny_model, tiny_meta
+from conftest import THREADS, TINY_SIZE, make_tiny_model, run_cli, tiny_meta
 
 from pspnet_deploy.evaluate import onnx_miou
 
-THREADS = int(os.environ.get("PSPNET_TEST_THREADS", "1"))
 H, W = TINY_SIZE
 #: stated agreement thresholds for INT8 vs FP32 on the trained tiny net (synthetic val)
 MIN_ARGMAX_AGREEMENT = 0.98
@@ -309,8 +306,8 @@ def test_int8_agrees_with_fp32_on_trained_model(trained_fp32, tmp_path):
 
 
 def test_method_auto_evaluates_each_and_keeps_best(trained_fp32, tmp_path):
+    from pspnet_deploy.card import read_card
     from pspnet_deploy.precision.calibrate import calibrate_onnx
-    from pspnet_deploy.runners.ort_runner import read_onnx_metadata
 
     out = tmp_path / "auto.int8.onnx"
     rep = calibrate_onnx(trained_fp32, out, "synthetic", num_images=16, method="auto", eval_limit=8,
@@ -318,7 +315,7 @@ def test_method_auto_evaluates_each_and_keeps_best(trained_fp32, tmp_path):
     assert set(rep["methods"]) == {"minmax", "entropy", "percentile"}
     best = max(v["miou"] for v in rep["methods"].values())
     assert rep["methods"][rep["method"]]["miou"] == best and rep["int8_miou"] == best
-    assert read_onnx_metadata(out)["calibration_method"] == rep["method"]
+    assert read_card(out).meta["calibration_method"] == rep["method"]
 
 
 def _planted_node(model_path) -> str:
@@ -339,8 +336,8 @@ def _planted_node(model_path) -> str:
 def test_budget_keeps_planted_sensitive_node_fp32(planted_fp32, tmp_path):
     import onnx
 
+    from pspnet_deploy.card import read_card
     from pspnet_deploy.precision.calibrate import calibrate_onnx
-    from pspnet_deploy.runners.ort_runner import read_onnx_metadata
 
     planted = _planted_node(planted_fp32)
     out = tmp_path / "planted.int8.onnx"
@@ -364,7 +361,7 @@ def test_budget_keeps_planted_sensitive_node_fp32(planted_fp32, tmp_path):
     prod = {o: n for n in m.graph.node for o in n.output}
     node = next(n for n in m.graph.node if n.name == planted)
     assert prod.get(node.input[0]) is None or prod[node.input[0]].op_type != "DequantizeLinear"
-    assert read_onnx_metadata(out)["calibration"]["fp32_nodes"] == [planted]
+    assert read_card(out).meta["calibration"]["fp32_nodes"] == [planted]
 
 
 def test_budget_that_cannot_be_met_writes_no_model(planted_fp32, tmp_path):
@@ -410,9 +407,7 @@ def test_amax_methods_on_known_distributions():
 
 
 def _cli(args, cwd) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PSPNET_ORT_THREADS=str(THREADS), PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "pspnet_deploy.cli.calibrate", *map(str, args), "--no-progress"],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return run_cli("pspnet_deploy.cli.calibrate", *args, "--no-progress", cwd=cwd)
 
 
 def _fp16_copy(src: Path, dst: Path) -> Path:

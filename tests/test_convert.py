@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import ROOT, run_cli
 from pspnet_deploy.errors import UserError
 
-ROOT = Path(__file__).resolve().parents[1]
 SEMSEG = ROOT.parent / "shared" / "interop" / "semseg"
 REL_TOL = 1e-5  # of the logit range
 
@@ -353,9 +353,7 @@ def test_config_reader_inheritance_and_delete(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 def _cli(args, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "pspnet_deploy.cli.convert", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return run_cli("pspnet_deploy.cli.convert", *args, cwd=cwd, timeout=120)
 
 
 def _assert_refused(r: subprocess.CompletedProcess, out: Path, *needles: str) -> None:

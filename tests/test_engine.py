@@ -3,39 +3,12 @@ tests themselves are marked ``tensorrt`` and skip with a reason without TensorRT
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY_SIZE
-from test_runners import tiny_onnx
-
-ENV_H100 = {"tensorrt": "10.3.0", "tensorrt_error": None, "device_index": 0, "gpu_error": None,
-            "gpu": {"index": 0, "name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", "driver": "12.4"}}
-
-
-def _env(**changes):
-    env = json.loads(json.dumps(ENV_H100))
-    gpu = changes.pop("gpu", None)
-    env.update(changes)
-    if gpu:
-        env["gpu"].update(gpu)
-    return env
-
-
-@pytest.fixture(scope="module")
-def onnx_b1(tmp_path_factory, tiny_checkpoint):
-    return tiny_onnx(tmp_path_factory, tiny_checkpoint)
-
-
-@pytest.fixture(scope="module")
-def onnx_dyn(tmp_path_factory, tiny_checkpoint):
-    return tiny_onnx(tmp_path_factory, tiny_checkpoint, dynamic_batch=(1, 2, 4))
-
+from conftest import TINY_SIZE, run_cli, trt_env
 
 @pytest.fixture
 def work_onnx(onnx_b1, tmp_path):
@@ -43,26 +16,6 @@ def work_onnx(onnx_b1, tmp_path):
     dst = tmp_path / "tiny.fp32.onnx"
     dst.write_bytes(onnx_b1.read_bytes())
     return dst
-
-
-def fake_engine(tmp_path: Path, onnx: Path, opts=None, env=None, payload: bytes = b"plan" * 1000,
-                name="tiny.fp32.engine") -> Path:
-    """An engine file with a sidecar as build_engine writes it (the bytes are not a real plan)."""
-    import hashlib
-
-    from pspnet_deploy.engine import BuildOptions, make_sidecar, plan_build
-    from pspnet_deploy.utils import atomic_write_json, sha256_file
-
-    opts = opts or BuildOptions()
-    eng = tmp_path / name
-    plan = plan_build(onnx, opts, eng)
-    io = {"inputs": [{"name": plan.input_name, "shape": [1, 3, *TINY_SIZE], "dtype": "float32"}],
-          "outputs": [{"name": "logits", "shape": [1, 4, *TINY_SIZE], "dtype": "float32"}], "profile": None}
-    eng.write_bytes(payload)
-    sc = make_sidecar(plan, opts, env or ENV_H100, io, hashlib.sha256(payload).hexdigest(), len(payload), 12.5,
-                      sha256_file(onnx))
-    atomic_write_json(plan.sidecar_path, sc)
-    return eng
 
 
 # ---------------------------------------------------------------------------------- build plans
@@ -140,20 +93,20 @@ def test_plan_reads_precision_from_metadata_and_graph(work_onnx, tmp_path):
             if name == src:
                 n.input[i] = "dq_out"
     onnx.save(m, str(q))
-    assert onnx_precision(q, meta={}) == "int8"
+    assert onnx_precision(q) == "int8"
 
 
 # ---------------------------------------------------------------------------------- sidecar checks
 
-def test_sidecar_carries_what_the_runner_needs(work_onnx, tmp_path):
-    from pspnet_deploy.engine import BuildOptions, read_sidecar
-    from pspnet_deploy.runners.ort_runner import read_onnx_metadata
+def test_sidecar_carries_what_the_runner_needs(work_onnx, tmp_path, fake_engine):
+    from pspnet_deploy.engine import read_sidecar
+    from pspnet_deploy.card import read_card
     from pspnet_deploy.utils import sha256_file
 
-    opts = BuildOptions(workspace_gb=2, opt_level=4, timing_cache=str(tmp_path / "t.cache"), version_compatible=True)
-    eng = fake_engine(tmp_path, work_onnx, opts)
+    eng = fake_engine(tmp_path, work_onnx, ["--workspace", "2", "--opt-level", "4", "--timing-cache",
+                                            tmp_path / "t.cache", "--version-compatible"])
     sc = read_sidecar(eng)
-    meta = read_onnx_metadata(work_onnx)
+    meta = read_card(work_onnx).meta
     assert sc["model"]["classes"] == meta["classes"] and sc["model"]["palette"] == meta["palette"]
     assert sc["model"]["preprocess"] == meta["preprocess"] and sc["model"]["output_kind"] == "logits"
     assert sc["onnx"]["sha256"] == sha256_file(work_onnx)
@@ -168,43 +121,70 @@ def test_sidecar_carries_what_the_runner_needs(work_onnx, tmp_path):
     assert "--timing-cache" in cmd and "--version-compatible" in cmd
 
 
-def test_check_refuses_planted_mismatches(work_onnx, tmp_path):
-    from pspnet_deploy.engine import BuildOptions, TensorRTUnavailable, check_engine
+def test_rebuild_command_keeps_every_option_the_parser_knows(work_onnx, tmp_path, fake_engine):
+    """The recorded command is derived from pspnet-build-engine's own parser, so options such as
+    --calib-method survive into the rebuild line a refused engine prints."""
+    import shlex
+
+    from pspnet_deploy.cli.build_engine import build_parser
+    from pspnet_deploy.engine import check_engine
+    from pspnet_deploy.errors import UserError
+
+    args = ["--int8", "--calib-data", "synthetic", "--calib-split", "val", "--calib-images", "12",
+            "--calib-method", "percentile", "--workspace", "1.5", "--opt-level", "2", "--device", "cuda:1"]
+    eng = fake_engine(tmp_path, work_onnx, args, name="tiny.int8.engine")
+    with pytest.raises(UserError) as e:
+        check_engine(eng, env=trt_env(tensorrt="10.5.1"))
+    cmd = str(e.value).split("rebuild here: ", 1)[1]
+    argv = shlex.split(cmd)
+    assert argv[:4] == ["pspnet-build-engine", str(work_onnx.resolve()), "--engine", str(eng.resolve())]
+    assert argv[4:] == args  # in the parser's order, with every value
+    again = build_parser().parse_args(argv[1:])  # and the parser reads it back to the same request
+    assert (again.int8, again.calib_method, again.calib_images, again.workspace, again.device) == \
+        (True, "percentile", 12, 1.5, "cuda:1")
+    moved = tmp_path / "elsewhere.int8.engine"
+    moved.write_bytes(eng.read_bytes())
+    moved.with_name(moved.name + ".json").write_bytes(eng.with_name(eng.name + ".json").read_bytes())
+    with pytest.raises(UserError, match=rf"--engine {moved.resolve()}"):  # the rebuild writes where the file is
+        check_engine(moved, env=trt_env(tensorrt="10.5.1"))
+
+
+def test_check_refuses_planted_mismatches(work_onnx, tmp_path, fake_engine):
+    from pspnet_deploy.engine import TensorRTUnavailable, check_engine
     from pspnet_deploy.errors import UserError
 
     eng = fake_engine(tmp_path, work_onnx)
-    sidecar, _ = check_engine(eng, env=_env())  # same TensorRT and GPU: accepted
+    sidecar, _ = check_engine(eng, env=trt_env())  # same TensorRT and GPU: accepted
     assert sidecar["precision"] == "fp32"
 
     with pytest.raises(UserError, match=r"built with TensorRT 10\.3\.0 but this is TensorRT 10\.5\.1.*"
                                         r"rebuild here: pspnet-build-engine .*tiny\.fp32\.onnx --engine"):
-        check_engine(eng, env=_env(tensorrt="10.5.1"))
+        check_engine(eng, env=trt_env(tensorrt="10.5.1"))
     with pytest.raises(UserError, match=r"TensorRT 11\.0\.0"):
-        check_engine(eng, env=_env(tensorrt="11.0.0"))
+        check_engine(eng, env=trt_env(tensorrt="11.0.0"))
     with pytest.raises(UserError, match=r"built for NVIDIA H100 80GB HBM3 \(compute capability 9\.0\) but this GPU "
                                         r"is NVIDIA A100-SXM4-40GB \(compute capability 8\.0\)"):
-        check_engine(eng, env=_env(gpu={"name": "NVIDIA A100-SXM4-40GB", "compute_capability": "8.0"}))
+        check_engine(eng, env=trt_env(gpu={"name": "NVIDIA A100-SXM4-40GB", "compute_capability": "8.0"}))
     warnings = []
     from pspnet_deploy.engine import check_environment, read_sidecar
 
-    check_environment(read_sidecar(eng), _env(gpu={"name": "NVIDIA H100 PCIe"}), eng, warn=warnings.append)
+    check_environment(read_sidecar(eng), trt_env(gpu={"name": "NVIDIA H100 PCIe"}), eng, warn=warnings.append)
     assert len(warnings) == 1 and "same compute capability 9.0" in warnings[0]
     with pytest.raises(TensorRTUnavailable, match="TensorRT is not installed"):
-        check_engine(eng, env=_env(tensorrt=None, tensorrt_error="TensorRT is not installed (import tensorrt: x)"))
+        check_engine(eng, env=trt_env(tensorrt=None, tensorrt_error="TensorRT is not installed (import tensorrt: x)"))
     with pytest.raises(TensorRTUnavailable, match="no CUDA GPU visible"):
-        check_engine(eng, env=_env(gpu=None, gpu_error="no CUDA GPU visible") | {"gpu": None})
+        check_engine(eng, env=trt_env(gpu=None, gpu_error="no CUDA GPU visible") | {"gpu": None})
 
-    vc = fake_engine(tmp_path, work_onnx, BuildOptions(version_compatible=True, hardware_compatible=True),
-                     name="vc.fp32.engine")
-    check_engine(vc, env=_env(tensorrt="10.7.0"))  # version compatible: later TensorRT runs it
-    check_engine(vc, env=_env(tensorrt="11.1.0", gpu={"name": "NVIDIA L4", "compute_capability": "8.9"}))
+    vc = fake_engine(tmp_path, work_onnx, ["--version-compatible", "--hardware-compatible"], name="vc.fp32.engine")
+    check_engine(vc, env=trt_env(tensorrt="10.7.0"))  # version compatible: later TensorRT runs it
+    check_engine(vc, env=trt_env(tensorrt="11.1.0", gpu={"name": "NVIDIA L4", "compute_capability": "8.9"}))
     with pytest.raises(UserError, match="older TensorRT 10.0.1"):
-        check_engine(vc, env=_env(tensorrt="10.0.1"))
+        check_engine(vc, env=trt_env(tensorrt="10.0.1"))
     with pytest.raises(UserError, match="hardware-compatible for Ampere and newer GPUs"):
-        check_engine(vc, env=_env(gpu={"name": "Tesla T4", "compute_capability": "7.5"}))
+        check_engine(vc, env=trt_env(gpu={"name": "Tesla T4", "compute_capability": "7.5"}))
 
 
-def test_check_refuses_truncated_replaced_and_sidecarless_engines(work_onnx, tmp_path):
+def test_check_refuses_truncated_replaced_and_sidecarless_engines(work_onnx, tmp_path, fake_engine):
     from pspnet_deploy.engine import check_engine, sidecar_path
     from pspnet_deploy.errors import UserError
 
@@ -212,23 +192,23 @@ def test_check_refuses_truncated_replaced_and_sidecarless_engines(work_onnx, tmp
     data = eng.read_bytes()
     eng.write_bytes(data[: len(data) // 2])
     with pytest.raises(UserError, match=r"2000 bytes but its sidecar records 4000 \(truncated copy\?\)"):
-        check_engine(eng, env=_env())
+        check_engine(eng, env=trt_env())
     eng.write_bytes(data[:-1] + b"X")
     with pytest.raises(UserError, match="sha256 differs from its sidecar"):
-        check_engine(eng, env=_env())
+        check_engine(eng, env=trt_env())
     sc = sidecar_path(eng)
     sc.write_text("{ not json")
     with pytest.raises(UserError, match="sidecar is not valid JSON"):
-        check_engine(eng, env=_env())
+        check_engine(eng, env=trt_env())
     sc.write_text(json.dumps({"format": "something else"}))
     with pytest.raises(UserError, match="not a pspnet-deploy engine sidecar"):
-        check_engine(eng, env=_env())
+        check_engine(eng, env=trt_env())
     sc.unlink()
     with pytest.raises(UserError, match="no sidecar tiny.fp32.engine.json"):
-        check_engine(eng, env=_env())
+        check_engine(eng, env=trt_env())
 
 
-def test_load_runner_on_cpu_checks_the_file_then_says_tensorrt_is_missing(work_onnx, tmp_path):
+def test_load_runner_on_cpu_checks_the_file_then_says_tensorrt_is_missing(work_onnx, tmp_path, fake_engine):
     from pspnet_deploy.engine import TensorRTUnavailable, tensorrt_version
     from pspnet_deploy.errors import UserError
     from pspnet_deploy.runners import load_runner
@@ -268,9 +248,7 @@ def test_parse_device():
 # ---------------------------------------------------------------------------------- the CLI on CPU
 
 def _cli(args, timeout=240):
-    env = dict(os.environ, PSPNET_ORT_THREADS="1", OMP_NUM_THREADS="1", PSPNET_TEST_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "pspnet_deploy.cli.build_engine", *map(str, args)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    return run_cli("pspnet_deploy.cli.build_engine", *args, timeout=timeout)
 
 
 def _no_tensorrt_here():
@@ -299,7 +277,6 @@ def test_cli_without_tensorrt_one_line_nonzero_and_no_engine(work_onnx, tmp_path
 
 @needs_no_trt
 def test_cli_int8_without_tensorrt_still_writes_the_int8_onnx(work_onnx, tmp_path):
-    pytest.importorskip("pspnet_deploy.precision.calibrate", reason="calibration module not in this build")
     out = tmp_path / "tiny.int8.engine"
     p = _cli([work_onnx, "--int8", "--calib-data", "synthetic", "--calib-images", "10", "--engine", out])
     assert p.returncode == 2, p.stderr
@@ -341,11 +318,7 @@ def _trt_skip_reason():
         return env["tensorrt_error"]
     if env["gpu_error"]:
         return env["gpu_error"]
-    try:
-        import pycuda.driver  # noqa: F401
-    except ImportError as e:
-        return f"pycuda is not installed ({e})"
-    return None
+    return env["cuda_error"]
 
 
 _TRT_SKIP = _trt_skip_reason()
@@ -355,11 +328,12 @@ _TRT_SKIP = _trt_skip_reason()
 @pytest.mark.skipif(_TRT_SKIP is not None, reason=f"needs TensorRT + GPU: {_TRT_SKIP}")
 @pytest.mark.parametrize("precision", [None, "fp16"])
 def test_trt_engine_matches_onnxruntime(work_onnx, tmp_path, precision, rng):
-    from pspnet_deploy.engine import BuildOptions, build_engine, read_sidecar
+    from pspnet_deploy.cli.build_engine import build
+    from pspnet_deploy.engine import BuildOptions, read_sidecar
     from pspnet_deploy.runners import load_runner
 
     cache = tmp_path / "timing.cache"
-    sc = build_engine(work_onnx, None, BuildOptions(precision=precision, timing_cache=str(cache), opt_level=1))
+    sc = build(work_onnx, None, BuildOptions(precision=precision, timing_cache=str(cache), opt_level=1))
     eng = Path(sc["engine"]["path"])
     assert eng.is_file() and cache.is_file() and read_sidecar(eng)["engine"]["sha256"] == sc["engine"]["sha256"]
     ref = load_runner(work_onnx, threads=1)

@@ -6,9 +6,6 @@ exports are module fixtures shared by the tests that inspect them.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +13,7 @@ import onnx
 import pytest
 import torch
 
-from conftest import ROOT, make_tiny_model, tiny_meta
+from conftest import THREADS, make_tiny_model, run_cli, tiny_meta
 
 from pspnet_deploy.compare import (DEFAULT_TOLERANCES, Comparison, check, compare_outputs, parity_report_path,
                                    parse_tolerances, tolerances_for)
@@ -25,11 +22,10 @@ from pspnet_deploy.export import default_output_path, export_onnx
 from pspnet_deploy.onnx_graph import BANNED_OPS, static_pool_node_names, write_onnx_metadata
 from pspnet_deploy.precision.fp16 import convert_fp16, fp16_overflow_tensors
 from pspnet_deploy.parser_check import check_onnx_for_tensorrt
-from pspnet_deploy.runners.ort_runner import OrtRunner, read_onnx_metadata
+from pspnet_deploy.card import read_card
+from pspnet_deploy.runners.ort_runner import OrtRunner
 from pspnet_deploy.utils import sha256_file
 
-THREADS = int(os.environ.get("PSPNET_TEST_THREADS", "1"))
-ENV = {**os.environ, "PSPNET_TEST_THREADS": str(THREADS), "PYTHONPATH": str(ROOT)}
 
 
 def _export(ckpt, out, **kw):
@@ -105,7 +101,7 @@ def test_fp32_export_is_clean_static_and_self_contained(fp32, tiny_checkpoint):
 
 def test_fp32_metadata(fp32, tiny_checkpoint):
     path, rep = fp32
-    meta = read_onnx_metadata(path)
+    meta = read_card(path).meta
     assert meta["classes"] == tiny_meta()["classes"] and meta["palette"] == tiny_meta()["palette"]
     assert meta["preprocess"]["input_size"] == [64, 96] and meta["preprocess"]["mean"] == tiny_meta()["preprocess"]["mean"]
     assert meta["input_size"] == [64, 96] and meta["ignore_index"] == 255
@@ -161,7 +157,7 @@ def test_fp16_export(fp16, tiny_checkpoint, rng):
     path, rep = fp16
     m = onnx.load(str(path))
     _assert_clean_static_graph(m)
-    meta = read_onnx_metadata(path)
+    meta = read_card(path).meta
     assert meta["precision"] == "fp16" and meta["input_size"] == [65, 97]
     assert meta["fp16"]["blocked_nodes"] == [] and meta["fp16"]["calibration"]["kind"] == "generated"
     assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # IO kept FP32
@@ -186,9 +182,9 @@ def test_convert_fp16_from_existing_fp32(fp32, tmp_path):
     out = tmp_path / "m.fp16.onnx"
     rep = convert_fp16(src, out, progress=False, threads=THREADS)
     assert rep["parity"]["passed"] and out.is_file() and parity_report_path(out).is_file()
-    meta = read_onnx_metadata(out)
+    meta = read_card(out).meta
     assert meta["precision"] == "fp16" and meta["source_onnx"]["sha256"] == sha256_file(src)
-    assert meta["classes"] == read_onnx_metadata(src)["classes"]
+    assert meta["classes"] == read_card(src).meta["classes"]
     assert static_pool_node_names(out) == static_pool_node_names(src)
     assert check_onnx_for_tensorrt(out) == []
     with pytest.raises(UserError, match="not an FP32 export"):
@@ -259,7 +255,7 @@ def test_dynamic_batch_labels(dyn_labels, tiny_checkpoint, rng):
             axes = [a for a in n.attribute if a.name == "axes"][0].ints
             assert list(axes) == [2, 3]
     assert {"ArgMax", "Cast"} <= {n.op_type for n in m.graph.node}
-    meta = read_onnx_metadata(path)
+    meta = read_card(path).meta
     assert meta["output_kind"] == "labels" and meta["export"]["dynamic_batch"] == [1, 2, 3]
     assert rep["parity"]["passed"] and rep["parity"]["batches"] == [1, 3]
     r = OrtRunner.from_file(str(path), threads=THREADS)
@@ -336,8 +332,7 @@ def test_default_output_path(tmp_path):
 # ----------------------------------------------------------------------------------------------
 
 def _cli(*args, module="pspnet_deploy.cli.export"):
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
-                          env=ENV, cwd=ROOT, timeout=600)
+    return run_cli(module, *args, timeout=600)
 
 
 def _one_line_error(p, needle):

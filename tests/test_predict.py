@@ -2,16 +2,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY_PALETTE
-from test_runners import tiny_onnx
+from conftest import THREADS, TINY_PALETTE, run_cli
 
 
 def read_png(path: Path) -> np.ndarray:
@@ -28,8 +25,8 @@ def write_png(path: Path, array: np.ndarray) -> None:
 
 
 @pytest.fixture(scope="module")
-def onnx_model(tmp_path_factory, tiny_checkpoint):
-    return tiny_onnx(tmp_path_factory, tiny_checkpoint)
+def onnx_model(onnx_b1):
+    return onnx_b1
 
 
 @pytest.fixture
@@ -51,7 +48,7 @@ def test_predict_writes_labels_colors_and_overlays(onnx_model, images, tmp_path)
     from pspnet_deploy.runners import load_runner
     from pspnet_deploy.sliding import make_predictor
 
-    runner = load_runner(onnx_model, threads=1)
+    runner = load_runner(onnx_model, threads=THREADS)
     out = tmp_path / "out"
     res = Predictor(runner, out, overlay=True, alpha=0.4).run([images])
     assert res.images == 4 and res.videos == 0 and len(res.files) == 12
@@ -76,10 +73,8 @@ def test_predict_writes_labels_colors_and_overlays(onnx_model, images, tmp_path)
 
 def test_predict_cli_slide_mode_in_a_subprocess(onnx_model, images, tmp_path):
     out = tmp_path / "o"
-    env = dict(os.environ, PSPNET_ORT_THREADS="1", OMP_NUM_THREADS="1")
-    p = subprocess.run([sys.executable, "-m", "pspnet_deploy.cli.predict", str(onnx_model),
-                        str(images / "a_rgb.png"), "--output", str(out), "--mode", "slide", "--flip"],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    p = run_cli("pspnet_deploy.cli.predict", onnx_model, images / "a_rgb.png", "--output", out, "--mode", "slide",
+                "--flip", timeout=120)
     assert p.returncode == 0, p.stderr
     assert "segmented 1 image" in p.stdout
     labels = read_png(out / "labels" / "a_rgb.png")
@@ -107,7 +102,7 @@ def test_predict_video_writes_colour_video_and_label_frames(onnx_model, tmp_path
     clip = tmp_path / "clip.mp4"
     make_video(clip, rng, frames=5)
     out = tmp_path / "out"
-    res = Predictor(load_runner(onnx_model, threads=1), out, overlay=True, video_frames=True, max_frames=4).run([clip])
+    res = Predictor(load_runner(onnx_model, threads=THREADS), out, overlay=True, video_frames=True, max_frames=4).run([clip])
     assert res.videos == 1 and res.frames == 4
     for kind in ("color", "overlay"):
         cap = cv2.VideoCapture(str(out / "video" / f"clip.{kind}.mp4"))
@@ -127,7 +122,7 @@ def test_predict_video_writes_colour_video_and_label_frames(onnx_model, tmp_path
     assert all(read_png(f).shape == (64, 96) and read_png(f).max() < 4 for f in frames)
 
 
-def run_cli(argv):
+def run_main(argv):
     from pspnet_deploy.cli.common import run
     from pspnet_deploy.cli.predict import main
 
@@ -137,34 +132,34 @@ def run_cli(argv):
 def test_bad_inputs_give_one_line_and_nonzero_exit(onnx_model, tmp_path, capsys):
     bad_video = tmp_path / "broken.mp4"
     bad_video.write_bytes(os.urandom(2048))
-    assert run_cli([str(onnx_model), str(bad_video), "--output", str(tmp_path / "o1")]) == 2
+    assert run_main([str(onnx_model), str(bad_video), "--output", str(tmp_path / "o1")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "broken.mp4" in err[0] and "video" in err[0]
     assert not (tmp_path / "o1" / "video" / "broken.color.mp4").exists()
 
     notes = tmp_path / "notes.txt"
     notes.write_text("hello")
-    assert run_cli([str(onnx_model), str(notes), "--output", str(tmp_path / "o2")]) == 2
+    assert run_main([str(onnx_model), str(notes), "--output", str(tmp_path / "o2")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown input type .txt" in err[0]
 
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
-    assert run_cli([str(onnx_model), str(corrupt), "--output", str(tmp_path / "o3")]) == 2
+    assert run_main([str(onnx_model), str(corrupt), "--output", str(tmp_path / "o3")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot decode image" in err[0]
 
-    assert run_cli([str(onnx_model), str(tmp_path / "nope.png"), "--output", str(tmp_path / "o4")]) == 2
+    assert run_main([str(onnx_model), str(tmp_path / "nope.png"), "--output", str(tmp_path / "o4")]) == 2
     assert "input not found" in capsys.readouterr().err
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert run_cli([str(onnx_model), str(empty), "--output", str(tmp_path / "o5")]) == 2
+    assert run_main([str(onnx_model), str(empty), "--output", str(tmp_path / "o5")]) == 2
     assert "no images in this folder" in capsys.readouterr().err
 
     img = tmp_path / "x.png"
     write_png(img, np.zeros((64, 96, 3), np.uint8))
-    assert run_cli([str(onnx_model), str(img), "--output", str(tmp_path / "o6"), "--alpha", "1.5"]) == 2
+    assert run_main([str(onnx_model), str(img), "--output", str(tmp_path / "o6"), "--alpha", "1.5"]) == 2
     assert "--alpha" in capsys.readouterr().err
-    assert run_cli([str(onnx_model), str(img), "--output", str(tmp_path / "o7"), "--cuda-graph"]) == 2
+    assert run_main([str(onnx_model), str(img), "--output", str(tmp_path / "o7"), "--cuda-graph"]) == 2
     assert "TensorRT engines" in capsys.readouterr().err

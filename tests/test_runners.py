@@ -1,84 +1,17 @@
 """Runners: PyTorch and ONNX Runtime agree on the same model; engines are checked before TensorRT."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
-import torch
 
-from conftest import TINY_SIZE
-
-_ONNX_CACHE: dict[tuple, Path] = {}
-
-
-def _fallback_export(ckpt: Path, out: Path, batch: int, dynamic_batch: tuple | None, output_kind: str) -> None:
-    """Used only until pspnet_deploy.export lands: TorchScript export of the static-pool model + metadata."""
-    import onnx
-
-    from pspnet_deploy.checkpoint import load_model
-    from pspnet_deploy.model.static_pool import make_static
-
-    model, meta = load_model(ckpt)
-    m = make_static(model, TINY_SIZE)
-    if output_kind == "labels":
-        m = torch.nn.Sequential(m, _Argmax())
-    x = torch.randn(batch, 3, *TINY_SIZE)
-    out_name = "labels" if output_kind == "labels" else "logits"
-    axes = {"input": {0: "batch"}, out_name: {0: "batch"}} if dynamic_batch else None
-    torch.onnx.export(m, x, str(out), dynamo=False, opset_version=17, input_names=["input"],
-                      output_names=[out_name], dynamic_axes=axes)
-    mo = onnx.load(str(out))
-    entries = {"classes": meta["classes"], "palette": meta["palette"], "preprocess": meta["preprocess"],
-               "ignore_index": 255, "output_kind": output_kind, "precision": "fp32",
-               "checkpoint_sha256": meta["sha256"]}
-    if dynamic_batch:
-        entries["export"] = {"dynamic_batch": list(dynamic_batch)}
-    for k, v in entries.items():
-        p = mo.metadata_props.add()
-        p.key, p.value = f"pspnet.{k}", json.dumps(v)
-    onnx.save(mo, str(out))
-
-
-class _Argmax(torch.nn.Module):
-    def forward(self, x):
-        return x.argmax(1)
-
-
-def tiny_onnx(tmp_path_factory, ckpt: Path, batch: int = 1, dynamic_batch: tuple | None = None,
-              output_kind: str = "logits") -> Path:
-    """An ONNX of the tiny checkpoint, cached for the session: written by the project's exporter
-    (pspnet_deploy.export.export_onnx; a plain TorchScript export of the same static model only
-    where that module is absent)."""
-    key = (str(ckpt), batch, dynamic_batch, output_kind)
-    if key in _ONNX_CACHE and _ONNX_CACHE[key].is_file():
-        return _ONNX_CACHE[key]
-    dyn = "x".join(map(str, dynamic_batch)) if dynamic_batch else "no"
-    out = tmp_path_factory.mktemp("onnx") / f"tiny_b{batch}_d{dyn}_{output_kind}.fp32.onnx"
-    try:
-        from pspnet_deploy.export import export_onnx
-    except ImportError:
-        export_onnx = None
-    if export_onnx is not None:
-        export_onnx(str(ckpt), str(out), input_size=TINY_SIZE, batch=batch, dynamic_batch=dynamic_batch,
-                    output_kind=output_kind, verify=False, progress=False, threads=1)
-    else:
-        _fallback_export(ckpt, out, batch, dynamic_batch, output_kind)
-    _ONNX_CACHE[key] = out
-    return out
-
-
-@pytest.fixture(scope="module")
-def onnx_b1(tmp_path_factory, tiny_checkpoint):
-    return tiny_onnx(tmp_path_factory, tiny_checkpoint)
+from conftest import THREADS, TINY_SIZE
 
 
 def test_torch_and_onnxruntime_runners_agree(tiny_checkpoint, onnx_b1, rng):
     from pspnet_deploy.runners import load_runner
 
     tr = load_runner(tiny_checkpoint)
-    ort = load_runner(onnx_b1, threads=1)
+    ort = load_runner(onnx_b1, threads=THREADS)
     assert (tr.backend, ort.backend) == ("torch", "onnxruntime")
     assert tr.input_size == ort.input_size == TINY_SIZE
     assert tr.classes == ort.classes and tr.palette == ort.palette
@@ -100,18 +33,18 @@ def test_runner_rejects_wrong_input_shape(onnx_b1):
     from pspnet_deploy.errors import UserError
     from pspnet_deploy.runners import load_runner
 
-    r = load_runner(onnx_b1, threads=1)
+    r = load_runner(onnx_b1, threads=THREADS)
     with pytest.raises(UserError, match="3x64x96"):
         r.infer(np.zeros((1, 3, 32, 32), np.float32))
     with pytest.raises(UserError, match="fixed batch of 1"):
         r.infer(np.zeros((2, 3, *TINY_SIZE), np.float32))
 
 
-def test_labels_output_matches_argmax_of_logits(tmp_path_factory, tiny_checkpoint, onnx_b1, rng):
+def test_labels_output_matches_argmax_of_logits(onnx_factory, onnx_b1, rng):
     from pspnet_deploy.runners import load_runner
 
-    lab = load_runner(tiny_onnx(tmp_path_factory, tiny_checkpoint, output_kind="labels"), threads=1)
-    log = load_runner(onnx_b1, threads=1)
+    lab = load_runner(onnx_factory(output_kind="labels"), threads=THREADS)
+    log = load_runner(onnx_b1, threads=THREADS)
     assert lab.output_kind == "labels"
     x = log.preprocess(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8))[None]
     out = lab.infer(x)
@@ -134,3 +67,80 @@ def test_load_runner_refuses_engine_without_sidecar_before_tensorrt(tmp_path):
     other.write_bytes(b"1")
     with pytest.raises(UserError, match="unknown model file type"):
         load_runner(other)
+
+
+def test_runner_options_one_object_for_every_backend(tiny_checkpoint, onnx_b1):
+    """Every backend takes the same options and ignores what does not apply; a name no backend
+    knows is a programming error."""
+    from pspnet_deploy.runners import RunnerOptions, load_runner
+
+    opts = RunnerOptions(threads=THREADS, providers=["CPUExecutionProvider"], input_size=(32, 48), cuda_graph=True,
+                         graph_optimization="basic")
+    with load_runner(tiny_checkpoint, opts) as tr, load_runner(onnx_b1, opts) as ort:
+        assert tr.input_size == (32, 48)  # PyTorch honours input_size ...
+        assert ort.input_size == TINY_SIZE  # ... the ONNX's size is fixed: ignored
+        assert ort.describe()["providers"] == ["CPUExecutionProvider"] and ort.describe()["threads"] == THREADS
+    with load_runner(tiny_checkpoint, opts, input_size=None) as tr:  # keyword overrides win
+        assert tr.input_size == TINY_SIZE
+    with pytest.raises(TypeError, match="unknown runner option.*cuda_grpah"):
+        load_runner(onnx_b1, cuda_grpah=True)
+
+
+def test_context_manager_closes_the_session(onnx_b1):
+    from pspnet_deploy.runners import load_runner
+
+    with load_runner(onnx_b1, threads=THREADS) as r:
+        assert r.session is not None
+    assert r.session is None  # ONNX Runtime's session released on exit
+    with pytest.raises(RuntimeError), load_runner(onnx_b1, threads=THREADS) as r2:
+        raise RuntimeError("boom")
+    assert r2.session is None  # ... and when the block raises
+
+
+class _Recorder:
+    """Wraps a runner and records the batch sizes it is called with."""
+
+    def __init__(self, runner):
+        self.runner, self.calls = runner, []
+
+    def __call__(self, batch):
+        self.calls.append(int(batch.shape[0]))
+        return self.runner.__class__.infer(self.runner, batch)
+
+
+def test_padded_batching_is_one_place(tiny_checkpoint, onnx_factory, rng):
+    """infer_items: a fixed-batch model gets full batches (last padded by repeating its last item),
+    a batch range is respected, and every item's output is the one it would get alone."""
+    from pspnet_deploy.runners import load_runner
+
+    items = [rng.standard_normal((3, *TINY_SIZE)).astype(np.float32) for _ in range(5)]
+    with load_runner(tiny_checkpoint) as ref:
+        alone = [ref.infer(x[None])[0] for x in items]
+    with load_runner(onnx_factory(batch=2), threads=THREADS) as fixed:
+        rec = _Recorder(fixed)
+        fixed.infer = rec
+        outs = fixed.infer_items(items, batch=4)
+        assert rec.calls == [2, 2, 2] and fixed.batch_limit(4) == 2
+    with load_runner(tiny_checkpoint) as ranged:
+        ranged.batch_range = (2, 3)  # as an engine profile would say
+        rec = _Recorder(ranged)
+        ranged.infer = rec
+        outs2 = ranged.infer_items(items, batch=8)
+        assert rec.calls == [3, 2]  # clamped to the maximum; the remainder padded up to the minimum
+        rec.calls.clear()
+        ranged.infer_items(items[:1])
+        assert rec.calls == [2]
+    for a, b, c in zip(alone, outs, outs2):
+        assert np.abs(a - b).max() < 1e-3 * max(1.0, np.abs(a).max()) and (a.argmax(0) == c.argmax(0)).mean() > 0.999
+
+
+def test_model_timer_times_one_call(onnx_b1):
+    from pspnet_deploy.errors import UserError
+    from pspnet_deploy.runners import load_runner
+
+    with load_runner(onnx_b1, threads=THREADS) as r:
+        call, name = r.model_timer(np.zeros((1, 3, *TINY_SIZE), np.float32))
+        ms = [call() for _ in range(2)]
+        assert name.startswith("wall clock") and all(m > 0 for m in ms)
+        with pytest.raises(UserError, match="fixed batch of 1"):  # checked once, before timing
+            r.model_timer(np.zeros((2, 3, *TINY_SIZE), np.float32))

@@ -5,8 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import TINY_SIZE
-from test_runners import tiny_onnx
+from conftest import THREADS, TINY_SIZE
 
 
 @pytest.fixture(scope="module")
@@ -17,10 +16,11 @@ def torch_runner(tiny_checkpoint):
 
 
 @pytest.fixture(scope="module")
-def ort_runner(tmp_path_factory, tiny_checkpoint):
+def ort_runner(onnx_b1):
     from pspnet_deploy.runners import load_runner
 
-    return load_runner(tiny_onnx(tmp_path_factory, tiny_checkpoint), threads=1)
+    with load_runner(onnx_b1, threads=THREADS) as r:
+        yield r
 
 
 def smooth_image(rng, h, w):
@@ -119,11 +119,11 @@ def test_flip_averages_the_mirrored_prediction(torch_runner, rng):
     np.testing.assert_allclose(both, (a + b) / 2, rtol=1e-6, atol=1e-6)
 
 
-def test_labels_runner_votes(tmp_path_factory, tiny_checkpoint, ort_runner, rng):
+def test_labels_runner_votes(onnx_factory, ort_runner, rng):
     from pspnet_deploy.runners import load_runner
     from pspnet_deploy.sliding import make_predictor
 
-    lab = load_runner(tiny_onnx(tmp_path_factory, tiny_checkpoint, output_kind="labels"), threads=1)
+    lab = load_runner(onnx_factory(output_kind="labels"), threads=THREADS)
     img = smooth_image(rng, *TINY_SIZE)
     assert (make_predictor("slide")(lab, img) == make_predictor("whole")(ort_runner, img)).mean() > 0.999
     big = smooth_image(rng, 90, 130)

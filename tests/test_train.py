@@ -13,20 +13,17 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import THREADS, run_cli
 
-THREADS = os.environ.get("PSPNET_TEST_THREADS", "1")
-TINY = ["--backbone", "resnet18", "--head-channels", "32", "--crop", "64", "64", "--threads", THREADS,
+TINY = ["--backbone", "resnet18", "--head-channels", "32", "--crop", "64", "64", "--threads", str(THREADS),
         "--workers", "0", "--no-progress"]
 
 
 def cli(args: list[str], timeout: int = 300, torchrun: bool = False) -> subprocess.CompletedProcess:
     """Run pspnet-train as a real subprocess (optionally under torchrun) from the repository root."""
-    env = dict(os.environ, OMP_NUM_THREADS=THREADS, PYTHONPATH=str(ROOT))
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"] if torchrun \
-        else [sys.executable]
-    return subprocess.run(launcher + ["-m", "pspnet_deploy.cli.train", *args], cwd=ROOT, env=env, timeout=timeout,
-                          capture_output=True, text=True)
+        else None
+    return run_cli("pspnet_deploy.cli.train", *args, timeout=timeout, launcher=launcher)
 
 
 def position_prior_miou() -> float:

@@ -6,8 +6,6 @@ import json
 import pytest
 
 from conftest import TINY_CLASSES, TINY_SIZE
-from test_engine import fake_engine
-from test_runners import tiny_onnx
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
                                        reason="tritonclient[grpc] not installed (pip install tritonclient[grpc])")
@@ -22,16 +20,6 @@ def parse_config(path) -> "model_config_pb2.ModelConfig":
 
 def dtype_name(v: int) -> str:
     return model_config_pb2.DataType.Name(v)
-
-
-@pytest.fixture(scope="module")
-def onnx_b1(tmp_path_factory, tiny_checkpoint):
-    return tiny_onnx(tmp_path_factory, tiny_checkpoint)
-
-
-@pytest.fixture(scope="module")
-def onnx_dyn(tmp_path_factory, tiny_checkpoint):
-    return tiny_onnx(tmp_path_factory, tiny_checkpoint, dynamic_batch=(1, 2, 4))
 
 
 def test_onnx_fixed_batch_repo(onnx_b1, tmp_path):
@@ -70,26 +58,26 @@ def test_onnx_dynamic_batch_repo(onnx_dyn, tmp_path):
     assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
 
 
-def test_labels_output_type(tmp_path_factory, tiny_checkpoint, tmp_path):
+def test_labels_output_type(onnx_factory, tmp_path):
     from pspnet_deploy.triton import write_triton_repo
 
-    lab = tiny_onnx(tmp_path_factory, tiny_checkpoint, output_kind="labels")
+    lab = onnx_factory(output_kind="labels")
     write_triton_repo(lab, tmp_path / "repo", name="labels")
     cfg = parse_config(tmp_path / "repo" / "labels" / "config.pbtxt")
     assert dtype_name(cfg.output[0].data_type) in ("TYPE_INT32", "TYPE_INT64")
     assert list(cfg.output[0].dims) == [1, *TINY_SIZE]
 
 
-def test_engine_repo_uses_the_sidecar(onnx_dyn, onnx_b1, tmp_path):
+def test_engine_repo_uses_the_sidecar(onnx_dyn, onnx_b1, tmp_path, fake_engine):
     """An engine (bytes + sidecar, no TensorRT needed to write the repository)."""
-    from pspnet_deploy.engine import BuildOptions, read_sidecar
+    from pspnet_deploy.engine import read_sidecar
     from pspnet_deploy.errors import UserError
     from pspnet_deploy.triton import write_triton_repo
     from pspnet_deploy.utils import atomic_write_json
 
     src = tmp_path / "dyn.fp32.onnx"
     src.write_bytes(onnx_dyn.read_bytes())
-    eng = fake_engine(tmp_path, src, BuildOptions(batch=(1, 4, 6)), name="dyn.fp16.engine")
+    eng = fake_engine(tmp_path, src, ["--batch", "1", "4", "6"], name="dyn.fp16.engine")
     sc = read_sidecar(eng)  # what a dynamic-batch engine's sidecar says about its IO
     sc["io"] = {"inputs": [{"name": "input", "shape": [-1, 3, *TINY_SIZE], "dtype": "float32"}],
                 "outputs": [{"name": "logits", "shape": [-1, 4, *TINY_SIZE], "dtype": "float16"}],

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from .common import make_parser, run
 
@@ -58,13 +59,83 @@ def options_from_args(a):
                         calib_images=a.calib_images, calib_method=a.calib_method, verbose=a.verbose)
 
 
-def main(argv=None) -> int:
-    from ..engine import build_engine, plan_build
+#: options that describe how this run behaves, not what it builds (left out of the recorded command)
+NOT_RECORDED = ("help", "debug", "dry_run", "engine", "onnx")
 
-    a = build_parser().parse_args(argv)
+
+def command_line(a, engine_path, parser=None) -> list[str]:
+    """The argv that builds the same engine again, derived from the parser's own actions: every
+    option whose value differs from its default, as the parser spells it (so no option, such as
+    ``--calib-method``, can be left out), with the ONNX and engine as absolute paths."""
+    parser = parser or build_parser()
+    argv = [PROG, str(Path(a.onnx).resolve()), "--engine", str(Path(engine_path).resolve())]
+    for action in parser._actions:  # argparse offers no public walk over its actions
+        if action.dest in NOT_RECORDED or not action.option_strings:
+            continue
+        value = getattr(a, action.dest, action.default)
+        if value == action.default:
+            continue
+        flag = action.option_strings[-1] if action.option_strings[-1].startswith("--") else action.option_strings[0]
+        if action.nargs == 0:  # store_true and friends
+            argv.append(flag)
+        else:
+            values = value if isinstance(value, (list, tuple)) else [value]
+            argv += [flag, *(f"{v:g}" if isinstance(v, float) else str(v) for v in values)]
+    return argv
+
+
+def make_variant(plan, opts, log) -> dict:
+    """Write the FP16 or INT8 ONNX that ``plan.convert`` asks for (export / calibration code, CPU)."""
+    if plan.convert == "fp16":
+        from ..precision.fp16 import convert_fp16
+
+        log(f"writing the FP16 ONNX {plan.build_onnx} from {plan.source_onnx}")
+        kwargs = {}
+        if opts.calib_data:  # real images to find the values FP16 cannot hold (else generated ones)
+            kwargs.update(calibration_images=opts.calib_data, split=opts.calib_split)
+            if opts.calib_images is not None:
+                kwargs["num_images"] = opts.calib_images
+        return convert_fp16(str(plan.source_onnx), str(plan.build_onnx), **kwargs) or {}
+    from ..evaluate import onnx_miou  # --calib-method auto measures accuracy
+    from ..precision.calibrate import calibrate_onnx
+
+    log(f"calibrating the INT8 Q/DQ ONNX {plan.build_onnx} from {plan.source_onnx} on {opts.calib_data}")
+    kwargs = {"split": opts.calib_split, "method": opts.calib_method, "evaluator": onnx_miou}
+    if opts.calib_images is not None:
+        kwargs["num_images"] = opts.calib_images
+    return calibrate_onnx(str(plan.source_onnx), str(plan.build_onnx), opts.calib_data, **kwargs) or {}
+
+
+def build(onnx, engine=None, opts=None, log=lambda m: print(f"{PROG}: {m}", file=sys.stderr),
+          command: list[str] | None = None, env: dict | None = None) -> dict:
+    """Plan (``onnx``: an ONNX path or a BuildPlan), write the FP16 / INT8 ONNX the plan asks for (even where TensorRT is missing: it says
+    so), then build the engine; returns its sidecar."""
+    from ..engine import BuildOptions, BuildPlan, build_engine, environment, plan_build
+    from ..errors import UserError
+
+    opts = opts or BuildOptions()
+    plan = onnx if isinstance(onnx, BuildPlan) else plan_build(onnx, opts, engine)
+    env = env if env is not None else environment(opts.device)
+    wrote: list[str] = []
+    if plan.convert:
+        missing = env.get("tensorrt_error") or env.get("cuda_error") or env.get("gpu_error")
+        if missing:
+            log(f"note: {missing}; the {plan.convert.upper()} ONNX is still written, the engine is not")
+        make_variant(plan, opts, log)
+        if not plan.build_onnx.is_file():
+            raise UserError(f"{plan.build_onnx}: the {plan.convert.upper()} conversion wrote no file")
+        wrote.append(str(plan.build_onnx))
+    return build_engine(plan, opts=opts, log=log, env=env, command=command, wrote=wrote)
+
+
+def main(argv=None) -> int:
+    from ..engine import plan_build
+
+    parser = build_parser()
+    a = parser.parse_args(argv)
     opts = options_from_args(a)
+    plan = plan_build(a.onnx, opts, a.engine)
     if a.dry_run:
-        plan = plan_build(a.onnx, opts, a.engine)
         steps = []
         if plan.convert:
             steps.append(f"write the {plan.convert.upper()} ONNX {plan.build_onnx}")
@@ -75,7 +146,7 @@ def main(argv=None) -> int:
         steps.append(f"write its sidecar {plan.sidecar_path}")
         print(f"{PROG}: would " + "; ".join(steps))
         return 0
-    sidecar = build_engine(a.onnx, a.engine, opts, log=lambda m: print(f"{PROG}: {m}", file=sys.stderr))
+    sidecar = build(plan, opts=opts, command=command_line(a, plan.engine_path, parser))
     print(f"{PROG}: {sidecar['engine']['path']} ({sidecar['precision']}, TensorRT {sidecar['tensorrt']['version']}, "
           f"{sidecar['gpu']['name']})")
     return 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from ..utils import atomic_write_json
 from .common import make_parser, run, size_arg
@@ -35,30 +36,26 @@ def main(argv=None) -> int:
     from ..errors import UserError
     from ..evaluate import evaluate
     from ..metrics import format_table
-    from ..runners import load_runner
+    from ..card import SUFFIX_KINDS
+    from ..runners import RunnerOptions, load_runner
 
     a = build_parser().parse_args(argv)
     if a.limit is not None and a.limit <= 0:
         raise UserError(f"--limit must be positive, got {a.limit}")
     if a.threads:
         torch.set_num_threads(a.threads)
-    kwargs = {}
     size = size_arg(a.input_size)
-    if size is not None:
-        if not str(a.model).endswith((".pt", ".pth")):
-            raise UserError("--input-size applies to .pt checkpoints only; ONNX and engine sizes are fixed at export")
-        kwargs["input_size"] = size
-    if a.threads and str(a.model).endswith(".onnx"):
-        kwargs["threads"] = a.threads
-    runner = load_runner(a.model, device=a.device, **kwargs)
-    ds = open_dataset(a.data, a.split)
-    predict = None
-    if a.mode == "slide" or a.flip:
-        from ..sliding import make_predictor
+    if size is not None and SUFFIX_KINDS.get(Path(a.model).suffix.lower()) != "torch":
+        raise UserError("--input-size applies to .pt checkpoints only; ONNX and engine sizes are fixed at export")
+    with load_runner(a.model, RunnerOptions(device=a.device, threads=a.threads or None, input_size=size)) as runner:
+        ds = open_dataset(a.data, a.split)
+        predict = None
+        if a.mode == "slide" or a.flip:
+            from ..sliding import make_predictor
 
-        predict = make_predictor(mode=a.mode, flip=a.flip, stride=a.stride)
-    res = evaluate(runner, ds, limit=a.limit, batch_size=a.batch_size, progress=not a.no_progress, predict=predict)
-    res["model"] = runner.describe()
+            predict = make_predictor(mode=a.mode, flip=a.flip, stride=a.stride)
+        res = evaluate(runner, ds, limit=a.limit, batch_size=a.batch_size, progress=not a.no_progress, predict=predict)
+        res["model"] = runner.describe()
     res["data"] = {"path": str(a.data), "split": a.split, "mode": a.mode, "flip": a.flip}
     print(format_table(res, f"{a.model} on {a.data} [{a.split}], {res['num_images']} images, {a.mode}"
                             f"{' + flip' if a.flip else ''}"))

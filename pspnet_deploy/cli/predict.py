@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from .common import make_parser, run
 
@@ -31,30 +32,23 @@ def build_parser():
 
 
 def main(argv=None) -> int:
+    from ..card import SUFFIX_KINDS
     from ..predict import Predictor
-    from ..runners import load_runner
+    from ..runners import RunnerOptions, load_runner
 
     a = build_parser().parse_args(argv)
-    kwargs = {}
     model = str(a.model)
     if a.threads:
         import torch
 
         torch.set_num_threads(a.threads)
-        if model.endswith(".onnx"):
-            kwargs["threads"] = a.threads
-    if a.cuda_graph:
-        if not model.endswith((".engine", ".plan", ".trt")):
-            from ..errors import UserError
+    if a.cuda_graph and SUFFIX_KINDS.get(Path(model).suffix.lower()) != "tensorrt":
+        from ..errors import UserError
 
-            raise UserError("--cuda-graph applies to TensorRT engines (.engine) only")
-        kwargs["cuda_graph"] = True
-    runner = load_runner(model, device=a.device, **kwargs)
-    try:
+        raise UserError("--cuda-graph applies to TensorRT engines (.engine) only")
+    with load_runner(model, RunnerOptions(device=a.device, threads=a.threads or None, cuda_graph=a.cuda_graph)) as runner:
         res = Predictor(runner, a.output, mode=a.mode, flip=a.flip, stride=a.stride, overlay=a.overlay, alpha=a.alpha,
                         video_frames=a.video_frames, max_frames=a.max_frames, progress=a.progress).run(a.inputs)
-    finally:
-        runner.close()
     parts = [f"{res.images} image{'s' if res.images != 1 else ''}"]
     if res.videos:
         parts.append(f"{res.videos} video{'s' if res.videos != 1 else ''} ({res.frames} frames)")

@@ -70,9 +70,9 @@ def inspect_fp32_onnx(path: str | Path) -> SourceModel:
     except Exception as e:  # noqa: BLE001 - onnx raises several types for bad files
         raise UserError(f"{path}: cannot read ONNX model ({type(e).__name__}); pass the model.fp32.onnx written by "
                         f"pspnet-export") from e
-    from ..runners.ort_runner import metadata_from_proto  # until one model-file reader exists below runners
+    from ..card import card_from_onnx_proto, validate_card
 
-    meta = metadata_from_proto(model)
+    meta = validate_card(card_from_onnx_proto(model, path)).meta
     ops = {n.op_type for n in model.graph.node}
     precision = str(meta.get("precision", "")).lower()
     if ops & QUANTIZED_OPS or precision == "int8":

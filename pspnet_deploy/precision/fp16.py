@@ -128,7 +128,7 @@ def convert_fp16(fp32_onnx_path, out_path, calibration_images=None, margin: floa
 
     from ..data.preprocess import Preprocess
     from ..data.samples import verification_images
-    from ..runners.ort_runner import read_onnx_metadata  # until one model-file reader exists below runners
+    from ..card import read_card
 
     t0 = time.time()
     check_margin(margin)
@@ -136,7 +136,7 @@ def convert_fp16(fp32_onnx_path, out_path, calibration_images=None, margin: floa
     src_path = Path(fp32_onnx_path)
     if not src_path.is_file():
         raise UserError(f"{src_path}: ONNX file not found")
-    meta = read_onnx_metadata(src_path)
+    meta = read_card(src_path, kind="onnx").meta
     if str(meta.get("precision", "fp32")) != "fp32":
         raise UserError(f"{src_path}: is {meta.get('precision')}, not an FP32 export; convert the FP32 ONNX")
     fp32 = onnx.load(str(src_path))

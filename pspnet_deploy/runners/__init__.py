@@ -1,33 +1,48 @@
-"""Runners: one interface over PyTorch, ONNX Runtime and TensorRT model files."""
+"""Runners: one interface over PyTorch, ONNX Runtime and TensorRT model files.
+
+``with load_runner(path, **options) as runner: runner.infer(batch)``; the options are the fields
+of :class:`RunnerOptions` (every backend accepts all of them and ignores what does not apply).
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
+from ..card import model_kind
 from ..errors import UserError
-from .base import Runner
+from .base import Runner, RunnerOptions
 
 
-def load_runner(path: str | Path, device: str = "cpu", precision: str | None = None, **kwargs) -> Runner:
-    """Pick the runner from the file: ``.pt`` (PyTorch), ``.onnx`` (ONNX Runtime), ``.engine`` (TensorRT)."""
+def _torch(path, options):
+    from .torch_runner import TorchRunner
+
+    return TorchRunner.from_file(path, options)
+
+
+def _onnx(path, options):
+    from .ort_runner import OrtRunner
+
+    return OrtRunner.from_file(path, options)
+
+
+def _tensorrt(path, options):
+    from .trt_runner import TrtRunner
+
+    return TrtRunner.from_file(path, options)
+
+
+#: model kind (pspnet_deploy.card.model_kind) -> factory(path, RunnerOptions)
+FACTORIES = {"torch": _torch, "onnx": _onnx, "tensorrt": _tensorrt}
+
+
+def load_runner(path: str | Path, options: RunnerOptions | None = None, **overrides) -> Runner:
+    """The runner for a model file, by its kind (``.pt`` PyTorch, ``.onnx`` ONNX Runtime,
+    ``.engine`` TensorRT). ``options`` and/or keyword overrides: see :class:`RunnerOptions`.
+    Use it as a context manager (``with load_runner(...) as r:``) so it is closed."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{p}: model file not found")
-    suffix = p.suffix.lower()
-    if suffix in (".pt", ".pth"):
-        from .torch_runner import TorchRunner
-
-        return TorchRunner.from_checkpoint(str(p), device=device, precision=precision or "fp32", **kwargs)
-    if suffix == ".onnx":
-        try:
-            from .ort_runner import OrtRunner
-        except ImportError as e:  # pragma: no cover
-            raise UserError(f"{p}: ONNX models need onnxruntime ({e}); pip install onnxruntime") from e
-        return OrtRunner.from_file(str(p), device=device, **kwargs)
-    if suffix in (".engine", ".plan", ".trt"):
-        from .trt_runner import TrtRunner
-
-        return TrtRunner.from_file(str(p), device=device, **kwargs)
-    raise UserError(f"{p}: unknown model file type {suffix!r}; expected .pt, .onnx or .engine")
+    kind = model_kind(p)
+    return FACTORIES[kind](str(p), RunnerOptions.make(options, **overrides))
 
 
-__all__ = ["Runner", "load_runner"]
+__all__ = ["FACTORIES", "Runner", "RunnerOptions", "load_runner"]

@@ -1,20 +1,62 @@
 """One small interface over every backend (after polygraphy's runners).
 
-A runner is made by :func:`pspnet_deploy.runners.load_runner` from a model file and offers:
+``with load_runner(path, **options) as runner:`` (see :func:`pspnet_deploy.runners.load_runner`)
+gives a runner built from a model file and its :class:`~pspnet_deploy.card.ModelCard`:
 
 - ``infer(batch)``: float32 NCHW array already preprocessed at ``input_size`` -> numpy logits
   (N, C, H, W) float32 or labels (N, H, W) integer, per ``output_kind``;
-- ``describe()``: a dict with backend, precision, input size, device, file and its hash;
-- ``preprocess`` (:class:`~pspnet_deploy.data.Preprocess`), ``classes``, ``palette``,
-  ``ignore_index``, ``output_kind``, ``input_size``, ``fixed_batch`` (int or None).
+- ``infer_items(items)``: any number of preprocessed 3xHxW arrays, run in batches the model
+  accepts (a fixed batch padded by repeating the last item, a batch range respected) - the one
+  place padding happens;
+- ``model_timer(batch)``: a zero-argument callable timing one model-scope call in milliseconds,
+  and its name; a backend overrides it with its device clock;
+- ``describe()``: backend, precision, input size, device, file and its hash;
+- ``card``, ``preprocess`` (:class:`~pspnet_deploy.data.Preprocess`), ``classes``, ``palette``,
+  ``ignore_index``, ``output_kind``, ``input_size``, ``fixed_batch`` (int or None), ``batch_range``.
+
+Every backend takes the same :class:`RunnerOptions` and ignores what does not apply to it.
 """
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, fields
+from typing import Callable
 
 import numpy as np
 
-from ..data.preprocess import Preprocess
+from ..card import ModelCard
+from ..errors import UserError
+
+#: items per call for runners that accept any batch size (sliding windows, evaluation)
+DEFAULT_ITEM_BATCH = 4
+
+
+@dataclass
+class RunnerOptions:
+    """Options every backend accepts; each uses what applies to it and ignores the rest."""
+
+    device: str = "cpu"  # cpu, cuda, cuda:N (TensorRT engines always run on a GPU: cpu means cuda:0)
+    threads: int | None = None  # CPU threads (ONNX Runtime intra-op; PyTorch uses torch.set_num_threads)
+    providers: list | None = None  # ONNX Runtime execution providers (default: from the device)
+    precision: str | None = None  # PyTorch: fp32 or fp16 autocast; files with a fixed precision ignore it
+    input_size: tuple | None = None  # PyTorch: run at this (H, W); fixed in ONNX and engines
+    output_kind: str | None = None  # PyTorch: logits or labels; fixed in ONNX and engines
+    graph_optimization: str = "all"  # ONNX Runtime: none, basic, extended, all
+    cuda_graph: bool = False  # TensorRT: replay a captured CUDA graph per batch size
+    verify_hash: bool = True  # TensorRT: check the engine's sha256 against its sidecar
+    verbose: bool = False  # TensorRT: verbose log
+
+    @classmethod
+    def make(cls, options: "RunnerOptions | None" = None, **overrides) -> "RunnerOptions":
+        """``options`` with ``overrides`` applied; TypeError for a name no backend knows."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise TypeError(f"unknown runner option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        base = {f.name: getattr(options, f.name) for f in fields(cls)} if options is not None else {}
+        base.update({k: v for k, v in overrides.items()})
+        return cls(**base)
 
 
 class Runner(ABC):
@@ -22,18 +64,33 @@ class Runner(ABC):
     precision: str = "fp32"
     output_kind: str = "logits"
     fixed_batch: int | None = None
-    #: batch sizes an engine with a dynamic profile accepts (min, max); None when unconstrained
+    #: batch sizes a model with a dynamic profile accepts (min, max); None when unconstrained
     batch_range: tuple[int, int] | None = None
 
-    def __init__(self, preprocess: Preprocess, classes: list[str], palette: list[list[int]], ignore_index: int = 255,
-                 path: str | None = None, sha256: str | None = None):
-        self.preprocess = preprocess
-        self.classes = list(classes)
-        self.palette = [list(c) for c in palette]
-        self.ignore_index = ignore_index
-        self.path = path
+    def __init__(self, card: ModelCard, sha256: str | None = None):
+        card.require("preprocess", "classes", "palette")
+        self.card = card
+        self.preprocess = card.preprocessing()
+        self.classes = list(card.classes)
+        self.palette = [list(c) for c in card.palette]
+        self.ignore_index = int(card.ignore_index)
+        self.output_kind = card.output_kind
+        self.precision = card.precision
+        self.fixed_batch = card.fixed_batch
+        self.path = card.path
         self.sha256 = sha256
 
+    # ---- lifetime
+    def __enter__(self) -> "Runner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release what the backend holds (sessions, device memory); safe to call twice."""
+
+    # ---- facts
     @property
     def num_classes(self) -> int:
         return len(self.classes)
@@ -41,14 +98,6 @@ class Runner(ABC):
     @property
     def input_size(self) -> tuple[int, int]:
         return tuple(self.preprocess.input_size)
-
-    @abstractmethod
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Run one batch (float32 NCHW at ``input_size``); returns logits or labels as numpy."""
-
-    def infer_labels(self, batch: np.ndarray) -> np.ndarray:
-        out = self.infer(batch)
-        return out.argmax(1) if out.ndim == 4 else out
 
     def device(self) -> str:
         return "cpu"
@@ -58,9 +107,58 @@ class Runner(ABC):
                 "output_kind": self.output_kind, "device": self.device(), "path": self.path, "sha256": self.sha256,
                 "fixed_batch": self.fixed_batch, "num_classes": self.num_classes}
 
-    def check_batch(self, batch: np.ndarray) -> None:
-        from ..errors import UserError
+    # ---- inference
+    @abstractmethod
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Run one batch (float32 NCHW at ``input_size``); returns logits or labels as numpy."""
 
+    def infer_labels(self, batch: np.ndarray) -> np.ndarray:
+        out = self.infer(batch)
+        return out.argmax(1) if out.ndim == 4 else out
+
+    def batch_limit(self, want: int | None = None) -> int:
+        """Items per call: the fixed batch, else ``want`` (default :data:`DEFAULT_ITEM_BATCH`)
+        clamped into the batch range."""
+        if self.fixed_batch:
+            return int(self.fixed_batch)
+        limit = int(want or DEFAULT_ITEM_BATCH)
+        if self.batch_range is not None:
+            limit = max(min(limit, self.batch_range[1]), self.batch_range[0])
+        return max(limit, 1)
+
+    def infer_items(self, items: list[np.ndarray], batch: int | None = None) -> list[np.ndarray]:
+        """Run preprocessed 3xHxW arrays (at ``input_size``) in batches this model accepts.
+
+        A fixed-batch model gets full batches (the last one padded by repeating its last item); a
+        model with a batch range gets at least its minimum. Returns one output (CxHxW logits or
+        HxW labels) per item.
+        """
+        limit = self.batch_limit(batch)
+        minimum = self.batch_range[0] if self.batch_range is not None else 1
+        outs: list[np.ndarray] = []
+        for start in range(0, len(items), limit):
+            chunk = items[start:start + limit]
+            real = len(chunk)
+            need = limit if self.fixed_batch else max(real, minimum)
+            arr = np.stack(chunk).astype(np.float32, copy=False)
+            if need > real:
+                arr = np.concatenate([arr, np.repeat(arr[-1:], need - real, 0)])
+            outs.extend(np.asarray(self.infer(arr))[:real])
+        return outs
+
+    def model_timer(self, batch: np.ndarray) -> tuple[Callable[[], float], str]:
+        """(call, timer name): ``call()`` runs one model-scope call on ``batch`` and returns its
+        milliseconds. Wall clock around host arrays in and out here; a backend with a device clock
+        overrides this (input staged on the device, device events around the work)."""
+        self.check_batch(batch)
+
+        def call() -> float:
+            t = time.perf_counter()
+            self.infer(batch)
+            return (time.perf_counter() - t) * 1e3
+        return call, "wall clock (time.perf_counter), host arrays in and out"
+
+    def check_batch(self, batch: np.ndarray) -> None:
         h, w = self.input_size
         if batch.ndim != 4 or batch.shape[1] != 3 or tuple(batch.shape[2:]) != (h, w):
             raise UserError(f"{self.path}: model takes Nx3x{h}x{w} input, got {'x'.join(map(str, batch.shape))}; "
@@ -71,6 +169,3 @@ class Runner(ABC):
         if self.batch_range is not None and not (self.batch_range[0] <= batch.shape[0] <= self.batch_range[1]):
             raise UserError(f"{self.path}: model accepts batches of {self.batch_range[0]}..{self.batch_range[1]}, got "
                             f"{batch.shape[0]}; rebuild with a wider --batch range")
-
-    def close(self) -> None:
-        pass

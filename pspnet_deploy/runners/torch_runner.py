@@ -1,38 +1,48 @@
 """PyTorch runner for .pt checkpoints (CPU or CUDA, FP32 or FP16 autocast)."""
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 
-from ..data.preprocess import Preprocess
-from .base import Runner
+from ..card import ModelCard, card_from_meta
+from .base import Runner, RunnerOptions
 
 
 class TorchRunner(Runner):
     backend = "torch"
 
-    def __init__(self, model: torch.nn.Module, meta: dict, device: str = "cpu", precision: str = "fp32",
+    def __init__(self, model: torch.nn.Module, meta: dict | ModelCard, device: str = "cpu", precision: str = "fp32",
                  path: str | None = None, output_kind: str = "logits"):
-        super().__init__(Preprocess.from_dict(meta["preprocess"]), meta["classes"], meta["palette"],
-                         meta.get("ignore_index", 255), path=path, sha256=meta.get("sha256"))
+        card = meta if isinstance(meta, ModelCard) else card_from_meta(meta, path or "<in memory>")
+        super().__init__(card, sha256=card.meta.get("sha256"))
+        if path is not None:
+            self.path = str(path)
         if precision not in ("fp32", "fp16"):
             raise ValueError(f"precision must be fp32 or fp16, got {precision}")
         self.precision = precision
         self.output_kind = output_kind
-        self.meta = meta
+        self.meta = card.meta
         self._device = torch.device(device)
         self.model = model.to(self._device).eval()
 
     @classmethod
-    def from_checkpoint(cls, path: str, device: str = "cpu", precision: str = "fp32", input_size=None,
-                        output_kind: str = "logits") -> "TorchRunner":
+    def from_file(cls, path: str, options: RunnerOptions) -> "TorchRunner":
         from ..checkpoint import load_model
 
         model, meta = load_model(path)
-        r = cls(model, meta, device=device, precision=precision, path=str(path), output_kind=output_kind)
-        if input_size is not None:
-            r.preprocess = r.preprocess.with_size(*input_size)
+        r = cls(model, meta, device=options.device, precision=options.precision or "fp32", path=str(path),
+                output_kind=options.output_kind or "logits")
+        if options.input_size is not None:
+            r.preprocess = r.preprocess.with_size(*options.input_size)
         return r
+
+    @classmethod
+    def from_checkpoint(cls, path: str, device: str = "cpu", precision: str = "fp32", input_size=None,
+                        output_kind: str = "logits") -> "TorchRunner":
+        return cls.from_file(path, RunnerOptions(device=device, precision=precision, input_size=input_size,
+                                                 output_kind=output_kind))
 
     def device(self) -> str:
         return str(self._device)
@@ -51,3 +61,19 @@ class TorchRunner(Runner):
     def infer(self, batch: np.ndarray) -> np.ndarray:
         self.check_batch(batch)
         return self.infer_tensor(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).cpu().numpy()
+
+    def model_timer(self, batch: np.ndarray) -> tuple[Callable[[], float], str]:
+        """On CUDA: CUDA events around the call, input staged on the GPU and output left there."""
+        if self._device.type != "cuda":
+            return super().model_timer(batch)
+        self.check_batch(batch)
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self._device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+        def call() -> float:
+            start.record()
+            self.infer_tensor(x)
+            end.record()
+            end.synchronize()
+            return float(start.elapsed_time(end))
+        return call, "CUDA events (input and output on the GPU)"

@@ -2,32 +2,258 @@
 
 The engine's sidecar (``<engine>.json``) is checked before anything touches TensorRT: a missing
 sidecar, a truncated or replaced file, another TensorRT version or another GPU is refused with
-one line that includes the rebuild command. The sidecar also carries the model metadata
-(classes, palette, preprocessing, output kind), so the ONNX is not needed at run time.
+one line that includes the rebuild command. The sidecar also carries the model card (classes,
+palette, preprocessing, output kind), so the ONNX is not needed at run time.
 
-All TensorRT and pycuda calls are in :mod:`pspnet_deploy.engine` (:class:`EngineSession`): pinned
-host buffers, device buffers, one CUDA stream, name-based IO and ``execute_async_v3``, optionally
-a CUDA graph per batch size.
+:class:`EngineSession` is the TensorRT runtime: the deserialised engine, its execution context,
+pinned host buffers, device buffers and one CUDA stream, all through NVIDIA's CUDA runtime bindings
+(``cuda-bindings``, ``cuda.bindings.runtime``); name-based IO (``set_input_shape``,
+``set_tensor_address``, ``execute_async_v3``) so it runs on TensorRT 10 and 11; optionally a CUDA
+graph per batch size (stream capture of one ``execute_async_v3``, replayed with ``cudaGraphLaunch``).
+With :mod:`pspnet_deploy.engine.build`, the only module that imports ``tensorrt``.
 """
 from __future__ import annotations
 
+import ctypes
+import sys
+from pathlib import Path
+from typing import Callable
+
 import numpy as np
 
-from ..data.preprocess import Preprocess
-from .base import Runner
+from ..card import read_card
+from ..engine.build import cuda_check, cudart, engine_io, environment, np_dtype, trt_logger, trt_module, use_device
+from ..engine.sidecar import check_engine, rebuild_command
+from ..errors import UserError
+from .base import Runner, RunnerOptions
+
+
+class _Pinned:
+    """Page-locked host memory viewed as a numpy array (``cudaMallocHost``)."""
+
+    def __init__(self, rt, shape: tuple, dtype: np.dtype):
+        self.rt = rt
+        dtype = np.dtype(dtype)
+        self.nbytes = max(int(np.prod(shape)) * dtype.itemsize, 1)
+        self.ptr = int(cuda_check(rt.cudaMallocHost(self.nbytes), "cudaMallocHost"))
+        raw = (ctypes.c_byte * self.nbytes).from_address(self.ptr)
+        self.array = np.frombuffer(raw, dtype=np.uint8)[: int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
+
+    def free(self) -> None:
+        if self.ptr:
+            self.array = None
+            self.rt.cudaFreeHost(self.ptr)
+            self.ptr = 0
+
+
+class EngineSession:
+    """A deserialised engine with its execution context, pinned host buffers, device buffers and a
+    CUDA stream; optional CUDA graph per batch size. Made by :meth:`open` (or the runner) after
+    :func:`pspnet_deploy.engine.sidecar.check_engine` accepted the file."""
+
+    def __init__(self, engine_path: str | Path, sidecar: dict, device_index: int = 0, cuda_graph: bool = False,
+                 verbose: bool = False):
+        trt = trt_module()
+        self._rt = rt = cudart()
+        self.path = str(engine_path)
+        self.sidecar = sidecar
+        self._dev: dict[str, int] = {}
+        self._host: dict[str, _Pinned] = {}
+        self._graph = None  # (batch, graph, graph exec)
+        self.stream = None
+        self.context = self.engine = self._runtime = None
+        try:
+            use_device(device_index)  # TensorRT runs on the current device
+            self.stream = cuda_check(rt.cudaStreamCreate(), "cudaStreamCreate")
+            self._logger = trt_logger(trt, verbose)
+            self._runtime = trt.Runtime(self._logger)
+            if sidecar["tensorrt"].get("version_compatible") and hasattr(self._runtime, "engine_host_code_allowed"):
+                self._runtime.engine_host_code_allowed = True
+            self.engine = self._runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
+            if self.engine is None:
+                raise UserError(f"{engine_path}: TensorRT could not deserialise this engine (see its message above); "
+                                f"rebuild it: {rebuild_command(sidecar, engine_path)}")
+            self.context = self.engine.create_execution_context()
+            if self.context is None:
+                raise UserError(f"{engine_path}: TensorRT could not create an execution context (out of GPU memory?)")
+            io = engine_io(trt, self.engine)
+            if len(io["inputs"]) != 1 or not io["outputs"]:
+                raise UserError(f"{engine_path}: expected one input and at least one output, found "
+                                f"{len(io['inputs'])} inputs and {len(io['outputs'])} outputs")
+            self.io = io
+            inp = io["inputs"][0]
+            self.input_name = inp["name"]
+            self.input_shape = list(inp["shape"])
+            self.input_dtype = np_dtype(trt, self.engine.get_tensor_dtype(self.input_name))
+            self.output_names = [o["name"] for o in io["outputs"]]
+            if self.input_shape[0] == -1:
+                prof = io["profile"]
+                self.fixed_batch = None
+                self.batch_range = (int(prof["min"][0]), int(prof["max"][0]))
+                self.max_batch = self.batch_range[1]
+            else:
+                self.fixed_batch = int(self.input_shape[0])
+                self.batch_range = None
+                self.max_batch = self.fixed_batch
+            self._batch = None
+            self._set_batch(self.max_batch)  # output shapes at the largest batch size the buffers must hold
+            self._alloc(self.input_name, tuple([self.max_batch] + self.input_shape[1:]), self.input_dtype)
+            for name in self.output_names:
+                shape = tuple(int(d) for d in self.context.get_tensor_shape(name))
+                self._alloc(name, shape, np_dtype(trt, self.engine.get_tensor_dtype(name)))
+            for name, ptr in self._dev.items():
+                if not self.context.set_tensor_address(name, ptr):
+                    raise UserError(f"{engine_path}: TensorRT refused the device address of tensor {name!r}")
+            self.cuda_graph = bool(cuda_graph)
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def open(cls, engine_path: str | Path, device: str | int | None = 0, cuda_graph: bool = False,
+             verify_hash: bool = True, verbose: bool = False) -> "EngineSession":
+        sidecar, env = check_engine(engine_path, env=environment(device), verify_hash=verify_hash)
+        return cls(engine_path, sidecar, env["device_index"], cuda_graph=cuda_graph, verbose=verbose)
+
+    # ---- buffers and shapes
+    def _alloc(self, name: str, shape: tuple, dtype) -> None:
+        host = _Pinned(self._rt, shape, dtype)
+        self._host[name] = host
+        self._dev[name] = int(cuda_check(self._rt.cudaMalloc(host.nbytes), "cudaMalloc"))
+
+    def _set_batch(self, n: int) -> None:
+        if self.fixed_batch is not None or n == self._batch:
+            return
+        shape = [n] + self.input_shape[1:]
+        if not self.context.set_input_shape(self.input_name, shape):
+            raise UserError(f"{self.path}: TensorRT refused input shape {shape} for {self.input_name!r} (outside the "
+                            f"engine's profile {self.batch_range[0]}..{self.batch_range[1]}?); rebuild with a wider "
+                            f"--batch range: {rebuild_command(self.sidecar, self.path)}")
+        self._batch = n
+
+    # ---- execution
+    def _enqueue(self) -> None:
+        if not self.context.execute_async_v3(int(self.stream)):
+            raise UserError(f"{self.path}: TensorRT execution failed (see its message above)")
+
+    def _launch_graph(self, n: int) -> None:
+        """Replay the CUDA graph of batch ``n``, capturing it on first use (after one plain run, which
+        TensorRT needs after a shape change). A capture that fails falls back to plain runs."""
+        rt = self._rt
+        if self._graph is None or self._graph[0] != n:
+            self._drop_graph()
+            self._enqueue()
+            cuda_check(rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+            try:
+                cuda_check(rt.cudaStreamBeginCapture(self.stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
+                           "cudaStreamBeginCapture")
+                ok = self.context.execute_async_v3(int(self.stream))
+                graph = cuda_check(rt.cudaStreamEndCapture(self.stream), "cudaStreamEndCapture")
+                if not ok:
+                    raise RuntimeError("execute_async_v3 returned False during capture")
+                self._graph = (n, graph, cuda_check(rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate"))
+            except RuntimeError as e:  # some engines cannot be captured: run them plainly
+                print(f"warning: {self.path}: CUDA graph capture failed ({e}); running without", file=sys.stderr)
+                self.cuda_graph = False
+                self._drop_graph()
+                self._enqueue()
+                return
+        cuda_check(rt.cudaGraphLaunch(self._graph[2], self.stream), "cudaGraphLaunch")
+
+    def _drop_graph(self) -> None:
+        if self._graph is not None:
+            _, graph, graph_exec = self._graph
+            self._rt.cudaGraphExecDestroy(graph_exec)
+            self._rt.cudaGraphDestroy(graph)
+            self._graph = None
+
+    def _copy(self, dst: int, src: int, nbytes: int, kind) -> None:
+        cuda_check(self._rt.cudaMemcpyAsync(dst, src, nbytes, kind, self.stream), "cudaMemcpyAsync")
+
+    def stage(self, batch: np.ndarray) -> int:
+        """Copy ``batch`` into the pinned input buffer and set the batch shape; returns N."""
+        n = int(batch.shape[0])
+        if n > self.max_batch or n < 1:
+            raise UserError(f"{self.path}: batch of {n} outside what the engine accepts (1..{self.max_batch})")
+        self._set_batch(n)
+        host = self._host[self.input_name].array[:n]
+        np.copyto(host, batch, casting="same_kind" if batch.dtype.kind == "f" else "unsafe")
+        return n
+
+    def execute(self, n: int) -> None:
+        """Host input -> device, run (graph or plain), first output -> host; not synchronised."""
+        kinds = self._rt.cudaMemcpyKind
+        inp = self._host[self.input_name]
+        self._copy(self._dev[self.input_name], inp.ptr, inp.array[:n].nbytes, kinds.cudaMemcpyHostToDevice)
+        if self.cuda_graph:
+            self._launch_graph(n)
+        else:
+            self._enqueue()
+        out = self._host[self.output_names[0]]
+        self._copy(out.ptr, self._dev[self.output_names[0]], out.array[:n].nbytes, kinds.cudaMemcpyDeviceToHost)
+
+    def synchronize(self) -> None:
+        cuda_check(self._rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """One batch (N x 3 x H x W, any float dtype) -> the first output as numpy (a copy)."""
+        n = self.stage(batch)
+        self.execute(n)
+        self.synchronize()
+        return np.array(self._host[self.output_names[0]].array[:n], copy=True)
+
+    def device_timer(self, n: int) -> Callable[[], float]:
+        """``call()``: one execution of the staged batch of ``n`` timed with CUDA events on the stream
+        (copies in and out included, host staging excluded); milliseconds."""
+        rt = self._rt
+        start = cuda_check(rt.cudaEventCreate(), "cudaEventCreate")
+        end = cuda_check(rt.cudaEventCreate(), "cudaEventCreate")
+        self._events = (start, end)
+
+        def call() -> float:
+            cuda_check(rt.cudaEventRecord(start, self.stream), "cudaEventRecord")
+            self.execute(n)
+            cuda_check(rt.cudaEventRecord(end, self.stream), "cudaEventRecord")
+            cuda_check(rt.cudaEventSynchronize(end), "cudaEventSynchronize")
+            return float(cuda_check(rt.cudaEventElapsedTime(start, end), "cudaEventElapsedTime"))
+        return call
+
+    def close(self) -> None:
+        rt = getattr(self, "_rt", None)
+        if rt is None:
+            return
+        if self.stream is not None:
+            rt.cudaStreamSynchronize(self.stream)
+        self._drop_graph()
+        for ev in getattr(self, "_events", ()):
+            rt.cudaEventDestroy(ev)
+        self._events = ()
+        for ptr in self._dev.values():
+            rt.cudaFree(ptr)
+        self._dev = {}
+        for host in self._host.values():
+            host.free()
+        self._host = {}
+        self.context = self.engine = self._runtime = None
+        if self.stream is not None:
+            rt.cudaStreamDestroy(self.stream)
+            self.stream = None
+        self._rt = None
+
+    def __del__(self):  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass
 
 
 class TrtRunner(Runner):
     backend = "tensorrt"
 
-    def __init__(self, session, sidecar: dict, path: str, device_index: int = 0):
-        model = sidecar["model"]
-        super().__init__(Preprocess.from_dict(model["preprocess"]), model["classes"], model["palette"],
-                         int(model.get("ignore_index", 255)), path=str(path), sha256=sidecar["engine"].get("sha256"))
+    def __init__(self, session: EngineSession, card, device_index: int = 0):
+        super().__init__(card, sha256=card.sidecar["engine"].get("sha256"))
         self.session = session
-        self.sidecar = sidecar
-        self.precision = str(sidecar.get("precision", "fp32"))
-        self.output_kind = str(model.get("output_kind", "logits"))
+        self.sidecar = card.sidecar
         self.fixed_batch = session.fixed_batch
         self.batch_range = session.batch_range
         h, w = session.input_shape[2], session.input_shape[3]
@@ -35,13 +261,12 @@ class TrtRunner(Runner):
         self._device = f"cuda:{device_index}"
 
     @classmethod
-    def from_file(cls, path: str, device: str = "cuda", cuda_graph: bool = False, verify_hash: bool = True,
-                  verbose: bool = False, **_ignored) -> "TrtRunner":
-        from ..engine import EngineSession, check_engine
-
-        sidecar, env = check_engine(path, device, verify_hash=verify_hash)
-        session = EngineSession(path, sidecar, env["device_index"], cuda_graph=cuda_graph, verbose=verbose)
-        r = cls(session, sidecar, path, env["device_index"])
+    def from_file(cls, path: str, options: RunnerOptions | None = None, **overrides) -> "TrtRunner":
+        o = RunnerOptions.make(options, **overrides)
+        sidecar, env = check_engine(path, env=environment(o.device), verify_hash=o.verify_hash)
+        card = read_card(path)
+        session = EngineSession(path, sidecar, env["device_index"], cuda_graph=o.cuda_graph, verbose=o.verbose)
+        r = cls(session, card, env["device_index"])
         r.gpu = env["gpu"]
         r.tensorrt_version = env["tensorrt"]
         return r
@@ -52,14 +277,20 @@ class TrtRunner(Runner):
     def describe(self) -> dict:
         d = super().describe()
         d.update({"tensorrt": getattr(self, "tensorrt_version", None), "gpu": getattr(self, "gpu", None),
-                  "cuda_graph": bool(self.session.cuda_graph), "batch_range": self.batch_range,
-                  "onnx_sha256": self.sidecar.get("onnx", {}).get("sha256")})
+                  "cuda_graph": bool(self.session.cuda_graph) if self.session else None,
+                  "batch_range": self.batch_range, "onnx_sha256": self.sidecar.get("onnx", {}).get("sha256")})
         return d
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         self.check_batch(batch)
         out = self.session.run(batch)
         return out.astype(np.float32) if out.dtype == np.float16 else out
+
+    def model_timer(self, batch: np.ndarray) -> tuple[Callable[[], float], str]:
+        """CUDA events on the engine's stream around copy in, execution (or graph replay) and copy out."""
+        self.check_batch(batch)
+        n = self.session.stage(batch)
+        return self.session.device_timer(n), "CUDA events (pinned host copies in and out included)"
 
     def close(self) -> None:
         if self.session is not None:

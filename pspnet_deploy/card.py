@@ -1,0 +1,485 @@
+"""The model-file contract: what every model file says about itself, read by one function.
+
+A model file's *card* is the set of facts every stage needs and no stage may re-derive: the
+classes, palette and ignore index, the preprocessing, the PSPNet configuration, the output kind
+(logits or labels), the precision, the IO tensors and batch range, and the provenance (hashes of
+the files it came from, versions). It lives in three formats:
+
+- a checkpoint (``.pt``): the JSON ``meta`` string of the payload (:func:`dump_checkpoint_meta`,
+  written by :func:`pspnet_deploy.checkpoint.save_checkpoint`);
+- an ONNX (``.onnx``): ``pspnet.<key>`` metadata_props with JSON values (:func:`write_onnx_metadata`,
+  written by export, FP16 conversion and calibration);
+- a compiled engine (``.engine``/``.plan``/``.trt``): the JSON sidecar ``<file>.json`` (written by
+  :mod:`pspnet_deploy.engine.sidecar`; :func:`read_sidecar_json` is the format's reader).
+
+:func:`read_card` reads any of them, cheaply (a checkpoint's tensors are memory-mapped, never read;
+an ONNX is parsed without its external data and without an ONNX Runtime session; an engine is not
+opened, only its sidecar) and :func:`validate_card` is the one place that refuses malformed
+metadata with one line. :data:`SUFFIX_KINDS` is the one suffix-to-kind table; a new backend adds
+its suffixes there and its reader in :data:`READERS`.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .data.preprocess import Preprocess
+from .errors import UserError
+from .utils import jsonable
+
+#: the one suffix -> kind table (a new backend adds its suffixes here and a reader in READERS)
+SUFFIX_KINDS = {".pt": "torch", ".pth": "torch", ".onnx": "onnx",
+                ".engine": "tensorrt", ".plan": "tensorrt", ".trt": "tensorrt"}
+PRECISIONS = ("fp32", "fp16", "int8")
+OUTPUT_KINDS = ("logits", "labels")
+#: the model facts a sidecar's ``model`` section carries (and what a runner needs from any file)
+MODEL_KEYS = ("classes", "palette", "ignore_index", "preprocess", "output_kind")
+ONNX_PREFIX = "pspnet."
+
+CHECKPOINT_FORMAT = "pspnet-deploy/checkpoint"
+CHECKPOINT_VERSION = 1
+
+SIDECAR_FORMAT = "pspnet-deploy/engine-sidecar"
+SIDECAR_VERSION = 1
+#: sections every sidecar has, whatever the backend (a backend adds its own section, e.g. "tensorrt")
+SIDECAR_SECTIONS = ("engine", "io", "model")
+
+ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 16: "bfloat16", 6: "int32", 7: "int64", 3: "int8",
+               2: "uint8", 9: "bool"}
+
+
+# --------------------------------------------------------------------------------------------
+# paths and kinds
+# --------------------------------------------------------------------------------------------
+
+def model_kind(path: str | Path) -> str:
+    """'torch', 'onnx' or 'tensorrt' from the file suffix; UserError for anything else."""
+    p = Path(path)
+    kind = SUFFIX_KINDS.get(p.suffix.lower())
+    if kind is None:
+        raise UserError(f"{p}: unknown model file type {p.suffix or '(none)'!r}; expected "
+                        f"{', '.join(sorted(SUFFIX_KINDS))}")
+    return kind
+
+
+def strip_model_suffix(name: str) -> str:
+    """``model.fp16.engine`` -> ``model.fp16`` (any suffix of :data:`SUFFIX_KINDS`)."""
+    for suf in SUFFIX_KINDS:
+        if name.lower().endswith(suf):
+            return name[: -len(suf)]
+    return name
+
+
+def sidecar_path(model_path: str | Path) -> Path:
+    """The sidecar of a compiled model file: ``model.fp16.engine`` -> ``model.fp16.engine.json``."""
+    p = Path(model_path)
+    return p.with_name(p.name + ".json")
+
+
+# --------------------------------------------------------------------------------------------
+# the card
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class ModelCard:
+    """What a model file says about itself (see the module docstring). ``meta`` is everything the
+    file stores, as stored (export options, calibration report, ...); the fields are the contract."""
+
+    path: str
+    kind: str
+    classes: list | None = None
+    palette: list | None = None
+    ignore_index: int = 255
+    preprocess: dict | None = None
+    model: dict | None = None
+    output_kind: str = "logits"
+    precision: str = "fp32"
+    inputs: list = field(default_factory=list)  # [{"name", "dtype", "shape"}]; shape dims int or symbolic str
+    outputs: list = field(default_factory=list)
+    fixed_batch: int | None = None
+    batch_range: tuple | None = None  # (min, opt, max) recorded for a dynamic batch, else None
+    provenance: dict = field(default_factory=dict)
+    files: list = field(default_factory=list)  # every file the model consists of (ONNX external data)
+    meta: dict = field(default_factory=dict)
+    sidecar: dict | None = None
+
+    def require(self, *keys: str, hint: str = "export it with pspnet-export") -> "ModelCard":
+        """UserError naming the first missing fact among ``keys``; returns self."""
+        for k in keys:
+            if getattr(self, k, None) is None:
+                where = {"onnx": f"ONNX has no {ONNX_PREFIX}{k} metadata", "torch": f"checkpoint metadata has no {k!r}",
+                         }.get(self.kind, f"sidecar has no model.{k}")
+                raise UserError(f"{self.path}: {where}; {hint}")
+        return self
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """(H, W) the model takes: the IO's static spatial dims, else the preprocessing's size."""
+        if self.inputs:
+            shape = self.inputs[0]["shape"]
+            if len(shape) == 4 and all(isinstance(d, int) and d > 0 for d in shape[2:]):
+                return int(shape[2]), int(shape[3])
+        if self.preprocess is not None:
+            return tuple(int(v) for v in self.preprocess["input_size"])
+        return None
+
+    @property
+    def static_size(self) -> bool:
+        """True when the file fixes the spatial input size (ONNX / engines, not checkpoints)."""
+        return bool(self.inputs) and len(self.inputs[0]["shape"]) == 4 and \
+            all(isinstance(d, int) and d > 0 for d in self.inputs[0]["shape"][2:])
+
+    def preprocessing(self) -> Preprocess:
+        """The :class:`Preprocess` of this file at its input size."""
+        self.require("preprocess")
+        pre = Preprocess.from_dict(self.preprocess)
+        size = self.input_size
+        return pre.with_size(*size) if size else pre
+
+    def model_facts(self) -> dict:
+        """The :data:`MODEL_KEYS` facts as a dict (what a sidecar's ``model`` section holds)."""
+        out = {k: getattr(self, k) for k in MODEL_KEYS if getattr(self, k) is not None}
+        return out
+
+    @property
+    def file_bytes(self) -> int:
+        return sum(Path(f).stat().st_size for f in self.files if Path(f).is_file())
+
+
+# --------------------------------------------------------------------------------------------
+# validation: the one place malformed metadata is refused
+# --------------------------------------------------------------------------------------------
+
+def _bad(path, what: str, got, fix: str) -> UserError:
+    shown = repr(got)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return UserError(f"{path}: {what} is malformed ({shown}); {fix}")
+
+
+def validate_card(card: ModelCard) -> ModelCard:
+    """Refuse metadata of the wrong type or inconsistent with itself, one line naming the field.
+
+    Checked: classes (a list of names), palette (one [R, G, B] of 0-255 per class), ignore index
+    (an int), preprocess (a dict :class:`Preprocess` reads), model (a dict), output kind, precision,
+    IO (lists of name/dtype/shape), batch range (MIN <= OPT <= MAX, all >= 1).
+    """
+    p = card.path
+    fix = {"torch": "the checkpoint's metadata is damaged; re-save it with pspnet-train",
+           "onnx": "re-export the ONNX with pspnet-export"}.get(card.kind, "rebuild the engine with pspnet-build-engine")
+    label = {"onnx": ONNX_PREFIX}.get(card.kind, "")
+    if card.classes is not None:
+        if not isinstance(card.classes, list) or not card.classes or \
+                not all(isinstance(c, str) and c for c in card.classes):
+            raise _bad(p, f"{label}classes (a JSON list of class names)", card.classes, fix)
+    if card.palette is not None:
+        if not isinstance(card.palette, list) or not all(
+                isinstance(c, (list, tuple)) and len(c) == 3 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                     and 0 <= v <= 255 for v in c)
+                for c in card.palette):
+            raise _bad(p, f"{label}palette (a JSON list of [R, G, B] colours, 0-255)", card.palette, fix)
+        if card.classes is not None and len(card.palette) != len(card.classes):
+            raise UserError(f"{p}: {label}palette has {len(card.palette)} colours for {len(card.classes)} classes; "
+                            f"{fix}")
+    if not isinstance(card.ignore_index, int) or isinstance(card.ignore_index, bool):
+        raise _bad(p, f"{label}ignore_index (an integer)", card.ignore_index, fix)
+    if card.preprocess is not None:
+        try:
+            if not isinstance(card.preprocess, dict):
+                raise TypeError
+            pre = Preprocess.from_dict(card.preprocess)
+            if len(pre.input_size) != 2 or min(pre.input_size) <= 0 or len(pre.mean) != 3 or len(pre.std) != 3 \
+                    or not all(math.isfinite(s) and s > 0 for s in pre.std):
+                raise ValueError
+        except (TypeError, ValueError, KeyError):
+            raise _bad(p, f"{label}preprocess (input_size, mean, std)", card.preprocess, fix) from None
+    if card.model is not None and not isinstance(card.model, dict):
+        raise _bad(p, f"{label}model (the PSPNet configuration)", card.model, fix)
+    if card.output_kind not in OUTPUT_KINDS:
+        raise _bad(p, f"{label}output_kind (logits or labels)", card.output_kind, fix)
+    if card.precision not in PRECISIONS:
+        raise _bad(p, f"{label}precision ({', '.join(PRECISIONS)})", card.precision, fix)
+    for section in ("inputs", "outputs"):
+        tensors = getattr(card, section)
+        if not isinstance(tensors, list) or not all(
+                isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("dtype"), str)
+                and isinstance(t.get("shape"), list) and all(isinstance(d, (int, str)) for d in t["shape"])
+                for t in tensors):
+            raise _bad(p, f"io.{section} (name, dtype, shape of each tensor)", tensors, fix)
+    if card.batch_range is not None:
+        try:
+            lo, opt, hi = (int(v) for v in card.batch_range)
+            if not 1 <= lo <= opt <= hi:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise _bad(p, "batch range (MIN <= OPT <= MAX)", card.batch_range, fix) from None
+        card.batch_range = (lo, opt, hi)
+    return card
+
+
+def _card_from_meta(path: Path, kind: str, meta: dict, precision: str | None = None, **io) -> ModelCard:
+    """The contract fields from a stored metadata dict (checkpoint meta, ONNX pspnet.* props,
+    sidecar model section), before validation. ``precision``: what the file says when its
+    metadata does not (an ONNX graph's Q/DQ or FP16 tensors)."""
+    prov = {k: meta[k] for k in ("checkpoint_sha256", "checkpoint", "source_onnx", "released_from", "toolkit_version",
+                                 "versions", "dataset", "sha256") if k in meta}
+    return ModelCard(path=str(path), kind=kind, classes=meta.get("classes"), palette=meta.get("palette"),
+                     ignore_index=meta.get("ignore_index", 255), preprocess=meta.get("preprocess"),
+                     model=meta.get("model"), output_kind=meta.get("output_kind", "logits"),
+                     precision=precision or meta.get("precision") or "fp32",
+                     provenance=prov, meta=meta, **io)
+
+
+def card_from_meta(meta: dict, path: str | Path = "<in memory>", kind: str = "torch") -> ModelCard:
+    """The validated card of a metadata dict in hand (a model being trained, a checkpoint's meta)."""
+    return validate_card(_card_from_meta(Path(path), kind, meta))
+
+
+# --------------------------------------------------------------------------------------------
+# readers, one per format
+# --------------------------------------------------------------------------------------------
+
+def read_checkpoint_payload(path: str | Path, map_location="cpu", mmap: bool = False) -> dict:
+    """A checkpoint's payload (``meta`` JSON-decoded), never running code from the file.
+
+    ``mmap=True`` maps the tensors instead of reading them (what :func:`read_card` uses);
+    checkpoints in PyTorch's legacy (non-zip) format are read fully.
+    """
+    import pickle
+    import zipfile
+
+    import torch
+
+    FORMAT, VERSION = CHECKPOINT_FORMAT, CHECKPOINT_VERSION
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    try:
+        if mmap and zipfile.is_zipfile(path):
+            payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        else:
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{path}: cannot read checkpoint (corrupt, truncated or not a PyTorch file: {msg[:160]})") from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise UserError(f"{path}: not a pspnet-deploy checkpoint (no '{FORMAT}' header); train one with pspnet-train")
+    if int(payload.get("version", 0)) > VERSION:
+        raise UserError(f"{path}: checkpoint version {payload['version']} is newer than this toolkit reads ({VERSION}); "
+                        f"upgrade pspnet-deploy")
+    try:
+        meta = json.loads(payload["meta"])
+        if not isinstance(meta, dict):
+            raise TypeError
+    except (KeyError, TypeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: checkpoint metadata is missing or corrupt") from e
+    payload["meta"] = meta
+    return payload
+
+
+def _read_torch(path: Path) -> ModelCard:
+    meta = read_checkpoint_payload(path, mmap=True)["meta"]
+    card = _card_from_meta(path, "torch", meta, files=[str(path.resolve())])
+    card.provenance.setdefault("storage_dtype", meta.get("storage_dtype"))
+    return card
+
+
+def onnx_meta_from_proto(model) -> dict:
+    """The ``pspnet.*`` metadata_props of a loaded ``onnx.ModelProto``, JSON-decoded (a value that
+    is not JSON is kept as its string, and :func:`validate_card` refuses it where it matters)."""
+    meta = {}
+    for p in model.metadata_props:
+        if p.key.startswith(ONNX_PREFIX):
+            try:
+                meta[p.key[len(ONNX_PREFIX):]] = json.loads(p.value)
+            except json.JSONDecodeError:
+                meta[p.key[len(ONNX_PREFIX):]] = p.value
+    return meta
+
+
+def _onnx_dim(d) -> int | str:
+    if d.HasField("dim_value"):
+        return int(d.dim_value)
+    return d.dim_param or "?"
+
+
+def onnx_graph_precision(model) -> str:
+    """fp32 / fp16 / int8 read from a graph: Q/DQ nodes -> int8; FP16 initialisers or casts -> fp16."""
+    import onnx
+
+    ops = {n.op_type for n in model.graph.node}
+    if {"QuantizeLinear", "DequantizeLinear"} & ops:
+        return "int8"
+    if any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer):
+        return "fp16"
+    for n in model.graph.node:
+        if n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for a in n.attribute):
+            return "fp16"
+    return "fp32"
+
+
+def load_onnx_proto(path: str | Path):
+    """The ONNX ModelProto without its external data; one UserError for a file that is not ONNX."""
+    import onnx
+
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - onnx raises several types for bad files
+        raise UserError(f"{path}: cannot read ONNX model ({type(e).__name__}); is it a valid .onnx file?") from e
+
+
+def card_from_onnx_proto(model, path: str | Path) -> ModelCard:
+    """The card of an already loaded ONNX ModelProto (``path``: where it lives, for messages and
+    external data)."""
+    import onnx
+
+    path = Path(path)
+    meta = onnx_meta_from_proto(model)
+    inits = {i.name for i in model.graph.initializer}
+
+    def desc(v):
+        t = v.type.tensor_type
+        return {"name": v.name, "dtype": ONNX_DTYPES.get(t.elem_type, f"onnx:{t.elem_type}"),
+                "shape": [_onnx_dim(d) for d in t.shape.dim]}
+
+    inputs = [desc(v) for v in model.graph.input if v.name not in inits]
+    outputs = [desc(v) for v in model.graph.output]
+    fixed = None
+    if inputs and inputs[0]["shape"] and isinstance(inputs[0]["shape"][0], int) and inputs[0]["shape"][0] > 0:
+        fixed = inputs[0]["shape"][0]
+    rng = None
+    exp = meta.get("export")
+    if fixed is None and isinstance(exp, dict) and exp.get("dynamic_batch") is not None:
+        rng = exp["dynamic_batch"]
+    files = {path.resolve()}
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            for kv in t.external_data:
+                if kv.key == "location":
+                    files.add((path.parent / kv.value).resolve())
+    stated = str(meta.get("precision", "")).lower()  # the metadata's word, else the graph's
+    return _card_from_meta(path, "onnx", meta, precision=stated if stated in PRECISIONS else onnx_graph_precision(model),
+                           inputs=inputs, outputs=outputs, fixed_batch=fixed, batch_range=rng,
+                           files=sorted(map(str, files)))
+
+
+def _read_onnx(path: Path) -> ModelCard:
+    return card_from_onnx_proto(load_onnx_proto(path), path)
+
+
+def read_sidecar_json(model_path: str | Path, rebuild_hint: str | None = None) -> dict:
+    """The sidecar of a compiled model file, with its format, version and sections checked.
+
+    UserError (one line) for a missing model file, a missing, unreadable or foreign sidecar, or a
+    section of the wrong type. Backend-specific checks (TensorRT version, GPU) are the backend's.
+    """
+    model_path = Path(model_path)
+    sc = sidecar_path(model_path)
+    hint = rebuild_hint or f"rebuild it with pspnet-build-engine MODEL.onnx --engine {model_path}"
+    if not model_path.is_file():
+        raise UserError(f"{model_path}: engine file not found")
+    if not sc.is_file():
+        raise UserError(f"{model_path}: no sidecar {sc.name} next to it, so the runtime version, device and model "
+                        f"metadata it was built for are unknown; {hint}")
+    try:
+        data = json.loads(sc.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{sc}: sidecar is not valid JSON ({type(e).__name__}); {hint}") from e
+    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
+        raise UserError(f"{sc}: not a pspnet-deploy engine sidecar; {hint}")
+    try:
+        version = int(data.get("version", 0))
+    except (TypeError, ValueError):
+        raise UserError(f"{sc}: sidecar version {data.get('version')!r} is not a number; {hint}") from None
+    if version > SIDECAR_VERSION:
+        raise UserError(f"{sc}: sidecar version {version} is newer than this toolkit reads ({SIDECAR_VERSION}); "
+                        f"upgrade pspnet-deploy")
+    backend = SUFFIX_KINDS.get(model_path.suffix.lower())
+    for key in SIDECAR_SECTIONS + ((backend,) if backend in data or backend == "tensorrt" else ()):
+        if not isinstance(data.get(key), dict):
+            raise UserError(f"{sc}: sidecar has no {key!r} section; {hint}")
+    io = data["io"]
+    for key in ("inputs", "outputs"):
+        if not isinstance(io.get(key, []), list):
+            raise UserError(f"{sc}: sidecar io.{key} is malformed ({type(io.get(key)).__name__}, expected a list); "
+                            f"{hint}")
+    prof = io.get("profile")
+    if prof is not None and not (isinstance(prof, dict) and all(
+            isinstance(prof.get(k), list) and prof[k] and all(isinstance(v, int) for v in prof[k])
+            for k in ("min", "opt", "max"))):
+        raise UserError(f"{sc}: sidecar io.profile is malformed (expected min/opt/max shapes); {hint}")
+    for key, typ in (("size", int), ("sha256", str)):
+        if key in data["engine"] and not isinstance(data["engine"][key], typ):
+            raise UserError(f"{sc}: sidecar engine.{key} is malformed ({data['engine'][key]!r}); {hint}")
+    return data
+
+
+def _read_sidecar_card(path: Path) -> ModelCard:
+    sc = read_sidecar_json(path)
+    meta = dict(sc.get("pspnet_metadata") or {})
+    meta.update(sc["model"])
+    io = sc["io"]
+    inputs, outputs = list(io.get("inputs", [])), list(io.get("outputs", []))
+    fixed = rng = None
+    prof = io.get("profile")
+    if prof:
+        rng = (prof["min"][0], prof["opt"][0], prof["max"][0])
+    elif inputs and inputs[0].get("shape") and isinstance(inputs[0]["shape"][0], int) and inputs[0]["shape"][0] > 0:
+        fixed = inputs[0]["shape"][0]
+    card = _card_from_meta(path, SUFFIX_KINDS[path.suffix.lower()], meta, precision=sc.get("precision"), inputs=inputs, outputs=outputs,
+                           fixed_batch=fixed, batch_range=rng, files=[str(path.resolve())], sidecar=sc)
+    onnx = sc.get("onnx") if isinstance(sc.get("onnx"), dict) else {}
+    card.provenance.update({"engine_sha256": sc["engine"].get("sha256"), "onnx_path": onnx.get("path"),
+                            "onnx_sha256": onnx.get("sha256"), "source_onnx_sha256": onnx.get("source_sha256")})
+    return card
+
+
+#: kind -> reader; a compiled backend that writes the same sidecar contract reuses _read_sidecar_card
+READERS = {"torch": _read_torch, "onnx": _read_onnx, "tensorrt": _read_sidecar_card}
+
+
+def read_card(path: str | Path, kind: str | None = None) -> ModelCard:
+    """The :class:`ModelCard` of any model file, validated (see :func:`validate_card`). ``kind``
+    overrides the suffix (a temporary file being written, for instance)."""
+    p = Path(path)
+    kind = kind or model_kind(p)
+    if not p.is_file():
+        raise UserError(f"{p}: model file not found")
+    return validate_card(READERS[kind](p))
+
+
+# --------------------------------------------------------------------------------------------
+# writers, one per format (the sidecar's is in pspnet_deploy.engine.sidecar)
+# --------------------------------------------------------------------------------------------
+
+def _check_before_write(meta: dict, where: str, kind: str) -> None:
+    validate_card(_card_from_meta(Path(where), kind, meta))
+
+
+def dump_checkpoint_meta(meta: dict, where: str | Path = "checkpoint") -> str:
+    """The checkpoint format's ``meta`` string (validated, JSON)."""
+    _check_before_write(meta, str(where), "torch")
+    return json.dumps(jsonable(meta))
+
+
+def write_onnx_metadata(model_proto, meta: dict) -> None:
+    """Set ``pspnet.<key>`` metadata_props (JSON values) on ``model_proto``, replacing same keys
+    and keeping other props. Keys may be given with or without the ``pspnet.`` prefix."""
+    entries = {}
+    for k, v in meta.items():
+        key = k if k.startswith(ONNX_PREFIX) else f"{ONNX_PREFIX}{k}"
+        entries[key] = json.dumps(jsonable(v), sort_keys=False, allow_nan=False)
+    _check_before_write({k[len(ONNX_PREFIX):]: json.loads(v) for k, v in entries.items()}, "ONNX metadata", "onnx")
+    keep = [(p.key, p.value) for p in model_proto.metadata_props if p.key not in entries]
+    del model_proto.metadata_props[:]
+    for k, v in keep + sorted(entries.items()):
+        e = model_proto.metadata_props.add()
+        e.key, e.value = k, v
+
+
+__all__ = ["MODEL_KEYS", "ModelCard", "PRECISIONS", "READERS", "SIDECAR_FORMAT", "SIDECAR_VERSION", "SUFFIX_KINDS",
+           "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "card_from_meta", "card_from_onnx_proto", "dump_checkpoint_meta", "load_onnx_proto", "model_kind",
+           "onnx_graph_precision", "onnx_meta_from_proto", "read_card", "read_checkpoint_payload",
+           "read_sidecar_json", "sidecar_path", "strip_model_suffix", "validate_card", "write_onnx_metadata"]

@@ -1,0 +1,138 @@
+"""The model-file contract: one reader for .pt / .onnx / .engine, one writer per format, and the one
+place malformed metadata is refused."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_CLASSES, TINY_PALETTE, TINY_SIZE, tiny_meta
+from pspnet_deploy.card import (ModelCard, card_from_meta, model_kind, read_card, sidecar_path, strip_model_suffix,
+                                write_onnx_metadata)
+from pspnet_deploy.errors import UserError
+
+
+def _identity_onnx(path: Path, meta: dict | None, batch=1, raw: dict | None = None) -> Path:
+    """A one-node ONNX (Identity on Nx3xHxW) carrying ``meta`` through the real writer, and/or
+    ``raw`` pspnet.* strings written as they are (to plant corrupt values)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    shape = [batch, 3, *TINY_SIZE]
+    g = helper.make_graph([helper.make_node("Identity", ["input"], ["logits"])], "g",
+                          [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, shape)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    if meta is not None:
+        write_onnx_metadata(m, meta)
+    for k, v in (raw or {}).items():
+        p = m.metadata_props.add()
+        p.key, p.value = f"pspnet.{k}", v
+    onnx.save(m, str(path))
+    return path
+
+
+def test_model_kind_is_one_table():
+    assert [model_kind(p) for p in ("a.pt", "a.PTH", "a.onnx", "a.engine", "a.plan", "a.trt")] == \
+        ["torch", "torch", "onnx", "tensorrt", "tensorrt", "tensorrt"]
+    with pytest.raises(UserError, match="unknown model file type '.bin'"):
+        model_kind("model.bin")
+    assert strip_model_suffix("m.fp16.engine") == "m.fp16" and sidecar_path("d/m.engine") == Path("d/m.engine.json")
+
+
+def test_checkpoint_card_without_building_the_model(tiny_checkpoint):
+    card = read_card(tiny_checkpoint)
+    assert isinstance(card, ModelCard) and card.kind == "torch"
+    assert card.classes == TINY_CLASSES and card.palette == TINY_PALETTE and card.ignore_index == 255
+    assert card.input_size == TINY_SIZE and not card.static_size and card.fixed_batch is None
+    assert card.model["backbone"] == "resnet18" and card.precision == "fp32" and card.output_kind == "logits"
+    assert card.preprocessing().input_size == TINY_SIZE
+    assert card.file_bytes == tiny_checkpoint.stat().st_size
+
+
+def test_onnx_card_io_batch_and_precision_from_graph(tmp_path):
+    meta = {**tiny_meta(), "precision": "fp16", "export": {"dynamic_batch": [1, 2, 4]}}
+    card = read_card(_identity_onnx(tmp_path / "m.onnx", meta, batch="N"))
+    assert card.kind == "onnx" and card.precision == "fp16" and card.classes == TINY_CLASSES
+    assert card.inputs == [{"name": "input", "dtype": "float32", "shape": ["N", 3, *TINY_SIZE]}]
+    assert card.fixed_batch is None and card.batch_range == (1, 2, 4) and card.static_size
+    fixed = read_card(_identity_onnx(tmp_path / "f.onnx", tiny_meta(), batch=2))
+    assert fixed.fixed_batch == 2 and fixed.batch_range is None and fixed.precision == "fp32"
+    bare = read_card(_identity_onnx(tmp_path / "bare.onnx", None))  # no metadata: facts absent, graph decides
+    assert bare.classes is None and bare.precision == "fp32"
+    with pytest.raises(UserError, match=r"ONNX has no pspnet.classes metadata; export it with pspnet-export"):
+        bare.require("classes", "preprocess")
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"classes": "[road, car"}, r"pspnet.classes \(a JSON list of class names\) is malformed \('\[road, car'\)"),
+    ({"palette": json.dumps([[0, 0, 0]])}, r"pspnet.palette has 1 colours for 4 classes"),
+    ({"palette": json.dumps([[0, 0, 0], [1, 2], [3, 4, 5], [6, 7, 8]])}, r"pspnet.palette .* is malformed"),
+    ({"preprocess": json.dumps({"input_size": [64]})}, r"pspnet.preprocess .* is malformed"),
+    ({"output_kind": json.dumps("probabilities")}, r"pspnet.output_kind \(logits or labels\) is malformed"),
+])
+def test_malformed_onnx_metadata_is_one_line(tmp_path, raw, message):
+    meta = {k: v for k, v in tiny_meta().items() if k not in raw}
+    path = _identity_onnx(tmp_path / "bad.onnx", meta, raw=raw)
+    with pytest.raises(UserError, match=message) as e:
+        read_card(path)
+    assert "\n" not in str(e.value) and str(e.value).endswith("re-export the ONNX with pspnet-export")
+
+
+def test_writers_refuse_what_readers_would(tmp_path):
+    import onnx
+
+    from pspnet_deploy.checkpoint import save_checkpoint
+    from pspnet_deploy.model import PSPNet
+
+    bad = {**tiny_meta(), "palette": TINY_PALETTE[:2]}
+    with pytest.raises(UserError, match="palette has 2 colours for 4 classes"):
+        write_onnx_metadata(onnx.ModelProto(), bad)
+    with pytest.raises(UserError, match="palette has 2 colours for 4 classes"):
+        save_checkpoint(tmp_path / "x.pt", PSPNet(4, "resnet18", bins=(1,), head_channels=8, aux_channels=8), bad)
+    assert not (tmp_path / "x.pt").exists()
+    assert card_from_meta(tiny_meta()).classes == TINY_CLASSES
+
+
+def _sidecar(tmp_path: Path, **changes) -> Path:
+    eng = tmp_path / "m.fp16.engine"
+    eng.write_bytes(b"plan")
+    sc = {"format": "pspnet-deploy/engine-sidecar", "version": 1, "precision": "fp16",
+          "engine": {"path": str(eng), "size": 4, "sha256": "0" * 64}, "tensorrt": {"version": "10.3.0"},
+          "io": {"inputs": [{"name": "input", "dtype": "float32", "shape": [-1, 3, *TINY_SIZE]}],
+                 "outputs": [{"name": "logits", "dtype": "float32", "shape": [-1, 4, *TINY_SIZE]}],
+                 "profile": {"input": "input", "min": [1, 3, *TINY_SIZE], "opt": [2, 3, *TINY_SIZE],
+                             "max": [8, 3, *TINY_SIZE]}},
+          "onnx": {"path": str(tmp_path / "m.fp16.onnx"), "sha256": "1" * 64},
+          "model": {k: v for k, v in tiny_meta().items() if k != "dataset"}}
+    for dotted, value in changes.items():
+        section, _, key = dotted.partition("__")
+        if key:
+            sc[section][key] = value
+        else:
+            sc[section] = value
+    sidecar_path(eng).write_text(json.dumps(sc))
+    return eng
+
+
+def test_engine_card_comes_from_its_sidecar(tmp_path):
+    card = read_card(_sidecar(tmp_path))
+    assert card.kind == "tensorrt" and card.precision == "fp16" and card.classes == TINY_CLASSES
+    assert card.batch_range == (1, 2, 8) and card.fixed_batch is None and card.input_size == TINY_SIZE
+    assert card.provenance["onnx_sha256"] == "1" * 64 and card.sidecar["tensorrt"]["version"] == "10.3.0"
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"io__inputs": {"name": "input"}}, r"sidecar io.inputs is malformed \(dict, expected a list\)"),
+    ({"io__profile": {"min": "1x3", "opt": [2], "max": [8]}}, r"sidecar io.profile is malformed"),
+    ({"engine__size": "4 bytes"}, r"sidecar engine.size is malformed \('4 bytes'\)"),
+    ({"model__classes": "road,car"}, r"classes \(a JSON list of class names\) is malformed"),
+    ({"model__palette": [[0, 0, 0]]}, r"palette has 1 colours for 4 classes"),
+    ({"model": ["classes"]}, r"sidecar has no 'model' section"),
+    ({"tensorrt": None}, r"sidecar has no 'tensorrt' section"),
+])
+def test_malformed_sidecar_is_one_line(tmp_path, changes, message):
+    with pytest.raises(UserError, match=message) as e:
+        read_card(_sidecar(tmp_path, **changes))
+    assert "\n" not in str(e.value) and "pspnet-build-engine" in str(e.value)

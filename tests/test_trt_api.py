@@ -1,0 +1,770 @@
+"""The TensorRT code held to the real TensorRT Python API of 10.0.1, 10.16.1 and 11.4.0.
+
+``../shared/tensorrt-api/tensorrt-<version>.txt`` lists every class, member, enum value (with its
+integer), property (and whether it is settable) and pybind11 signature of the real bindings. From
+each file this test generates a stand-in ``tensorrt`` module that accepts exactly that surface:
+
+- a name the version lacks raises AttributeError (on the module, a class or an instance), so
+  ``hasattr`` feature detection sees what the real version has;
+- a call is bound against the listed signature(s) (argument count, keyword names, defaults; every
+  overload tried): a mismatch raises TypeError; an argument annotated as a TensorRT enum must be a
+  value of that enum;
+- enum values are looked up by name and carry the listed integers (``NetworkDefinitionCreationFlag.
+  STRONGLY_TYPED`` is 1 in 10.x and 0 in 11.x);
+- assigning a property that is not listed as settable raises AttributeError.
+
+Behind that surface a small model of the library does what the code paths need: the "parser"
+reads the real ONNX (IO names, shapes, dtypes; a node from a foreign domain is an unsupported-node
+error), the builder serialises a description of the network and profile, the runtime loads it
+back (refusing a plan from another version), and ``execute_async_v3`` runs the ONNX with ONNX
+Runtime on the bytes at the tensor addresses the code set. CUDA (``cuda.bindings.runtime``) is
+modelled with host memory: allocations, bounds-checked copies, streams, events and stream capture
+into a replayable graph; the GPU query (``cuda_device_info``) is replaced by a fixed H100.
+
+The real build (``pspnet_deploy.cli.build_engine.build`` -> ``engine.build._trt_build``) and the
+real runtime (``runners.trt_runner.EngineSession`` via ``load_runner``) run unchanged against it.
+
+What this cannot catch: anything about the real library's behaviour (which kernels, numerics and
+precision of FP16/INT8 engines, what the real ONNX parser supports and how it names errors, build
+failures, timing-cache contents, memory use), whether a property's getter returns what we assume,
+argument types other than TensorRT enums, and the real CUDA bindings (their calls are modelled
+here from cuda-bindings 12.9's runtime.pyx, not checked against it).
+"""
+from __future__ import annotations
+
+import ctypes
+import enum
+import inspect
+import keyword
+import json
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, THREADS, TINY_SIZE, tiny_meta, trt_env
+
+API_DIR = ROOT.parent / "shared" / "tensorrt-api"
+VERSIONS = ("10.0.1", "10.16.1", "11.4.0")
+
+pytestmark = pytest.mark.skipif(not API_DIR.is_dir(), reason=f"{API_DIR} (the dumped TensorRT APIs) not present")
+
+
+# ================================================================================ the API surface
+
+class _Member:
+    def __init__(self, kind: str, text: str):
+        self.kind, self.text = kind, text.strip()
+        self.settable = self.text.endswith("settable")
+        self.value = None
+        if kind == "enum_value" and self.text.startswith("="):
+            self.value = int(self.text[1:])
+        self.signatures = _signatures(self.text) if kind in ("method", "function") else []
+
+
+def _split_top(text: str, sep: str = ",") -> list[str]:
+    out, depth, cur = [], 0, []
+    for ch in text:
+        if ch in "([{<":
+            depth += 1
+        elif ch in ")]}>":
+            depth -= 1
+        if ch == sep and depth == 0:
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    out.append("".join(cur))
+    return [p.strip() for p in out if p.strip()]
+
+
+def _signatures(text: str) -> list[tuple[inspect.Signature, dict]]:
+    """pybind11 docstring signatures (overloads joined by ' || ') -> [(Signature, {param: annotation})]."""
+    sigs = []
+    for part in text.split(" || "):
+        part = part.strip()
+        if "(" not in part:
+            continue
+        if part[:1].isdigit() and ". " in part[:4]:
+            part = part.split(". ", 1)[1]
+        start = part.index("(")
+        depth, end = 0, None
+        for i in range(start, len(part)):
+            depth += part[i] in "([{<"
+            depth -= part[i] in ")]}>"
+            if depth == 0:
+                end = i
+                break
+        params, annotations, kind = [], {}, inspect.Parameter.POSITIONAL_OR_KEYWORD
+        raw = _split_top(part[start + 1:end])
+        if "/" in raw:  # everything before it is positional-only
+            cut = raw.index("/")
+            raw = [("POS", p) for p in raw[:cut]] + [("", p) for p in raw[cut + 1:]]
+        else:
+            raw = [("", p) for p in raw]
+        for mode, p in raw:
+            if p == "*":
+                kind = inspect.Parameter.KEYWORD_ONLY
+                continue
+            if p.startswith("**"):
+                params.append(inspect.Parameter(p[2:].split(":")[0].strip(), inspect.Parameter.VAR_KEYWORD))
+                continue
+            if p.startswith("*"):
+                params.append(inspect.Parameter(p[1:].split(":")[0].strip(), inspect.Parameter.VAR_POSITIONAL))
+                kind = inspect.Parameter.KEYWORD_ONLY
+                continue
+            head, has_default = p, False
+            eq = _split_top(p, "=")
+            if len(eq) > 1:
+                head, has_default = eq[0], True
+            name, _, ann = head.partition(":")
+            name = name.strip()
+            if keyword.iskeyword(name) or not name.isidentifier():  # e.g. 'in': Python callers pass it by position
+                name += "_"
+            annotations[name] = ann.strip()
+            pkind = inspect.Parameter.POSITIONAL_ONLY if mode == "POS" else kind
+            params.append(inspect.Parameter(name, pkind, default=None if has_default else inspect.Parameter.empty))
+        if params and params[0].name == "self":
+            params = params[1:]
+        # pybind11 allows a default before a parameter without one (the dump has some): no validation
+        sigs.append((inspect.Signature(params, __validate_parameters__=False), annotations))
+    return sigs
+
+
+def parse_api(version: str) -> tuple[dict, dict]:
+    classes: dict[str, dict[str, _Member]] = {}
+    module: dict[str, _Member] = {}
+    for line in (API_DIR / f"tensorrt-{version}.txt").read_text().splitlines():
+        name, kind, text = (line.split("\t") + ["", ""])[:3]
+        if "." in name:
+            cls, member = name.split(".", 1)
+            classes.setdefault(cls, {})[member] = _Member(kind, text)
+        else:
+            module[name] = _Member(kind, text)
+    return classes, module
+
+
+class EnumValue:
+    """A TensorRT enum value: by name, with the listed integer."""
+
+    def __init__(self, enum_name: str, name: str, value: int):
+        self.enum_name, self.name, self.value = enum_name, name, value
+
+    def __int__(self):
+        return self.value
+
+    __index__ = __int__
+
+    def __eq__(self, other):
+        return isinstance(other, EnumValue) and (other.enum_name, other.value) == (self.enum_name, self.value)
+
+    def __hash__(self):
+        return hash((self.enum_name, self.value))
+
+    def __repr__(self):
+        return f"<{self.enum_name}.{self.name}: {self.value}>"
+
+    def __str__(self):  # as pybind11 prints an enum value
+        return f"{self.enum_name}.{self.name}"
+
+
+def _check_call(version: str, owner: str, name: str, member: _Member, enums: set, args, kwargs) -> None:
+    if not member.signatures:  # the dump gives no signature (pybind11 internals): anything goes
+        return
+    problems = []
+    for sig, annotations in member.signatures:
+        try:
+            bound = sig.bind(*args, **kwargs)
+        except TypeError as e:
+            problems.append(str(e))
+            continue
+        bad = None
+        for pname, value in bound.arguments.items():
+            wanted = annotations.get(pname, "").rsplit(".", 1)[-1]
+            if wanted in enums and not (isinstance(value, EnumValue) and value.enum_name == wanted):
+                bad = f"{pname} must be a tensorrt.{wanted}, got {value!r}"
+        if bad is None:
+            return
+        problems.append(bad)
+    raise TypeError(f"TensorRT {version}: {owner}.{name}(): incompatible arguments ({'; '.join(problems)}); "
+                    f"the real signature is {member.text}")
+
+
+class _Surface:
+    """Base of every generated class: only the listed members exist; calls are checked."""
+
+    _api: dict = {}
+    _trt_name = "?"
+    _version = "?"
+    _enums: set = set()
+
+    def __init__(self, *args, **kwargs):
+        init = type(self)._api.get("__init__")
+        if init is not None:
+            _check_call(self._version, self._trt_name, "__init__", init, self._enums, args, kwargs)
+        object.__setattr__(self, "_props", {})
+        impl = getattr(type(self), "_do_init", None)
+        if impl:
+            impl(self, *args, **kwargs)
+
+    @classmethod
+    def _make(cls, **state):
+        """An instance the library hands out (no public constructor involved)."""
+        obj = cls.__new__(cls)
+        object.__setattr__(obj, "_props", {})
+        for k, v in state.items():
+            object.__setattr__(obj, k, v)
+        return obj
+
+    def __getattribute__(self, name):
+        if name.startswith("_"):
+            return object.__getattribute__(self, name)
+        cls = type(self)
+        member = cls._api.get(name)
+        if member is None:
+            raise AttributeError(f"TensorRT {cls._version}: '{cls._trt_name}' object has no attribute {name!r}")
+        if member.kind == "method":
+            impl = getattr(cls, f"_do_{name}", None)
+
+            def call(*args, **kwargs):
+                _check_call(cls._version, cls._trt_name, name, member, cls._enums, args, kwargs)
+                return impl(self, *args, **kwargs) if impl else None
+            return call
+        if member.kind == "property":
+            getter = getattr(cls, f"_get_{name}", None)
+            return getter(self) if getter else object.__getattribute__(self, "_props").get(name)
+        return object.__getattribute__(self, name)  # enum values
+
+    def __setattr__(self, name, value):
+        cls = type(self)
+        member = cls._api.get(name)
+        if member is None or member.kind != "property":
+            raise AttributeError(f"TensorRT {cls._version}: '{cls._trt_name}' object has no attribute {name!r}")
+        if not member.settable:
+            raise AttributeError(f"TensorRT {cls._version}: property {cls._trt_name}.{name} can't be set")
+        object.__getattribute__(self, "_props")[name] = value
+
+
+# ================================================================================ a model of the library
+
+_TRT_NP = {"FLOAT": np.float32, "HALF": np.float16, "INT32": np.int32, "INT64": np.int64, "INT8": np.int8,
+           "UINT8": np.uint8, "BOOL": np.bool_}
+_ONNX_TRT = {1: "FLOAT", 10: "HALF", 6: "INT32", 7: "INT64", 3: "INT8", 2: "UINT8", 9: "BOOL"}
+
+
+class _Logger:
+    def _do_init(self, min_severity=None):
+        object.__setattr__(self, "_severity", min_severity)
+
+
+class _Builder:
+    def _do_init(self, logger):
+        object.__setattr__(self, "_logger", logger)
+
+    def _do_create_network(self, flags=0):
+        trt = self._mod
+        st = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+        strongly = bool(st is not None and flags & (1 << int(st)))
+        return trt.INetworkDefinition._make(_inputs=[], _outputs=[], _onnx=None, _strongly_typed=strongly)
+
+    def _do_create_builder_config(self):
+        return self._mod.IBuilderConfig._make(_flags=set(), _profiles=[], _pools={}, _cache=None)
+
+    def _do_create_optimization_profile(self):
+        return self._mod.IOptimizationProfile._make(_shapes={})
+
+    def _do_build_serialized_network(self, network, config):
+        trt = self._mod
+        if network._onnx is None:
+            return None
+        profile = config._profiles[0] if config._profiles else {}
+        for t in network._inputs:
+            if -1 in t["shape"] and t["name"] not in profile:
+                return None  # a dynamic input needs a profile
+        plan = {"version": trt.__version__, "onnx": network._onnx, "inputs": network._inputs, "outputs": network._outputs,
+                "profile": {k: [list(map(int, s)) for s in v] for k, v in profile.items()},
+                "flags": sorted(config._flags), "strongly_typed": network._strongly_typed}
+        return trt.IHostMemory._make(_data=json.dumps(plan).encode())
+
+
+class _Network:
+    def _get_num_inputs(self):
+        return len(self._inputs)
+
+    def _get_num_outputs(self):
+        return len(self._outputs)
+
+
+class _ParserError:
+    def _do_node(self):
+        return self._info["node"]
+
+    def _do_desc(self):
+        return self._info["desc"]
+
+    def _do_code(self):
+        return getattr(self._mod.ErrorCode, "UNSUPPORTED_NODE")
+
+    def _do_node_name(self):
+        return self._info["name"]
+
+    def _do_node_operator(self):
+        return self._info["op"]
+
+
+class _Parser:
+    def _do_init(self, network, logger):
+        object.__setattr__(self, "_network", network)
+        object.__setattr__(self, "_errors", [])
+
+    def _do_parse_from_file(self, model):
+        import onnx
+
+        m = onnx.load(str(model), load_external_data=False)
+        for i, n in enumerate(m.graph.node):
+            if n.domain not in ("", "ai.onnx"):
+                self._errors.append({"node": i, "desc": f"No importer registered for op: {n.op_type}", "name": n.name,
+                                    "op": n.op_type})
+        if self._errors:
+            return False
+        inits = {i.name for i in m.graph.initializer}
+
+        def tensor(v):
+            t = v.type.tensor_type
+            return {"name": v.name, "dtype": _ONNX_TRT[t.elem_type],
+                    "shape": [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]}
+        self._network._inputs[:] = [tensor(v) for v in m.graph.input if v.name not in inits]
+        self._network._outputs[:] = [tensor(v) for v in m.graph.output]
+        object.__setattr__(self._network, "_onnx", str(Path(model).resolve()))
+        return True
+
+    def _get_num_errors(self):
+        return len(self._errors)
+
+    def _do_get_error(self, index):
+        return self._mod.ParserError._make(_info=self._errors[index])
+
+
+class _Config:
+    def _do_set_flag(self, flag):
+        self._flags.add(flag.name)
+
+    def _do_set_memory_pool_limit(self, pool, pool_size):
+        self._pools[pool.name] = int(pool_size)
+
+    def _do_add_optimization_profile(self, profile):
+        self._profiles.append(profile._shapes)
+        return len(self._profiles) - 1
+
+    def _do_create_timing_cache(self, serialized_timing_cache):
+        return self._mod.ITimingCache._make(_data=bytes(serialized_timing_cache) or b"fresh cache")
+
+    def _do_set_timing_cache(self, cache, ignore_mismatch):
+        object.__setattr__(self, "_cache", cache)
+        return True
+
+    def _do_get_timing_cache(self):
+        return self._cache
+
+
+class _Profile:
+    def _do_set_shape(self, input, min, opt, max):  # noqa: A002 - TensorRT's parameter names
+        self._shapes[input] = (tuple(min), tuple(opt), tuple(max))
+
+
+class _Bytes:
+    def __bytes__(self):
+        return self._data
+
+    def _do_serialize(self):
+        return self._mod.IHostMemory._make(_data=self._data)
+
+    def _get_nbytes(self):
+        return len(self._data)
+
+
+class _Runtime:
+    def _do_init(self, logger):
+        pass
+
+    def _do_deserialize_cuda_engine(self, serialized_engine):
+        trt = self._mod
+        plan = json.loads(bytes(serialized_engine))
+        if plan["version"] != trt.__version__:
+            return None  # engines only load on the TensorRT that built them
+        return trt.ICudaEngine._make(_plan=plan, _tensors=plan["inputs"] + plan["outputs"])
+
+
+class _Engine:
+    def _get_num_io_tensors(self):
+        return len(self._tensors)
+
+    def _get_num_layers(self):
+        return 1
+
+    def _do_get_tensor_name(self, index):
+        return self._tensors[index]["name"]
+
+    def _tensor(self, name):
+        return next(t for t in self._tensors if t["name"] == name)
+
+    def _do_get_tensor_mode(self, name):
+        mode = self._mod.TensorIOMode
+        return mode.INPUT if any(t["name"] == name for t in self._plan["inputs"]) else mode.OUTPUT
+
+    def _do_get_tensor_shape(self, name):
+        return tuple(self._tensor(name)["shape"])
+
+    def _do_get_tensor_dtype(self, name):
+        return getattr(self._mod.DataType, self._tensor(name)["dtype"])
+
+    def _do_get_tensor_profile_shape(self, name, profile_index):
+        return [tuple(s) for s in self._plan["profile"][name]]
+
+    def _do_create_execution_context(self, *args, **kwargs):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = THREADS
+        sess = ort.InferenceSession(self._plan["onnx"], so, providers=["CPUExecutionProvider"])
+        shapes = {t["name"]: list(t["shape"]) for t in self._plan["inputs"]}
+        return self._mod.IExecutionContext._make(_engine=self, _session=sess, _shapes=shapes, _addresses={})
+
+
+class _Context:
+    def _do_set_input_shape(self, name, shape):
+        lo, _, hi = self._engine._plan["profile"].get(name, (None, None, None))
+        if lo is None or not all(a <= s <= b for a, s, b in zip(lo, shape, hi)):
+            return False
+        self._shapes[name] = list(shape)
+        return True
+
+    def _do_get_tensor_shape(self, name):
+        if name in self._shapes:
+            return tuple(self._shapes[name])
+        out = list(self._engine._tensor(name)["shape"])
+        if out and out[0] == -1:
+            out[0] = next(iter(self._shapes.values()))[0]
+        return tuple(out)
+
+    def _do_set_tensor_address(self, name, memory):
+        self._addresses[name] = int(memory)
+        return True
+
+    def _do_execute_async_v3(self, stream_handle):
+        cuda = sys.modules["cuda.bindings.runtime"]
+        work = self._run
+        if cuda.capturing(stream_handle):
+            cuda.record(stream_handle, work)
+            return True
+        return work()
+
+    def _run(self) -> bool:
+        if any(-1 in s for s in self._shapes.values()) or set(self._addresses) != {t["name"] for t in self._engine._tensors}:
+            return False  # shapes or addresses missing: TensorRT refuses to enqueue
+        cuda = sys.modules["cuda.bindings.runtime"]
+        feeds = {}
+        for t in self._engine._plan["inputs"]:
+            feeds[t["name"]] = cuda.view(self._addresses[t["name"]], self._shapes[t["name"]], _TRT_NP[t["dtype"]]).copy()
+        outs = self._session.run(None, feeds)
+        for t, value in zip(self._engine._plan["outputs"], outs):
+            dst = cuda.view(self._addresses[t["name"]], value.shape, _TRT_NP[t["dtype"]])
+            dst[...] = value
+        return True
+
+
+BEHAVIOUR = {"Logger": _Logger, "Builder": _Builder, "INetworkDefinition": _Network, "OnnxParser": _Parser,
+             "ParserError": _ParserError, "IBuilderConfig": _Config, "IOptimizationProfile": _Profile,
+             "IHostMemory": _Bytes, "ITimingCache": _Bytes, "Runtime": _Runtime, "ICudaEngine": _Engine,
+             "IExecutionContext": _Context}
+
+
+def standin_tensorrt(version: str) -> types.ModuleType:
+    """The ``tensorrt`` module of ``version``, as the dump lists it, with the model above behind it."""
+    classes, module = parse_api(version)
+    enums = {c for c, members in classes.items() if any(m.kind == "enum_value" for m in members.values())}
+    enums.add("Severity")
+    mod = types.ModuleType("tensorrt")
+    mod.__version__ = version
+    for cname, members in classes.items():
+        ns = {"_api": members, "_trt_name": cname, "_version": version, "_enums": enums, "_mod": mod}
+        for i, (m, spec) in enumerate(sorted(members.items())):
+            if spec.kind == "enum_value":
+                ns[m] = EnumValue(cname, m, spec.value)
+            elif spec.kind == "Severity":
+                ns[m] = EnumValue("Severity", m, {"INTERNAL_ERROR": 0, "ERROR": 1, "WARNING": 2, "INFO": 3,
+                                                  "VERBOSE": 4}[m])
+        setattr(mod, cname, type(cname, (_Surface, BEHAVIOUR.get(cname, object)), ns))
+    for name, spec in module.items():
+        if spec.kind == "DataType":  # trt.float32 etc.: "<DataType.FLOAT: 0>"
+            member = spec.text.split(".", 1)[1].split(":")[0]
+            setattr(mod, name, getattr(mod.DataType, member))
+    def nptype(dt):
+        if dt.name not in _TRT_NP:
+            raise TypeError(f"could not resolve {dt} to a numpy type")
+        return _TRT_NP[dt.name]
+
+    functions = {"nptype": nptype, "get_nv_onnx_parser_version": lambda: int(version.replace(".", "")[:4])}
+    for name, fn in functions.items():
+        if name in module:
+            setattr(mod, name, fn)
+
+    def missing(name):
+        raise AttributeError(f"module 'tensorrt' {version} has no attribute {name!r}")
+    mod.__getattr__ = missing
+    return mod
+
+
+# ================================================================================ CUDA, in host memory
+
+class cudaError_t(enum.IntEnum):  # noqa: N801 - the bindings' names
+    cudaSuccess = 0
+    cudaErrorInvalidValue = 1
+    cudaErrorStreamCaptureUnsupported = 900
+
+
+def standin_cudart() -> types.ModuleType:
+    """``cuda.bindings.runtime`` for the calls the TensorRT runner makes, backed by host memory:
+    every call returns ``(cudaError_t, *values)`` as the real bindings do; copies are bounds-checked
+    against the allocations; work enqueued on a capturing stream is recorded into a graph."""
+    rt = types.ModuleType("cuda.bindings.runtime")
+    mem: dict[int, np.ndarray] = {}  # base address -> buffer
+    captures: dict[int, list] = {}
+    ok = cudaError_t.cudaSuccess
+    rt.cudaError_t = cudaError_t
+    rt.cudaMemcpyKind = enum.IntEnum("cudaMemcpyKind", {"cudaMemcpyHostToHost": 0, "cudaMemcpyHostToDevice": 1,
+                                                        "cudaMemcpyDeviceToHost": 2, "cudaMemcpyDeviceToDevice": 3})
+    rt.cudaStreamCaptureMode = enum.IntEnum("cudaStreamCaptureMode", {"cudaStreamCaptureModeGlobal": 0,
+                                                                      "cudaStreamCaptureModeThreadLocal": 1,
+                                                                      "cudaStreamCaptureModeRelaxed": 2})
+    rt.devices = []
+    rt.live = mem
+    counter = iter(range(1, 1 << 30))
+
+    class Handle(int):
+        pass
+
+    def alloc(size):
+        buf = np.zeros(max(int(size), 1), np.uint8)
+        mem[buf.ctypes.data] = buf
+        return ok, buf.ctypes.data
+
+    def inside(ptr, n):
+        for base, buf in mem.items():
+            if base <= ptr and ptr + n <= base + buf.nbytes:
+                return True
+        return False
+
+    def copy(dst, src, count, kind, stream):
+        assert isinstance(kind, rt.cudaMemcpyKind), kind
+        if not (inside(int(dst), count) and inside(int(src), count)):
+            return (cudaError_t.cudaErrorInvalidValue,)
+        ctypes.memmove(int(dst), int(src), count)
+        return (ok,)
+
+    def free(ptr):
+        return (ok,) if mem.pop(int(ptr), None) is not None else (cudaError_t.cudaErrorInvalidValue,)
+
+    def begin(stream, mode):
+        assert isinstance(mode, rt.cudaStreamCaptureMode), mode
+        captures[int(stream)] = []
+        return (ok,)
+
+    def end(stream):
+        return ok, ("graph", captures.pop(int(stream)))
+
+    def launch(graph_exec, stream):
+        return (ok,) if all(work() for work in graph_exec[1]) else (cudaError_t.cudaErrorInvalidValue,)
+
+    def event_create():
+        return ok, [0.0]
+
+    def event_record(event, stream):
+        event[0] = time.perf_counter()
+        return (ok,)
+
+    rt.cudaSetDevice = lambda device: (rt.devices.append(device), (ok,))[1]
+    rt.cudaStreamCreate = lambda: (ok, Handle(next(counter)))
+    rt.cudaStreamDestroy = rt.cudaStreamSynchronize = lambda stream: (ok,)
+    rt.cudaMalloc = rt.cudaMallocHost = alloc
+    rt.cudaFree = rt.cudaFreeHost = free
+    rt.cudaMemcpyAsync = copy
+    rt.cudaStreamBeginCapture, rt.cudaStreamEndCapture = begin, end
+    rt.cudaGraphInstantiate = lambda graph, flags: (ok, ("exec", graph[1]))
+    rt.cudaGraphLaunch = launch
+    rt.cudaGraphDestroy = rt.cudaGraphExecDestroy = lambda g: (ok,)
+    rt.cudaEventCreate, rt.cudaEventRecord = event_create, event_record
+    rt.cudaEventSynchronize = rt.cudaEventDestroy = lambda event: (ok,)
+    rt.cudaEventElapsedTime = lambda start, end: (ok, (end[0] - start[0]) * 1e3)
+    rt.cudaGetErrorString = lambda err: (ok, cudaError_t(err).name.encode())
+    # what the stand-in TensorRT reads and writes through
+    rt.capturing = lambda stream: int(stream) in captures
+    rt.record = lambda stream, work: captures[int(stream)].append(work)
+
+    def view(ptr, shape, dtype):
+        n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        assert inside(ptr, n), "TensorRT would read or write outside a buffer"
+        return np.frombuffer((ctypes.c_byte * n).from_address(ptr), dtype=dtype).reshape(shape)
+    rt.view = view
+    return rt
+
+
+@pytest.fixture(params=VERSIONS)
+def trt(request, monkeypatch):
+    """The stand-in ``tensorrt`` of one version and stand-in CUDA bindings, injected for the test."""
+    import pspnet_deploy.engine.build as build
+
+    mod = standin_tensorrt(request.param)
+    cudart = standin_cudart()
+    cuda_pkg, bindings_pkg = types.ModuleType("cuda"), types.ModuleType("cuda.bindings")
+    cuda_pkg.bindings, bindings_pkg.runtime = bindings_pkg, cudart
+    for name, m in (("tensorrt", mod), ("cuda", cuda_pkg), ("cuda.bindings", bindings_pkg),
+                    ("cuda.bindings.runtime", cudart)):
+        monkeypatch.setitem(sys.modules, name, m)
+    gpu = dict(trt_env()["gpu"])
+    monkeypatch.setattr(build, "cuda_device_info", lambda index=0: ({**gpu, "index": index}, None))
+    return mod
+
+
+# ================================================================================ the stand-ins themselves
+
+def test_standin_holds_to_the_dumped_surface():
+    v10, v11 = standin_tensorrt("10.16.1"), standin_tensorrt("11.4.0")
+    assert int(v10.NetworkDefinitionCreationFlag.STRONGLY_TYPED) == 1
+    assert int(v11.NetworkDefinitionCreationFlag.STRONGLY_TYPED) == 0  # renumbered: look up by name
+    assert hasattr(v10.BuilderFlag, "FP16") and not hasattr(v11.BuilderFlag, "FP16")
+    assert hasattr(v10, "IInt8EntropyCalibrator2") and not hasattr(v11, "IInt8EntropyCalibrator2")
+    logger = v11.Logger(v11.Logger.WARNING)
+    builder = v11.Builder(logger)
+    with pytest.raises(TypeError, match="create_network"):
+        builder.create_network(0, 1)  # one argument too many
+    with pytest.raises(TypeError, match="create_network"):
+        builder.create_network(flag=0)  # the keyword is 'flags'
+    with pytest.raises(AttributeError, match="no attribute 'build_engine'"):
+        builder.build_engine  # noqa: B018 - removed in TensorRT 10
+    config = builder.create_builder_config()
+    with pytest.raises(TypeError, match="must be a tensorrt.BuilderFlag"):
+        config.set_flag(v11.MemoryPoolType.WORKSPACE)
+    config.builder_optimization_level = 3  # settable
+    with pytest.raises(AttributeError, match="can't be set"):
+        config.num_optimization_profiles = 2
+    with pytest.raises(AttributeError):
+        v11.no_such_function  # noqa: B018
+
+
+# ================================================================================ the real code paths
+
+def _build(onnx_path: Path, engine: Path, *args):
+    """The command layer's build with the argv a user would type (the recorded command included)."""
+    from pspnet_deploy.cli.build_engine import build, build_parser, command_line, options_from_args
+    from pspnet_deploy.engine import plan_build
+
+    parser = build_parser()
+    a = parser.parse_args([str(onnx_path), "--engine", str(engine), *map(str, args)])
+    opts = options_from_args(a)
+    plan = plan_build(a.onnx, opts, a.engine)
+    return build(plan, opts=opts, command=command_line(a, plan.engine_path, parser), log=lambda m: None)
+
+
+def test_build_and_run_a_fixed_batch_engine(trt, onnx_b1, tmp_path, rng):
+    from pspnet_deploy.runners import load_runner
+
+    src = tmp_path / "tiny.fp32.onnx"
+    src.write_bytes(onnx_b1.read_bytes())
+    cache = tmp_path / "timing.cache"
+    sc = _build(src, tmp_path / "tiny.fp32.engine", "--workspace", "1", "--opt-level", "2", "--timing-cache", cache,
+                "--version-compatible", "--hardware-compatible", "--device", "cuda:1")
+    assert sys.modules["cuda.bindings.runtime"].devices[0] == 1  # the build ran on the device asked for
+    assert sc["tensorrt"]["version"] == trt.__version__ and sc["tensorrt"]["strongly_typed"] is True
+    assert sc["io"]["inputs"][0]["shape"] == [1, 3, *TINY_SIZE] and sc["io"]["outputs"][0]["dtype"] == "float32"
+    assert cache.read_bytes() == b"fresh cache"
+    plan = json.loads(Path(sc["engine"]["path"]).read_bytes())
+    assert plan["strongly_typed"] and set(plan["flags"]) == {"VERSION_COMPATIBLE"}
+    x = np.stack([rng.standard_normal((3, *TINY_SIZE)).astype(np.float32)])
+    with load_runner(onnx_b1, threads=THREADS) as ref, load_runner(sc["engine"]["path"], device="cuda:1") as eng:
+        want = ref.infer(x)
+        assert eng.backend == "tensorrt" and eng.fixed_batch == 1 and eng.classes == ref.classes
+        np.testing.assert_array_equal(eng.infer(x), want)  # the bytes went in and out of the right buffers
+        call, name = eng.model_timer(x)
+        assert call() >= 0 and name.startswith("CUDA events")
+    with load_runner(sc["engine"]["path"], device="cuda:1", cuda_graph=True) as graph:
+        np.testing.assert_array_equal(graph.infer(x), want)  # captured ...
+        np.testing.assert_array_equal(graph.infer(x), want)  # ... and replayed
+        assert graph.session.cuda_graph and graph.session._graph is not None
+    assert not sys.modules["cuda.bindings.runtime"].live  # every allocation freed on close
+
+
+def test_build_and_run_a_dynamic_batch_engine(trt, onnx_dyn, tmp_path, rng):
+    from pspnet_deploy.errors import UserError
+    from pspnet_deploy.runners import load_runner
+
+    src = tmp_path / "dyn.fp32.onnx"
+    src.write_bytes(onnx_dyn.read_bytes())
+    sc = _build(src, tmp_path / "dyn.fp32.engine", "--batch", "1", "2", "3")
+    assert sc["io"]["profile"]["min"][0] == 1 and sc["io"]["profile"]["max"][0] == 3
+    x = rng.standard_normal((4, 3, *TINY_SIZE)).astype(np.float32)
+    with load_runner(src, threads=THREADS) as ref, load_runner(sc["engine"]["path"]) as eng:
+        assert eng.batch_range == (1, 3)
+        for n in (3, 1, 2):  # set_input_shape on every change of batch size
+            np.testing.assert_array_equal(eng.infer(x[:n]), ref.infer(x[:n]))
+        with pytest.raises(UserError, match="batches of 1..3"):
+            eng.infer(x)
+    narrow = _build(src, tmp_path / "narrow.fp32.engine", "--batch", "2", "2", "3")
+    with load_runner(narrow["engine"]["path"]) as eng:
+        eng.batch_range = None  # past the runner's own check: set_input_shape's refusal is checked too
+        with pytest.raises(UserError, match=r"TensorRT refused input shape \[1, 3, 64, 96\]"):
+            eng.infer(x[:1])
+
+
+def test_legacy_fp16_flag_only_where_the_version_has_it(trt, onnx_b1, tmp_path):
+    from pspnet_deploy.errors import UserError
+
+    src = tmp_path / "tiny.fp32.onnx"
+    src.write_bytes(onnx_b1.read_bytes())
+    if trt.__version__.startswith("10."):
+        sc = _build(src, tmp_path / "legacy.fp16.engine", "--fp16", "--legacy-fp16-flag")
+        plan = json.loads(Path(sc["engine"]["path"]).read_bytes())
+        assert plan["flags"] == ["FP16"] and not plan["strongly_typed"]
+    else:
+        with pytest.raises(UserError, match="has no BuilderFlag.FP16 \\(removed in TensorRT 11\\)"):
+            _build(src, tmp_path / "legacy.fp16.engine", "--fp16", "--legacy-fp16-flag")
+        assert not (tmp_path / "legacy.fp16.engine").exists()
+
+
+def test_parser_rejection_is_one_line(trt, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from pspnet_deploy.card import write_onnx_metadata
+    from pspnet_deploy.errors import UserError
+
+    node = helper.make_node("NoSuchOp", ["input"], ["logits"], domain="example.custom", name="mystery")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4, 8, 8])])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("example.custom", 1)])
+    write_onnx_metadata(m, tiny_meta((8, 8)))
+    bad = tmp_path / "bad.onnx"
+    onnx.save(m, str(bad))
+    with pytest.raises(UserError) as e:
+        _build(bad, tmp_path / "bad.engine")
+    msg = str(e.value)
+    assert "\n" not in msg and "parser rejected the model (1 error)" in msg
+    assert "node 0 (NoSuchOp 'mystery'): UNSUPPORTED_NODE: No importer registered for op: NoSuchOp" in msg
+    assert not (tmp_path / "bad.engine").exists()
+
+
+def test_an_engine_from_another_version_is_refused_before_tensorrt(trt, onnx_b1, tmp_path):
+    from pspnet_deploy.errors import UserError
+    from pspnet_deploy.runners import load_runner
+
+    src = tmp_path / "tiny.fp32.onnx"
+    src.write_bytes(onnx_b1.read_bytes())
+    sc = _build(src, tmp_path / "tiny.fp32.engine", "--opt-level", "1")
+    other = "10.0.1" if trt.__version__ != "10.0.1" else "11.4.0"
+    sys.modules["tensorrt"] = standin_tensorrt(other)
+    with pytest.raises(UserError, match=rf"built with TensorRT {trt.__version__} but this is TensorRT {other}.*"
+                                        rf"rebuild here: pspnet-build-engine .*tiny.fp32.onnx --engine .* --opt-level 1"):
+        load_runner(sc["engine"]["path"])
