@@ -3,7 +3,9 @@
 One statistics pass (:func:`collect_statistics`, through the shared observer) keeps a histogram of
 ``|x|`` per tensor (2048 bins, the range doubling as needed) plus the exact maximum; each method
 reads the same histogram: ``minmax`` (the maximum), ``percentile`` (the given percentile of
-``|x|``) or ``entropy`` (TensorRT's KL-divergence threshold over 128 quantized bins). So
+``|x|``), ``entropy`` (TensorRT's KL-divergence threshold over 128 quantized bins) or ``mse`` (the
+threshold with the least expected squared error of symmetric INT8 fake quantization, clipping plus
+rounding, over the histogram). So
 ``method="auto"`` costs one collection plus one evaluation per method. ``scale = amax / 127``.
 """
 from __future__ import annotations
@@ -21,10 +23,10 @@ from .calib_data import CACHE_VERSION, CalibrationSet, cache_key
 from .observer import observe
 
 __all__ = ["METHODS", "METHOD_PREFERENCE", "DEFAULT_PERCENTILE", "NUM_BINS", "AbsHistogram", "entropy_amax",
-           "percentile_amax", "amax_from_stats", "collect_statistics"]
+           "percentile_amax", "mse_amax", "amax_from_stats", "collect_statistics"]
 
-METHODS = ("minmax", "entropy", "percentile")
-METHOD_PREFERENCE = {"entropy": 0, "percentile": 1, "minmax": 2}  # tie-break for "auto"
+METHODS = ("minmax", "entropy", "percentile", "mse")
+METHOD_PREFERENCE = {"entropy": 0, "percentile": 1, "mse": 2, "minmax": 3}  # tie-break for "auto"
 DEFAULT_PERCENTILE = 99.99
 NUM_BINS = 2048
 ENTROPY_QUANT_BINS = 128
@@ -126,6 +128,29 @@ def percentile_amax(hist: np.ndarray, width: float, amax: float, percentile: flo
     return float(min((idx + 1) * width, amax))
 
 
+def mse_amax(hist: np.ndarray, width: float, amax: float, levels: int = 127, candidates: int = 512) -> float:
+    """The ``|x|`` threshold T minimising the expected squared error of symmetric INT8 quantization
+    (scale T / ``levels``, round to nearest, clip at T), each histogram bin represented by its centre.
+
+    Candidates: ``candidates`` thresholds spread evenly up to the last non-empty bin (plus ``amax``
+    itself); exact error per candidate (not the uniform-noise approximation), all at once.
+    """
+    h = hist.astype(np.float64)
+    if width <= 0 or h.sum() == 0 or amax <= 0:
+        return float(amax)
+    last = int(np.nonzero(h)[0].max()) + 1
+    nz = np.nonzero(h[:last])[0]
+    c = (nz + 0.5) * width
+    c[-1] = min(c[-1], amax)
+    w = h[nz]
+    top = min(last * width, amax)
+    t = np.unique(np.concatenate([np.linspace(top / candidates, top, candidates), [amax]]))[:, None]  # (K, 1)
+    s = t / levels
+    q = np.minimum(np.round(c[None, :] / s), levels) * s
+    err = ((c[None, :] - q) ** 2 * w[None, :]).sum(1)
+    return float(t[int(np.argmin(err)), 0])
+
+
 def amax_from_stats(stats: dict, method: str, percentile: float = DEFAULT_PERCENTILE) -> dict[str, float]:
     """Per-tensor ``amax`` (scale = amax / 127) from :func:`collect_statistics` output."""
     out = {}
@@ -136,6 +161,8 @@ def amax_from_stats(stats: dict, method: str, percentile: float = DEFAULT_PERCEN
             a = percentile_amax(hist, width, amax, percentile)
         elif method == "entropy":
             a = entropy_amax(hist, width, amax)
+        elif method == "mse":
+            a = mse_amax(hist, width, amax)
         else:
             raise UserError(f"unknown calibration method {method!r}; choose from {', '.join(METHODS)}")
         out[name] = float(a)
