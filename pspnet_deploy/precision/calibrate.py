@@ -128,6 +128,7 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
                    percentile: float = DEFAULT_PERCENTILE, placement: str = "trt", backend: str = "ort",
                    table: str | Path | None = None, min_images: int = MIN_CALIB_IMAGES, sensitivity_images: int = 16,
                    max_fp32_nodes: int | None = None, threads: int | None = None,
+                   keep_fp32: Sequence[str] = (),
                    parser_check: bool = True, evaluator: Evaluator | None = None) -> dict:
     """Calibrate ``fp32_onnx`` and write the Q/DQ INT8 model to ``output`` (plus ``.calib.json``).
 
@@ -137,6 +138,8 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
     in *points* (0.5 = half a point); over it, the most sensitive nodes stay FP32 (sensitivity
     report beside the output) or, if ``max_fp32_nodes`` of them do not suffice, UserError and no
     model. ``table``: reuse the ranges of an earlier ``.calib.json`` instead of images.
+    ``keep_fp32``: node names kept FP32 from the start (a plan decided before, e.g. the FP32 nodes
+    of the calibrated file that quantization-aware training starts from).
     ``eval_data`` defaults to ``data``. Calibrating on ``eval_split`` of the evaluation data is
     refused unless ``force``. ``evaluator`` measures mIoU when the budget or ``auto`` needs it
     (see the module docstring). Returns a report dict (also the basis of the CLI's JSON).
@@ -260,7 +263,7 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
 
         def build(m: str, fp32_nodes: Sequence[str], name: str, only: Sequence[str] | None = None) -> Path:
             path = work / f"{name}.onnx"
-            excl = sorted(set(exclude_base) | set(fp32_nodes))
+            excl = sorted(set(exclude_base) | set(fp32_nodes) | set(keep_fp32))
             if backend == "modelopt":
                 quantize_modelopt(prepped, calib.array, m, excl, path)
             else:
@@ -269,7 +272,7 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
                 _finish_model(path, meta_for(m, list(fp32_nodes)))
             return path
 
-        candidates = {m: build(m, [], f"int8-{m}") for m in method_list}
+        candidates = {m: build(m, list(keep_fp32), f"int8-{m}") for m in method_list}
         fp32_miou = None
         scores: dict[str, float] = {}
         if needs_eval:
@@ -284,7 +287,7 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
                   else method_list[0])
         report["method"] = chosen
         final = candidates[chosen]
-        fp32_nodes: list[str] = []
+        fp32_nodes: list[str] = list(keep_fp32)
         int8_miou = scores.get(chosen)
         if max_miou_drop is not None and 100 * (fp32_miou - int8_miou) > max_miou_drop:
             if calib is None:

@@ -1,0 +1,80 @@
+"""pspnet-qat: quantization-aware fine-tuning that writes the same Q/DQ INT8 ONNX as pspnet-calibrate."""
+from __future__ import annotations
+
+import sys
+
+from .common import make_parser, run
+
+PROG = "pspnet-qat"
+
+
+def build_parser():
+    from ..precision.calib_data import DEFAULT_NUM_IMAGES
+    from ..precision.ranges import METHODS
+
+    p = make_parser(PROG, "Fine-tune a checkpoint with fake quantization matching what TensorRT executes (symmetric "
+                          "INT8, zero points 0, weights per output channel, activations per tensor, the Q/DQ placement "
+                          "of the calibrated file), starting from calibrated ranges; write the Q/DQ INT8 ONNX "
+                          "(same format and metadata as pspnet-calibrate, plus a qat record), its .calib.json, and "
+                          "OUT.qat-state.pt after every epoch (for --resume).")
+    p.add_argument("checkpoint", help="PSPNet checkpoint (.pt) from pspnet-train / pspnet-convert")
+    p.add_argument("--data", required=True, help="training dataset (also the calibration images unless --calib-table)")
+    p.add_argument("--split", default="train", help="training split (split expressions allowed, e.g. 'train!0006R0')")
+    p.add_argument("--output", "-o", required=True, help="INT8 ONNX to write (e.g. export/NAME/model.qat.int8.onnx)")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--calib-table", default=None,
+                   help="start from the ranges (and FP32 nodes, placement) of a pspnet-calibrate .calib.json")
+    p.add_argument("--calib-split", default=None, help="split to calibrate on (default: --split)")
+    p.add_argument("--num-images", type=int, default=DEFAULT_NUM_IMAGES, help="calibration images")
+    p.add_argument("--method", default="entropy", choices=list(METHODS), help="calibration method for the start ranges")
+    p.add_argument("--input-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="export size (default: the checkpoint's)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-4, help="SGD learning rate (poly decay); ranges use --range-lr")
+    p.add_argument("--range-lr", type=float, default=None, help="learning rate of the activation ranges (default --lr)")
+    p.add_argument("--crop", type=int, nargs=2, default=None, metavar=("H", "W"), help="training crop (default: export size)")
+    p.add_argument("--max-steps-per-epoch", type=int, default=None)
+    p.add_argument("--stop-after-epochs", type=int, default=None,
+                   help="end this invocation after N epochs (state saved; continue with --resume)")
+    p.add_argument("--bf16", default="auto", choices=["auto", "on", "off"],
+                   help="BF16 autocast: auto uses it where the CPU has AVX-512 BF16 / AMX (recorded in the metadata)")
+    p.add_argument("--resume", default=None, help="continue from OUT.qat-state.pt")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--cache-dir", default="calibration/cache")
+    p.add_argument("--json", default=None, help="write the report here as JSON")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv=None) -> int:
+    from ..precision.qat import QATConfig, run_qat
+    from ..utils import atomic_write_json, jsonable
+
+    a = build_parser().parse_args(argv)
+    cfg = QATConfig(data=a.data, split=a.split, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, range_lr=a.range_lr,
+                    crop=list(a.crop) if a.crop else None, max_steps_per_epoch=a.max_steps_per_epoch, seed=a.seed,
+                    threads=a.threads, bf16=a.bf16, stop_after_epochs=a.stop_after_epochs, progress=not a.no_progress)
+    rep = run_qat(a.checkpoint, a.output, cfg, calib_table=a.calib_table, calib_split=a.calib_split or a.split,
+                  num_images=a.num_images, method=a.method, input_size=tuple(a.input_size) if a.input_size else None,
+                  resume=a.resume, cache_dir=a.cache_dir)
+    if rep.get("output") is None:
+        print(f"stopped after epoch {rep['stopped_after_epoch']}; continue with --resume {rep['state']}")
+    else:
+        q = rep["qdq"]
+        print(f"wrote {rep['output']} (INT8 Q/DQ after QAT, {rep['placement']} placement: {rep['quantized_weights']} "
+              f"INT8 weighted ops, {rep['quantized_activations']} learned activation ranges, zero points 0: "
+              f"{q['all_zero_points_zero']}); table {rep['table']}; BF16 autocast "
+              f"{'on' if rep['bf16']['used'] else 'off'} (CPU BF16: {rep['bf16']['cpu_has_bf16']}, ISA "
+              f"{rep['bf16']['isa']})" + ("; TensorRT parser check: ok" if rep.get("parser_check") else ""))
+    if a.json:
+        atomic_write_json(a.json, jsonable(rep))
+    return 0
+
+
+def entry() -> None:
+    sys.exit(run(PROG, main))
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,216 @@
+"""pspnet-qat on the conftest tiny PSPNet and synthetic scenes: the exported Q/DQ file has zero points
+0, per-channel weight scales and the calibrated file's placement, matches the PyTorch fake-quant
+forward on ONNX Runtime, passes the TensorRT parser check, carries the metadata, and --resume is
+exact. What this cannot catch: TensorRT's own INT8 kernels (no GPU here); the parser check is
+against the TensorRT API surface in ../shared/tensorrt-api."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_tiny_model, tiny_meta
+
+STEPS = 2  # per epoch
+
+
+def _synthetic_meta() -> dict:
+    from pspnet_deploy.data.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE
+
+    meta = tiny_meta()
+    meta.update(classes=list(SYNTHETIC_CLASSES), palette=[list(c) for c in SYNTHETIC_PALETTE])
+    return meta
+
+
+def _cfg(**kw):
+    from pspnet_deploy.precision.qat import QATConfig
+
+    base = dict(data="synthetic", epochs=2, batch_size=2, max_steps_per_epoch=STEPS, lr=5e-3, progress=False,
+                scale=[1.0, 1.0], rotate=0.0)
+    base.update(kw)
+    return QATConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    from pspnet_deploy.checkpoint import save_checkpoint
+
+    d = tmp_path_factory.mktemp("qat")
+    save_checkpoint(d / "tiny.pt", make_tiny_model(num_classes=5), _synthetic_meta())
+    return d
+
+
+@pytest.fixture(scope="module")
+def full_run(work):
+    from pspnet_deploy.precision.qat import run_qat
+
+    rep = run_qat(work / "tiny.pt", work / "full" / "m.int8.onnx", _cfg(), num_images=8, min_images=4,
+                  cache_dir=work / "cache")
+    return rep, work / "full" / "m.int8.onnx"
+
+
+@pytest.fixture(scope="module")
+def calibrated(work):
+    """The file pspnet-calibrate makes from the same checkpoint and images: the placement reference."""
+    from pspnet_deploy.export import export_onnx
+    from pspnet_deploy.precision.calibrate import calibrate_onnx
+
+    fp32 = work / "ref" / "m.fp32.onnx"
+    export_onnx(work / "tiny.pt", fp32, num_verify=1, progress=False)
+    out = work / "ref" / "m.int8.onnx"
+    calibrate_onnx(fp32, out, "synthetic", num_images=8, min_images=4, progress=False, cache_dir=work / "cache")
+    return out
+
+
+def _placement(path: Path) -> dict:
+    """Which weighted ops have INT8 weights, which node inputs are quantized activations."""
+    import onnx
+
+    m = onnx.load(str(path))
+    inits = {i.name for i in m.graph.initializer}
+    prod = {o: n for n in m.graph.node for o in n.output}
+    q_inputs = set()
+    for n in m.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for k, t in enumerate(n.input):
+            dq = prod.get(t)
+            if dq is not None and dq.op_type == "DequantizeLinear":
+                q = prod.get(dq.input[0])
+                kind = "weight" if dq.input[0] in inits else ("act" if q is not None else "?")
+                q_inputs.add((n.name, k, kind))
+    return {"inputs": q_inputs, "nodes": [n.op_type for n in m.graph.node if n.op_type not in
+                                          ("QuantizeLinear", "DequantizeLinear")]}
+
+
+def test_qat_file_format_and_placement(full_run, calibrated):
+    import onnx
+    from onnx import numpy_helper
+
+    from pspnet_deploy.precision.qdq import qdq_summary
+    from pspnet_deploy.runners.ort_runner import read_onnx_metadata
+
+    rep, out = full_run
+    m = onnx.load(str(out))
+    s = qdq_summary(m)
+    assert s["all_zero_points_zero"] and s["int8_weighted_ops"] > 10
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    prod = {o: n for n in m.graph.node for o in n.output}
+    per_channel = 0
+    for n in m.graph.node:
+        if n.op_type == "Conv" and prod.get(n.input[1]) is not None:
+            dq = prod[n.input[1]]
+            w, scale = inits[dq.input[0]], inits[dq.input[1]]
+            assert w.dtype == np.int8 and scale.shape == (w.shape[0],)  # one scale per output channel
+            axis = [a.i for a in dq.attribute if a.name == "axis"]
+            assert axis in ([], [0])
+            per_channel += 1
+    assert per_channel == s["int8_weighted_ops"]
+    for n in m.graph.node:  # activations per tensor, INT8, zero point 0
+        if n.op_type == "QuantizeLinear":
+            assert inits[n.input[1]].size == 1 and inits[n.input[2]].dtype == np.int8 and inits[n.input[2]] == 0
+    assert _placement(out) == _placement(calibrated)
+    meta, ref_meta = read_onnx_metadata(out), read_onnx_metadata(calibrated)
+    assert meta["precision"] == "int8" and meta["calibration_method"] == "qat"
+    assert meta["classes"] == ref_meta["classes"] and meta["preprocess"] == ref_meta["preprocess"]
+    assert meta["quantization"] == ref_meta["quantization"]
+    assert meta["qat"]["steps"] == 2 * STEPS and meta["qat"]["bf16"] == rep["bf16"]["used"]
+    table = json.loads(Path(rep["table"]).read_text())
+    ref_table = json.loads(calibrated.with_suffix(".calib.json").read_text())
+    learned = rep["ranges"]
+    assert set(learned) <= set(table["tensors"])
+    moved = [t for t, a in learned.items() if abs(a - ref_table["tensors"][t]["amax"]) > 1e-6 * max(a, 1)]
+    assert moved, "QAT left every activation range at its calibrated value"
+    assert all(abs(table["tensors"][t]["amax"] - a) <= 1e-6 * a for t, a in learned.items())
+
+
+def test_qat_onnx_matches_pytorch_fake_quant(work, full_run):
+    import onnxruntime as ort
+
+    from pspnet_deploy.checkpoint import load_model
+    from pspnet_deploy.precision.qat import QATModel, QATPlan
+
+    _, out = full_run
+    state = torch.load(out.with_suffix(".qat-state.pt"), weights_only=True)
+    net, _ = load_model(work / "tiny.pt")
+    model = QATModel(net, QATPlan.from_dict(state["plan"]))
+    model.load_state_dict(state["model"])
+    model.eval()
+    plain, _ = load_model(work / "tiny.pt")
+    plain.load_state_dict(model.plain_state_dict())
+    plain.eval()
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal((2, 3, 64, 96)).astype(np.float32))
+    with torch.no_grad():
+        y, f = model(x).numpy(), plain(x).numpy()
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    z = np.concatenate([sess.run(None, {sess.get_inputs()[0].name: x[i:i + 1].numpy()})[0] for i in range(2)])
+    fq_err = np.abs(y - z).mean() / np.abs(z).mean()  # PyTorch fake-quant forward vs the INT8 file
+    fp_err = np.abs(f - z).mean() / np.abs(z).mean()  # the same weights unquantized vs the INT8 file
+    # the tiny random net is very quantization-sensitive (INT8 moves its logits by ~30 %); the fake-quant
+    # forward must reproduce the file 10x better than FP32 does: only rounding flips from BatchNorm
+    # folding (the file quantizes folded weights) may differ
+    assert fp_err > 0.05 and fq_err < 0.1 * fp_err, (fq_err, fp_err)
+    assert (y.argmax(1) == z.argmax(1)).mean() > 0.99
+
+
+def test_qat_passes_tensorrt_parser_check(full_run):
+    from pspnet_deploy.parser_check import check_onnx_for_tensorrt
+
+    rep, out = full_run
+    assert rep["parser_check"] == {"ok": True, "problems": 0}
+    assert list(check_onnx_for_tensorrt(str(out))) == []
+
+
+def test_qat_resume_is_exact(work, full_run):
+    import onnx
+    from onnx import numpy_helper
+
+    from pspnet_deploy.precision.qat import run_qat
+
+    out = work / "resumed" / "m.int8.onnx"
+    first = run_qat(work / "tiny.pt", out, _cfg(stop_after_epochs=1), num_images=8, min_images=4,
+                    cache_dir=work / "cache")
+    assert first["output"] is None and not out.exists() and first["stopped_after_epoch"] == 1
+    state = out.with_suffix(".qat-state.pt")
+    rep = run_qat(work / "tiny.pt", out, _cfg(), resume=state)
+    full_state = torch.load(full_run[1].with_suffix(".qat-state.pt"), weights_only=True)
+    res_state = torch.load(state, weights_only=True)
+    assert res_state["step"] == full_state["step"] == 2 * STEPS
+    for k, v in full_state["model"].items():
+        assert torch.equal(v, res_state["model"][k]), k
+    assert rep["ranges"] == full_run[0]["ranges"]
+    a = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(out)).graph.initializer}
+    b = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(full_run[1])).graph.initializer}
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_bf16_feature_detection_and_refusal(work, tmp_path):
+    from pspnet_deploy.cli.common import run
+    from pspnet_deploy.cli.qat import PROG, main
+    from pspnet_deploy.precision.qat import cpu_has_bf16
+
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    assert cpu_has_bf16() == bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
+    if cpu_has_bf16():
+        pytest.skip("this CPU has BF16: nothing to refuse")
+    out = tmp_path / "x.int8.onnx"
+    assert run(PROG, main, [str(work / "tiny.pt"), "--data", "synthetic", "--output", str(out), "--bf16", "on",
+                            "--no-progress"]) == 2
+    assert not out.exists()
+
+
+def test_cli_bad_input_one_line(tmp_path, capsys):
+    from pspnet_deploy.cli.common import run
+    from pspnet_deploy.cli.qat import PROG, main
+
+    out = tmp_path / "x.int8.onnx"
+    assert run(PROG, main, [str(tmp_path / "missing.pt"), "--data", "synthetic", "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing.pt" in err[0] and "Traceback" not in err[0]
+    assert run(PROG, main, [str(tmp_path / "missing.pt"), "--data", "synthetic", "--output", str(tmp_path / "x.onnx"),
+                            "--resume", str(tmp_path / "nope.pt")]) == 2
+    assert not out.exists()
