@@ -1,0 +1,186 @@
+#!/usr/bin/env python
+"""Which calibration default holds up on images calibration never saw: methods x image counts.
+
+Calibrates the checkpoint's FP32 ONNX on ``--calib-split`` (default ``train!0006R0``: CamVid train
+without sequence 0006R0) with each ``--methods`` entry and each ``--num-images`` count, then
+evaluates FP32 and every INT8 file with ONNX Runtime (CPU) on ``--eval-split`` (default
+``train@0006R0``: that sequence only, 101 frames not neighbouring any calibration frame) and, with
+``--also-val``, on CamVid val. Records mIoU, the INT8-vs-FP32 loss in points, per-class IoU, the
+pixel agreement of INT8 with FP32 labels and the calibration time.
+
+Read the result for what it is: the loss measures how well *calibration* generalises to unseen
+frames. Whether the *model* saw the held-out sequence in training is a property of the checkpoint
+(the current reference model ``models/pspnet_r18_camvid.pt`` was trained on all of CamVid train,
+0006R0 included; a checkpoint trained with ``--split 'train!0006R0'`` makes the sequence unseen
+by both). The checkpoint's training split is printed into the record.
+
+    python calibration/heldout_study.py models/pspnet_r18_camvid.pt --data ../shared/data/camvid \
+        --out calibration/heldout-r18 --methods minmax,entropy,percentile,mse --num-images 32,100
+
+Results go to ``OUT/results.json`` (rewritten after every step, so an interrupted run keeps what
+it measured) and ``OUT/results.md``; the ONNX files stay in ``OUT`` (git-ignored: ``*.onnx``).
+Calibration images and statistics are cached in ``--cache-dir``, FP32's label maps in
+``OUT/fp32-labels-*.npz`` and finished runs in ``results.json``, so a rerun with more methods or
+counts only measures what is new.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("checkpoint", help="PSPNet checkpoint (.pt) from pspnet-train / pspnet-convert")
+    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "camvid"))
+    p.add_argument("--calib-split", default="train!0006R0")
+    p.add_argument("--eval-split", default="train@0006R0")
+    p.add_argument("--also-val", action="store_true", help="evaluate on --data val as well")
+    p.add_argument("--input-size", type=int, nargs=2, default=(360, 480))
+    p.add_argument("--methods", default="minmax,entropy,percentile,mse",
+                   help="comma list; percentile:P for another percentile (e.g. percentile:99.999)")
+    p.add_argument("--num-images", default="32,100", help="comma list of calibration image counts")
+    p.add_argument("--placement", default="trt")
+    p.add_argument("--out", required=True, help="output folder for ONNX files and results")
+    p.add_argument("--cache-dir", default=str(ROOT / "calibration" / "cache"))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--eval-limit", type=int, default=None)
+    return p.parse_args(argv)
+
+
+def _eval(path: Path, ds, limit, threads, ref_labels: list | None, desc: str) -> tuple[dict, list]:
+    """mIoU / per-class IoU on ``ds``; pixel agreement with ``ref_labels`` (FP32's) when given."""
+    from pspnet_deploy.evaluate import labels_at
+    from pspnet_deploy.metrics import ConfusionMatrix
+    from pspnet_deploy.runners.ort_runner import OrtRunner
+    from tqdm import tqdm
+
+    r = OrtRunner.from_file(str(path), threads=threads)
+    cm = ConfusionMatrix(ds.info.num_classes, ds.info.ignore_index)
+    n = len(ds) if limit is None else min(limit, len(ds))
+    labels, same, total = [], 0, 0
+    t0 = time.time()
+    for i in tqdm(range(n), desc=desc, leave=False, dynamic_ncols=True):
+        img, mask = ds.load(i)
+        lab = labels_at(r.infer(r.preprocess(img)[None])[0], mask.shape).astype(np.uint8)
+        cm.update(lab, mask)
+        labels.append(lab)
+        if ref_labels is not None:
+            same += int((lab == ref_labels[i]).sum())
+            total += lab.size
+    s = cm.summary(ds.info.classes)
+    s["num_images"] = n
+    s["seconds"] = round(time.time() - t0, 1)
+    if ref_labels is not None:
+        s["pixel_agreement"] = same / max(total, 1)
+    return s, labels
+
+
+def main(argv=None) -> int:
+    import onnx
+    import onnxruntime
+    import torch
+
+    from pspnet_deploy.checkpoint import load_checkpoint
+    from pspnet_deploy.data import open_dataset
+    from pspnet_deploy.export import export_onnx
+    from pspnet_deploy.precision.calibrate import calibrate_onnx
+
+    a = parse_args(argv)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ck = load_checkpoint(a.checkpoint)
+    meta = ck.get("meta", {})
+    train_split = (meta.get("dataset") or {}).get("train_split") or "unknown (not recorded)"
+    res_path = out / "results.json"
+    res = json.loads(res_path.read_text()) if res_path.is_file() else {}
+    res.update({"checkpoint": str(a.checkpoint), "checkpoint_train_split": train_split, "data": a.data,
+                "calib_split": a.calib_split, "eval_split": a.eval_split, "input_size": list(a.input_size),
+                "placement": a.placement,
+                "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
+                            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+                            "onnx": onnx.__version__, "threads": a.threads}})
+    res.setdefault("runs", {})
+
+    def save():
+        tmp = res_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(res, indent=1))
+        tmp.replace(res_path)
+        (out / "results.md").write_text(to_markdown(res))
+
+    fp32 = out / "model.fp32.onnx"
+    if not fp32.is_file():
+        print(f"export {fp32}", flush=True)
+        export_onnx(a.checkpoint, fp32, input_size=tuple(a.input_size), num_verify=2, threads=a.threads)
+    evals = {"heldout": open_dataset(a.data, a.eval_split)}
+    if a.also_val:
+        evals["val"] = open_dataset(a.data, "val")
+    ref: dict[str, list] = {}
+    for key, ds in evals.items():
+        labels_file = out / f"fp32-labels-{key}.npz"  # FP32's label maps: pixel agreement without re-running FP32
+        if labels_file.is_file() and key in res.get("fp32", {}):
+            with np.load(labels_file) as z:
+                ref[key] = [z[f"l{i}"] for i in range(len(z.files))]
+        else:
+            s, ref[key] = _eval(fp32, ds, a.eval_limit, a.threads, None, f"fp32 {key}")
+            res.setdefault("fp32", {})[key] = s
+            np.savez_compressed(labels_file, **{f"l{i}": lab for i, lab in enumerate(ref[key])})
+        print(f"FP32 {key}: mIoU {100 * res['fp32'][key]['miou']:.2f} ({res['fp32'][key]['num_images']} images)",
+              flush=True)
+    save()
+    for n in [int(x) for x in a.num_images.split(",")]:
+        for spec in a.methods.split(","):
+            method, _, pct = spec.partition(":")
+            name = f"{method}{pct}-{n}"
+            path = out / f"model.int8.{name}.onnx"
+            if name in res["runs"] and all(k in res["runs"][name] for k in evals):
+                continue  # measured by an earlier run (delete OUT/results.json to measure again)
+            t0 = time.time()
+            rep = calibrate_onnx(fp32, path, a.data, split=a.calib_split, num_images=n, method=method,
+                                 percentile=float(pct) if pct else 99.99, cache_dir=a.cache_dir, progress=False,
+                                 placement=a.placement, threads=a.threads)
+            row = {"method": method, "percentile": float(pct) if pct else None, "num_images": rep["images"]["count"],
+                   "calibrate_seconds": round(time.time() - t0, 1),
+                   "stats_from_cache": bool(rep.get("cache", {}).get("stats_hit"))}
+            for key, ds in evals.items():
+                s, _ = _eval(path, ds, a.eval_limit, a.threads, ref[key], f"{name} {key}")
+                s["drop_points"] = 100 * (res["fp32"][key]["miou"] - s["miou"])
+                row[key] = s
+                print(f"{name:<18} {key}: mIoU {100 * s['miou']:.2f} drop {s['drop_points']:+.2f} points, "
+                      f"agreement {100 * s['pixel_agreement']:.3f} %  (calibrate {row['calibrate_seconds']} s)",
+                      flush=True)
+            res["runs"][name] = row
+            save()
+    return 0
+
+
+def to_markdown(res: dict) -> str:
+    keys = [k for k in ("heldout", "val") if k in res.get("fp32", {})]
+    lines = [f"# Calibration methods x images on unseen frames ({res['checkpoint']})", "",
+             f"Calibrated on `{res['calib_split']}`, evaluated on `{res['eval_split']}` (heldout)"
+             + (" and `val`" if "val" in keys else "") + f" at {res['input_size'][0]}x{res['input_size'][1]}, "
+             f"ONNX Runtime CPU, {res['placement']} placement. Checkpoint trained on: "
+             f"`{res['checkpoint_train_split']}`. Machine: {res['machine']}.", ""]
+    head = "| method | images | calibrate s |" + "".join(
+        f" {k} mIoU % | {k} drop (points) | {k} pixels = FP32 % |" for k in keys)
+    lines += [head, "|" + "---|" * (3 + 3 * len(keys))]
+    lines.append("| FP32 | — | — |" + "".join(f" {100 * res['fp32'][k]['miou']:.2f} | — | 100 |" for k in keys))
+    for name, r in sorted(res.get("runs", {}).items(), key=lambda kv: (kv[1]["num_images"], kv[0])):
+        m = r["method"] + (f" {r['percentile']:g}" if r.get("percentile") else "")
+        lines.append(f"| {m} | {r['num_images']} | {r['calibrate_seconds']}{' (stats cached)' if r['stats_from_cache'] else ''} |"
+                     + "".join(f" {100 * r[k]['miou']:.2f} | {r[k]['drop_points']:+.2f} | "
+                               f"{100 * r[k]['pixel_agreement']:.3f} |" for k in keys if k in r))
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
