@@ -312,7 +312,7 @@ def test_method_auto_evaluates_each_and_keeps_best(trained_fp32, tmp_path):
     out = tmp_path / "auto.int8.onnx"
     rep = calibrate_onnx(trained_fp32, out, "synthetic", num_images=16, method="auto", eval_limit=8,
                          cache_dir=tmp_path / "c", progress=False, threads=THREADS, evaluator=onnx_miou)
-    assert set(rep["methods"]) == {"minmax", "entropy", "percentile"}
+    assert set(rep["methods"]) == {"minmax", "entropy", "percentile", "mse"}
     best = max(v["miou"] for v in rep["methods"].values())
     assert rep["methods"][rep["method"]]["miou"] == best and rep["int8_miou"] == best
     assert read_card(out).meta["calibration_method"] == rep["method"]
