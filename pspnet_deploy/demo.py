@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     _step(3, total, "INT8: calibrate on the train split, Q/DQ ONNX, accuracy on val")
     int8 = out / "export" / "model.int8.onnx"
     int8_ort = out / "export" / "model.int8-ort.onnx"
-    calibrate_onnx(fp32, int8, a.data, split="train", num_images=64, method="entropy", progress=False,
+    calibrate_onnx(fp32, int8, a.data, split="train", num_images=64, progress=False,
                    cache_dir=out / "calib-cache")
     # same ranges, ONNX Runtime's placement: the file ONNX Runtime's CPU kernels run in INT8
     calibrate_onnx(fp32, int8_ort, table=int8.with_suffix(".calib.json"), placement="ort", progress=False)

@@ -502,7 +502,7 @@ def test_modelopt_limits_refused_before_any_statistics(trained_fp32, image_folde
 
     out, cache = tmp_path / "m.int8.onnx", tmp_path / "cache"
     cases = [({"method": "percentile"}, r"supports methods minmax and entropy, not percentile"),
-             ({"method": "auto"}, r"not percentile; --method auto would try them all"),
+             ({"method": "auto"}, r"not percentile, mse; --method auto would try them all"),
              ({"method": "entropy", "table": tmp_path / "t.calib.json"}, r"cannot reuse a --calib-table")]
     try:
         import modelopt.onnx.quantization  # noqa: F401 - only whether it is installed

@@ -92,7 +92,7 @@ def test_qat_file_format_and_placement(full_run, calibrated):
     from onnx import numpy_helper
 
     from pspnet_deploy.precision.qdq import qdq_summary
-    from pspnet_deploy.runners.ort_runner import read_onnx_metadata
+    from pspnet_deploy.card import read_card
 
     rep, out = full_run
     m = onnx.load(str(out))
@@ -114,7 +114,7 @@ def test_qat_file_format_and_placement(full_run, calibrated):
         if n.op_type == "QuantizeLinear":
             assert inits[n.input[1]].size == 1 and inits[n.input[2]].dtype == np.int8 and inits[n.input[2]] == 0
     assert _placement(out) == _placement(calibrated)
-    meta, ref_meta = read_onnx_metadata(out), read_onnx_metadata(calibrated)
+    meta, ref_meta = read_card(out).meta, read_card(calibrated).meta
     assert meta["precision"] == "int8" and meta["calibration_method"] == "qat"
     assert meta["classes"] == ref_meta["classes"] and meta["preprocess"] == ref_meta["preprocess"]
     assert meta["quantization"] == ref_meta["quantization"]

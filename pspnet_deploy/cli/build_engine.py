@@ -10,6 +10,8 @@ PROG = "pspnet-build-engine"
 
 
 def build_parser():
+    from ..precision.ranges import DEFAULT_METHOD
+
     p = make_parser(PROG, "Build a TensorRT 10/11 engine as a strongly typed network: the precision is the ONNX's "
                           "(FP32, FP16, or INT8 Q/DQ). --fp16 / --int8 on an FP32 ONNX first write "
                           "<name>.fp16.onnx / <name>.int8.onnx next to it, then build that. Writes OUT.engine and "
@@ -29,7 +31,7 @@ def build_parser():
                         "--fp16: images that find the values FP16 cannot hold (default: generated images)")
     p.add_argument("--calib-split", default="train", help="dataset split for calibration")
     p.add_argument("--calib-images", type=int, default=None, help="number of calibration images")
-    p.add_argument("--calib-method", default="entropy", help="calibration method (see pspnet-calibrate)")
+    p.add_argument("--calib-method", default=DEFAULT_METHOD, help="calibration method (see pspnet-calibrate)")
     p.add_argument("--workspace", type=float, default=None, metavar="GB", help="builder workspace limit in GiB")
     p.add_argument("--opt-level", type=int, default=None, choices=range(6), metavar="0-5",
                    help="builder optimisation level (TensorRT's default: 3)")

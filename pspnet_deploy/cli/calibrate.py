@@ -10,7 +10,7 @@ PROG = "pspnet-calibrate"
 
 def build_parser():
     from ..precision.calib_data import DEFAULT_NUM_IMAGES, MIN_CALIB_IMAGES
-    from ..precision.ranges import DEFAULT_PERCENTILE, METHODS
+    from ..precision.ranges import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS
 
     p = make_parser(PROG, "Calibrate an FP32 ONNX (from pspnet-export) into an INT8 Q/DQ ONNX: symmetric INT8, zero "
                           "points 0, weights per channel, biases FP32, the static pyramid pooling kept exact. Writes "
@@ -23,8 +23,10 @@ def build_parser():
     p.add_argument("--num-images", type=int, default=DEFAULT_NUM_IMAGES,
                    help="calibration images, spread evenly over the split (all if fewer)")
     p.add_argument("--min-images", type=int, default=MIN_CALIB_IMAGES, help="refuse fewer decodable images than this")
-    p.add_argument("--method", default="entropy", choices=list(METHODS) + ["auto"],
-                   help="activation range: TensorRT entropy (KL), min/max, a percentile of |x|, or auto (each tried, "
+    p.add_argument("--method", default=None, choices=list(METHODS) + ["auto"],
+                   help=f"activation range (default {DEFAULT_METHOD}, minmax with --backend modelopt; chosen on held-out frames, "
+                        "calibration/README.md): TensorRT entropy (KL), "
+                        "min/max, a percentile of |x|, the MSE-optimal threshold, or auto (each tried, "
                         "best mIoU on --eval-split kept)")
     p.add_argument("--percentile", type=float, default=DEFAULT_PERCENTILE, help="for --method percentile")
     p.add_argument("--max-miou-drop", type=float, default=None, metavar="POINTS",

@@ -10,7 +10,7 @@ PROG = "pspnet-qat"
 
 def build_parser():
     from ..precision.calib_data import DEFAULT_NUM_IMAGES
-    from ..precision.ranges import METHODS
+    from ..precision.ranges import DEFAULT_METHOD, METHODS
 
     p = make_parser(PROG, "Fine-tune a checkpoint with fake quantization matching what TensorRT executes (symmetric "
                           "INT8, zero points 0, weights per output channel, activations per tensor, the Q/DQ placement "
@@ -26,7 +26,7 @@ def build_parser():
                    help="start from the ranges (and FP32 nodes, placement) of a pspnet-calibrate .calib.json")
     p.add_argument("--calib-split", default=None, help="split to calibrate on (default: --split)")
     p.add_argument("--num-images", type=int, default=DEFAULT_NUM_IMAGES, help="calibration images")
-    p.add_argument("--method", default="entropy", choices=list(METHODS), help="calibration method for the start ranges")
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS), help="calibration method for the start ranges")
     p.add_argument("--input-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                    help="export size (default: the checkpoint's)")
     p.add_argument("--batch-size", type=int, default=4)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..card import PRECISIONS, SUFFIX_KINDS, ModelCard, read_card, sidecar_path
 from ..errors import UserError
+from ..precision.ranges import DEFAULT_METHOD
 
 DEFAULT_MAX_BATCH = 8
 
@@ -69,7 +70,7 @@ class BuildOptions:
     calib_data: str | None = None
     calib_split: str = "train"
     calib_images: int | None = None
-    calib_method: str = "entropy"
+    calib_method: str = DEFAULT_METHOD
     verbose: bool = False
 
     def to_dict(self) -> dict:

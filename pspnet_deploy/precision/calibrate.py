@@ -33,10 +33,10 @@ from ..ort_session import make_session, ort_threads
 from ..utils import atomic_path, atomic_write_json, say, sha256_file
 from .batches import iter_batches
 from .calib_data import DEFAULT_NUM_IMAGES, MIN_CALIB_IMAGES, is_image_folder, load_calibration_set
-from .qdq import (PLACEMENT_OPS, PLACEMENTS, QUANTIZED_OPS, check_modelopt, default_exclusions, prepare_fp32,
+from .qdq import (MODELOPT_DEFAULT_METHOD, PLACEMENT_OPS, PLACEMENTS, QUANTIZED_OPS, check_modelopt, default_exclusions, prepare_fp32,
                   qdq_summary, quantizable_units, quantize_modelopt, quantize_qdq, ranges_from_qdq, static_pool_nodes,
                   tensors_to_calibrate)
-from .ranges import DEFAULT_PERCENTILE, METHOD_PREFERENCE, METHODS, amax_from_stats, collect_statistics
+from .ranges import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHOD_PREFERENCE, METHODS, amax_from_stats, collect_statistics
 from .sensitivity import search_mixed_precision, write_sensitivity_report
 from .table import make_table, read_calibration_table, table_path_for
 
@@ -122,7 +122,7 @@ def _same_data(a, b) -> bool:
 
 
 def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: str = "train",
-                   num_images: int = DEFAULT_NUM_IMAGES, method: str = "entropy", max_miou_drop: float | None = None,
+                   num_images: int = DEFAULT_NUM_IMAGES, method: str | None = None, max_miou_drop: float | None = None,
                    eval_split: str = "val", eval_limit: int | None = None, cache_dir: str | Path | None = None,
                    force: bool = False, progress: bool = True, *, eval_data=None,
                    percentile: float = DEFAULT_PERCENTILE, placement: str = "trt", backend: str = "ort",
@@ -145,6 +145,8 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
     (see the module docstring). Returns a report dict (also the basis of the CLI's JSON).
     """
     t0 = time.time()
+    if method is None:  # ModelOpt has no percentile: its default is the better of the two it has on held-out frames
+        method = DEFAULT_METHOD if backend != "modelopt" else MODELOPT_DEFAULT_METHOD
     output = Path(output)
     if output.suffix.lower() != ".onnx":
         raise UserError(f"{output}: output must be an .onnx file (e.g. model.int8.onnx)")

@@ -176,9 +176,9 @@ def plan_from_qdq(qdq_model, net: nn.Module) -> QATPlan:
     missing = [t for t in list(inputs.values()) + list(residuals.values()) if t not in amax]
     if missing:
         raise UserError(f"QAT: no range for quantized tensor {missing[0]!r} in the calibrated file")
-    from ..runners.ort_runner import metadata_from_proto  # the one ONNX metadata reader
+    from ..card import onnx_meta_from_proto  # the one ONNX metadata reader
 
-    cal = metadata_from_proto(qdq_model).get("calibration") or {}
+    cal = onnx_meta_from_proto(qdq_model).get("calibration") or {}
     used = set(inputs.values()) | set(residuals.values())
     return QATPlan(weights=weights, inputs=inputs, residuals=residuals,
                    amax={t: a for t, a in amax.items() if t in used},
@@ -299,6 +299,7 @@ def run_qat(checkpoint: str | Path, output: str | Path, cfg: QATConfig, *, calib
     from ..export import export_onnx
     from .calib_data import DEFAULT_NUM_IMAGES
     from .calibrate import calibrate_onnx
+    from .ranges import DEFAULT_METHOD
     from .table import read_calibration_table, table_path_for
 
     t0 = time.time()
@@ -352,7 +353,7 @@ def run_qat(checkpoint: str | Path, output: str | Path, cfg: QATConfig, *, calib
                                      threads=cfg.threads, parser_check=False)
             else:
                 rep = calibrate_onnx(fp32, calibrated, cfg.data, split=calib_split,
-                                     num_images=num_images or DEFAULT_NUM_IMAGES, method=method or "entropy",
+                                     num_images=num_images or DEFAULT_NUM_IMAGES, method=method or DEFAULT_METHOD,
                                      cache_dir=cache_dir, progress=cfg.progress, threads=cfg.threads,
                                      parser_check=False, **({"min_images": min_images} if min_images else {}))
             import onnx

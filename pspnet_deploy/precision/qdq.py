@@ -31,7 +31,7 @@ import numpy as np
 from ..errors import UserError
 from ..onnx_graph import static_pool_node_names
 
-__all__ = ["PLACEMENTS", "PLACEMENT_OPS", "WEIGHTED_OPS", "QUANTIZED_OPS", "MODELOPT_METHODS", "prepare_fp32",
+__all__ = ["PLACEMENTS", "PLACEMENT_OPS", "WEIGHTED_OPS", "QUANTIZED_OPS", "MODELOPT_METHODS", "MODELOPT_DEFAULT_METHOD", "prepare_fp32",
            "static_pool_nodes", "default_exclusions", "quantizable_units", "tensors_to_calibrate", "quantize_qdq",
            "qdq_summary", "ranges_from_qdq", "check_modelopt", "quantize_modelopt"]
 
@@ -47,6 +47,8 @@ QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMa
                  "DynamicQuantizeLinear", "QLinearAdd", "QLinearMul", "QLinearConcat", "QGemm", "MatMulNBits"}
 #: calibration methods ModelOpt offers, by our names
 MODELOPT_METHODS = {"minmax": "max", "entropy": "entropy"}
+#: backend modelopt's default (no percentile there): minmax lost 0.61 mIoU points on held-out frames, entropy 3.40
+MODELOPT_DEFAULT_METHOD = "minmax"
 
 
 @contextlib.contextmanager

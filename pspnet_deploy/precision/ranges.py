@@ -22,12 +22,14 @@ from .batches import iter_batches
 from .calib_data import CACHE_VERSION, CalibrationSet, cache_key
 from .observer import observe
 
-__all__ = ["METHODS", "METHOD_PREFERENCE", "DEFAULT_PERCENTILE", "NUM_BINS", "AbsHistogram", "entropy_amax",
+__all__ = ["METHODS", "DEFAULT_METHOD", "METHOD_PREFERENCE", "DEFAULT_PERCENTILE", "NUM_BINS", "AbsHistogram", "entropy_amax",
            "percentile_amax", "mse_amax", "amax_from_stats", "collect_statistics"]
 
 METHODS = ("minmax", "entropy", "percentile", "mse")
-METHOD_PREFERENCE = {"entropy": 0, "percentile": 1, "mse": 2, "minmax": 3}  # tie-break for "auto"
+METHOD_PREFERENCE = {"percentile": 0, "mse": 1, "entropy": 2, "minmax": 3}  # tie-break for "auto"
 DEFAULT_PERCENTILE = 99.99
+#: the default method, chosen by measurement on frames calibration never saw (calibration/README.md)
+DEFAULT_METHOD = "percentile"
 NUM_BINS = 2048
 ENTROPY_QUANT_BINS = 128
 
