@@ -64,7 +64,15 @@ def _eval(path: Path, ds, limit, threads, ref_labels: list | None, desc: str) ->
     from pspnet_deploy.runners.ort_runner import OrtRunner
     from tqdm import tqdm
 
-    r = OrtRunner.from_file(str(path), threads=threads)
+    with OrtRunner.from_file(str(path), threads=threads) as r:
+        return _eval_with(r, ds, limit, ref_labels, desc)
+
+
+def _eval_with(r, ds, limit, ref_labels, desc):
+    from pspnet_deploy.evaluate import labels_at
+    from pspnet_deploy.metrics import ConfusionMatrix
+    from tqdm import tqdm
+
     cm = ConfusionMatrix(ds.info.num_classes, ds.info.ignore_index)
     n = len(ds) if limit is None else min(limit, len(ds))
     labels, same, total = [], 0, 0
