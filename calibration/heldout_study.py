@@ -187,6 +187,17 @@ def to_markdown(res: dict) -> str:
         lines.append(f"| {m} | {r['num_images']} | {r['calibrate_seconds']}{' (stats cached)' if r['stats_from_cache'] else ''} |"
                      + "".join(f" {100 * r[k]['miou']:.2f} | {r[k]['drop_points']:+.2f} | "
                                f"{100 * r[k]['pixel_agreement']:.3f} |" for k in keys if k in r))
+    runs = sorted(res.get("runs", {}).items(), key=lambda kv: (kv[1]["num_images"], kv[0]))
+    for k in keys:
+        classes = list(res["fp32"][k]["per_class_iou"])
+        lines += ["", f"Per-class IoU % on {k}:", "",
+                  "| class | FP32 | " + " | ".join(name for name, r in runs if k in r) + " |",
+                  "|---|---:|" + "---:|" * sum(k in r for _, r in runs)]
+        for c in classes:
+            def pc(v):
+                return "—" if v is None else f"{100 * v:.2f}"
+            lines.append(f"| {c} | {pc(res['fp32'][k]['per_class_iou'][c])} | "
+                         + " | ".join(pc(r[k]["per_class_iou"][c]) for _, r in runs if k in r) + " |")
     return "\n".join(lines) + "\n"
 
 
