@@ -131,7 +131,7 @@ def test_rebuild_command_keeps_every_option_the_parser_knows(work_onnx, tmp_path
     from pspnet_deploy.errors import UserError
 
     args = ["--int8", "--calib-data", "synthetic", "--calib-split", "val", "--calib-images", "12",
-            "--calib-method", "mse", "--workspace", "1.5", "--opt-level", "2", "--device", "cuda:1"]
+            "--calib-method", "percentile", "--workspace", "1.5", "--opt-level", "2", "--device", "cuda:1"]
     eng = fake_engine(tmp_path, work_onnx, args, name="tiny.int8.engine")
     with pytest.raises(UserError) as e:
         check_engine(eng, env=trt_env(tensorrt="10.5.1"))
@@ -141,7 +141,7 @@ def test_rebuild_command_keeps_every_option_the_parser_knows(work_onnx, tmp_path
     assert argv[4:] == args  # in the parser's order, with every value
     again = build_parser().parse_args(argv[1:])  # and the parser reads it back to the same request
     assert (again.int8, again.calib_method, again.calib_images, again.workspace, again.device) == \
-        (True, "mse", 12, 1.5, "cuda:1")
+        (True, "percentile", 12, 1.5, "cuda:1")
     moved = tmp_path / "elsewhere.int8.engine"
     moved.write_bytes(eng.read_bytes())
     moved.with_name(moved.name + ".json").write_bytes(eng.with_name(eng.name + ".json").read_bytes())

@@ -26,10 +26,10 @@ __all__ = ["METHODS", "DEFAULT_METHOD", "METHOD_PREFERENCE", "DEFAULT_PERCENTILE
            "percentile_amax", "mse_amax", "amax_from_stats", "collect_statistics"]
 
 METHODS = ("minmax", "entropy", "percentile", "mse")
-METHOD_PREFERENCE = {"percentile": 0, "mse": 1, "entropy": 2, "minmax": 3}  # tie-break for "auto"
+METHOD_PREFERENCE = {"mse": 0, "percentile": 1, "entropy": 2, "minmax": 3}  # tie-break for "auto"
 DEFAULT_PERCENTILE = 99.99
 #: the default method, chosen by measurement on frames calibration never saw (calibration/README.md)
-DEFAULT_METHOD = "percentile"
+DEFAULT_METHOD = "mse"
 NUM_BINS = 2048
 ENTROPY_QUANT_BINS = 128
 
