@@ -45,7 +45,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .card import SUFFIX_KINDS, read_card, strip_model_suffix
+from .card import SUFFIX_KINDS, model_kind, read_card, strip_model_suffix
 from .errors import UserError
 from .utils import jsonable
 
@@ -118,9 +118,10 @@ def parse_model_arg(spec, label: str | None = None) -> ModelSpec:
         if head and tail and "/" not in tail:
             path, lab = head, tail
     p = Path(path)
-    if p.suffix.lower() not in SUFFIX_KINDS:
-        raise UserError(f"{p}: unknown model file type {p.suffix or '(none)'!r}; expected .pt, .onnx or .engine "
-                        f"(use PATH:LABEL to name a model)")
+    try:
+        model_kind(p)
+    except UserError as e:
+        raise UserError(f"{e} (use PATH:LABEL to name a model)") from None
     if not p.is_file():
         raise UserError(f"{p}: model file not found")
     return ModelSpec(p, label or lab or _default_label(p), explicit_label=bool(label or lab))
@@ -274,8 +275,12 @@ def cpu_info() -> dict:
         usable = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         usable = os.cpu_count()
+    from .engine.openvino import ISA_FEATURES, cpu_flags
+
+    flags = cpu_flags()
     return {"cpu": model or platform.processor() or platform.machine(), "logical_cpus": os.cpu_count(),
-            "physical_cores": len(physical) or None, "usable_cpus": usable}
+            "physical_cores": len(physical) or None, "usable_cpus": usable,
+            "isa": [f for f in ISA_FEATURES if f in flags]}
 
 
 def gpu_info() -> dict | None:
@@ -574,7 +579,10 @@ def run_bench(models: Sequence, out_dir: str | Path | None = None, *, labels: Se
                         "file_size_mb": info["file_bytes"] / 2 ** 20, "flops_per_image": info["flops"],
                         "gflops_per_image": None if info["flops"] is None else info["flops"] / 1e9,
                         "flops_method": info.get("flops_method"), "load_s": load_s, "rss_before_load_mb": rss_before,
-                        "peak_rss_load_mb": load_peak, "describe": jsonable(desc)}
+                        "peak_rss_load_mb": load_peak, "describe": jsonable(desc),
+                        # what the backend really ran (OpenVINO reads it back from the compiled model)
+                        "precision_used": desc.get("precision_used") or runner.precision,
+                        "precision_note": desc.get("precision_note")}
                 if "flops_error" in info:
                     mrow["flops_error"] = info["flops_error"]
                 if dataset is not None:
@@ -599,7 +607,8 @@ def run_bench(models: Sequence, out_dir: str | Path | None = None, *, labels: Se
                                            f"{s.label} b{b} {sc}")
                         stats = latency_stats(samples)
                         row = {"model": s.label, "path": str(s.path), "backend": runner.backend,
-                               "precision": runner.precision, "device": str(runner.device()), "batch": b, "scope": sc,
+                               "precision": runner.precision, "precision_used": mrow["precision_used"],
+                               "device": str(runner.device()), "batch": b, "scope": sc,
                                "input_size": list(runner.input_size), "timer": timer, "warmup": warmup,
                                "iterations": len(samples), "latency_ms": {k: stats[k] for k in
                                                                           ("mean", "std", "p50", "p90", "p95", "p99",

@@ -9,8 +9,9 @@ the files it came from, versions). It lives in three formats:
   written by :func:`pspnet_deploy.checkpoint.save_checkpoint`);
 - an ONNX (``.onnx``): ``pspnet.<key>`` metadata_props with JSON values (:func:`write_onnx_metadata`,
   written by export, FP16 conversion and calibration);
-- a compiled engine (``.engine``/``.plan``/``.trt``): the JSON sidecar ``<file>.json`` (written by
-  :mod:`pspnet_deploy.engine.sidecar`; :func:`read_sidecar_json` is the format's reader).
+- a compiled engine (``.engine``/``.plan``/``.trt``, or an OpenVINO IR ``.xml``): the JSON sidecar
+  ``<file>.json`` (written by :mod:`pspnet_deploy.engine.sidecar`; :func:`read_sidecar_json` is the
+  format's reader).
 
 :func:`read_card` reads any of them, cheaply (a checkpoint's tensors are memory-mapped, never read;
 an ONNX is parsed without its external data and without an ONNX Runtime session; an engine is not
@@ -31,8 +32,9 @@ from .utils import jsonable
 
 #: the one suffix -> kind table (a new backend adds its suffixes here and a reader in READERS)
 SUFFIX_KINDS = {".pt": "torch", ".pth": "torch", ".onnx": "onnx",
-                ".engine": "tensorrt", ".plan": "tensorrt", ".trt": "tensorrt"}
-PRECISIONS = ("fp32", "fp16", "int8")
+                ".engine": "tensorrt", ".plan": "tensorrt", ".trt": "tensorrt", ".xml": "openvino"}
+#: bf16: an inference precision of an FP32 OpenVINO IR (recorded in its sidecar), no file format
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 OUTPUT_KINDS = ("logits", "labels")
 #: the model facts a sidecar's ``model`` section carries (and what a runner needs from any file)
 MODEL_KEYS = ("classes", "palette", "ignore_index", "preprocess", "output_kind")
@@ -45,6 +47,8 @@ SIDECAR_FORMAT = "pspnet-deploy/engine-sidecar"
 SIDECAR_VERSION = 1
 #: sections every sidecar has, whatever the backend (a backend adds its own section, e.g. "tensorrt")
 SIDECAR_SECTIONS = ("engine", "io", "model")
+#: the kinds whose files carry a sidecar, each with its own section named after it
+SIDECAR_KINDS = ("tensorrt", "openvino")
 
 ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 16: "bfloat16", 6: "int32", 7: "int64", 3: "int8",
                2: "uint8", 9: "bool"}
@@ -55,7 +59,7 @@ ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 16: "bfloat16", 6: "i
 # --------------------------------------------------------------------------------------------
 
 def model_kind(path: str | Path) -> str:
-    """'torch', 'onnx' or 'tensorrt' from the file suffix; UserError for anything else."""
+    """'torch', 'onnx', 'tensorrt' or 'openvino' from the file suffix; UserError for anything else."""
     p = Path(path)
     kind = SUFFIX_KINDS.get(p.suffix.lower())
     if kind is None:
@@ -168,7 +172,9 @@ def validate_card(card: ModelCard) -> ModelCard:
     """
     p = card.path
     fix = {"torch": "the checkpoint's metadata is damaged; re-save it with pspnet-train",
-           "onnx": "re-export the ONNX with pspnet-export"}.get(card.kind, "rebuild the engine with pspnet-build-engine")
+           "onnx": "re-export the ONNX with pspnet-export",
+           "openvino": "rebuild the IR with pspnet-build-engine --backend openvino"}.get(
+        card.kind, "rebuild the engine with pspnet-build-engine")
     label = {"onnx": ONNX_PREFIX}.get(card.kind, "")
     if card.classes is not None:
         if not isinstance(card.classes, list) or not card.classes or \
@@ -377,7 +383,8 @@ def read_sidecar_json(model_path: str | Path, rebuild_hint: str | None = None) -
     """
     model_path = Path(model_path)
     sc = sidecar_path(model_path)
-    hint = rebuild_hint or f"rebuild it with pspnet-build-engine MODEL.onnx --engine {model_path}"
+    flags = " --backend openvino" if SUFFIX_KINDS.get(model_path.suffix.lower()) == "openvino" else ""
+    hint = rebuild_hint or f"rebuild it with pspnet-build-engine MODEL.onnx{flags} --engine {model_path}"
     if not model_path.is_file():
         raise UserError(f"{model_path}: engine file not found")
     if not sc.is_file():
@@ -397,7 +404,7 @@ def read_sidecar_json(model_path: str | Path, rebuild_hint: str | None = None) -
         raise UserError(f"{sc}: sidecar version {version} is newer than this toolkit reads ({SIDECAR_VERSION}); "
                         f"upgrade pspnet-deploy")
     backend = SUFFIX_KINDS.get(model_path.suffix.lower())
-    for key in SIDECAR_SECTIONS + ((backend,) if backend in data or backend == "tensorrt" else ()):
+    for key in SIDECAR_SECTIONS + ((backend,) if backend in data or backend in SIDECAR_KINDS else ()):
         if not isinstance(data.get(key), dict):
             raise UserError(f"{sc}: sidecar has no {key!r} section; {hint}")
     io = data["io"]
@@ -422,6 +429,10 @@ def _read_sidecar_card(path: Path) -> ModelCard:
     meta.update(sc["model"])
     io = sc["io"]
     inputs, outputs = list(io.get("inputs", [])), list(io.get("outputs", []))
+    files = [str(path.resolve())]
+    weights = sc["engine"].get("weights")  # a file the engine needs next to it (an OpenVINO IR's .bin)
+    if isinstance(weights, dict) and isinstance(weights.get("file"), str):
+        files.append(str(path.resolve().with_name(Path(weights["file"]).name)))
     fixed = rng = None
     prof = io.get("profile")
     if prof:
@@ -429,7 +440,7 @@ def _read_sidecar_card(path: Path) -> ModelCard:
     elif inputs and inputs[0].get("shape") and isinstance(inputs[0]["shape"][0], int) and inputs[0]["shape"][0] > 0:
         fixed = inputs[0]["shape"][0]
     card = _card_from_meta(path, SUFFIX_KINDS[path.suffix.lower()], meta, precision=sc.get("precision"), inputs=inputs, outputs=outputs,
-                           fixed_batch=fixed, batch_range=rng, files=[str(path.resolve())], sidecar=sc)
+                           fixed_batch=fixed, batch_range=rng, files=files, sidecar=sc)
     onnx = sc.get("onnx") if isinstance(sc.get("onnx"), dict) else {}
     card.provenance.update({"engine_sha256": sc["engine"].get("sha256"), "onnx_path": onnx.get("path"),
                             "onnx_sha256": onnx.get("sha256"), "source_onnx_sha256": onnx.get("source_sha256")})
@@ -437,7 +448,8 @@ def _read_sidecar_card(path: Path) -> ModelCard:
 
 
 #: kind -> reader; a compiled backend that writes the same sidecar contract reuses _read_sidecar_card
-READERS = {"torch": _read_torch, "onnx": _read_onnx, "tensorrt": _read_sidecar_card}
+READERS = {"torch": _read_torch, "onnx": _read_onnx, "tensorrt": _read_sidecar_card,
+           "openvino": _read_sidecar_card}
 
 
 def read_card(path: str | Path, kind: str | None = None) -> ModelCard:

@@ -1,5 +1,6 @@
 """The main job on the built-in default: synthetic data -> train -> export FP32/FP16 -> INT8 by
-calibration -> parity -> benchmark with accuracy -> report folder. CPU only, no download.
+calibration -> parity -> OpenVINO IRs (INT8 from the same Q/DQ file, BF16) -> benchmark with
+accuracy -> report folder. CPU only, no download.
 
     python -m pspnet_deploy.demo --out runs/demo      (what `make demo` runs)
 """
@@ -80,9 +81,18 @@ def main(argv=None) -> int:
     calibrate_onnx(fp32, int8_ort, table=int8.with_suffix(".calib.json"), placement="ort", progress=False)
     print(f"  {int8.name} (TensorRT placement), {int8_ort.name} (ONNX Runtime placement)")
 
-    _step(4, total, "benchmark PyTorch FP32, ONNX Runtime FP32/FP16/INT8 with accuracy")
+    from .engine.openvino import OVBuildOptions, build_openvino
+
+    ov_int8 = build_openvino(int8, log=lambda m: None)  # the TensorRT-placement Q/DQ file, as it is
+    ov_bf16 = build_openvino(fp32, opts=OVBuildOptions(precision="bf16"), log=lambda m: None)
+    for sc in (ov_int8, ov_bf16):
+        note = sc["openvino"]["precision_note"]
+        print(f"  {Path(sc['engine']['path']).name}: OpenVINO {sc['openvino']['version']}, runs as "
+              f"{sc['openvino']['runs_as']}" + (f" ({note})" if note else ""))
+
+    _step(4, total, "benchmark PyTorch FP32, ONNX Runtime FP32/FP16/INT8, OpenVINO INT8/BF16 with accuracy")
     models = [(str(ckpt), "torch-fp32"), (str(fp32), "ort-fp32"), (str(fp16), "ort-fp16"), (str(int8), "ort-int8-trtqdq"),
-              (str(int8_ort), "ort-int8")]
+              (str(int8_ort), "ort-int8"), (ov_int8["engine"]["path"], "ov-int8"), (ov_bf16["engine"]["path"], "ov-bf16")]
     report = run_bench(models, out / "report", data=a.data, split="val",
                        iterations=a.iterations, warmup=5, threads=a.threads, scope="both", progress=True)
 

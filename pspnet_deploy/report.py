@@ -35,7 +35,7 @@ SCOPE_DEFINITIONS = {
                "each output to a label map at the original image size",
 }
 
-CSV_COLUMNS = ["model", "path", "backend", "precision", "device", "batch", "scope", "timer", "warmup", "iterations",
+CSV_COLUMNS = ["model", "path", "backend", "precision", "precision_used", "device", "batch", "scope", "timer", "warmup", "iterations",
                "mean_ms", "std_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "min_ms", "max_ms", "throughput_ips",
                "speedup_vs_ref", "miou", "pixel_accuracy", "pixel_agreement", "peak_rss_mb", "gpu_torch_peak_mb",
                "gpu_device_used_mb", "file_size_mb", "gflops_per_image", "achieved_gflops", "fraction_of_fp32_peak"]
@@ -110,6 +110,7 @@ def render_markdown(report: dict) -> str:
     erows = [["CPU", env.get("cpu", "-")],
              ["CPUs (logical / physical cores / usable)", f"{env.get('logical_cpus')} / {env.get('physical_cores')} / "
                                                            f"{env.get('usable_cpus')}"],
+             ["ISA (the features that matter to OpenVINO / oneDNN)", ", ".join(env.get("isa") or []) or "-"],
              ["torch threads", str(env.get("torch_threads"))],
              ["onnxruntime threads", str(env.get("onnxruntime_threads"))],
              ["device", str(env.get("device"))],
@@ -134,14 +135,15 @@ def render_markdown(report: dict) -> str:
         for r in rows:
             lat = r["latency_ms"]
             sp = r.get("speedup_vs_ref")
-            trs.append([r["model"], r["backend"], r["precision"], str(r["batch"]), _fmt(lat["mean"]), _fmt(lat["std"]),
+            trs.append([r["model"], r["backend"], r["precision"], r.get("precision_used") or r["precision"],
+                        str(r["batch"]), _fmt(lat["mean"]), _fmt(lat["std"]),
                         _fmt(lat["p50"]), _fmt(lat["p90"]), _fmt(lat["p95"]), _fmt(lat["p99"]),
                         _fmt(lat["min"]), _fmt(lat["max"]), _fmt(r["throughput_ips"], 1),
                         "ref" if r["model"] == ref else _fmt(sp, 2, suffix="x"), _fmt(r.get("peak_rss_mb"), 0),
                         "-" if r.get("fraction_of_fp32_peak") is None else f"{100 * r['fraction_of_fp32_peak']:.1f} %"])
-        lines += _table(["model", "backend", "precision", "batch", "mean ms", "std", "p50", "p90", "p95", "p99", "min",
+        lines += _table(["model", "backend", "precision", "runs as", "batch", "mean ms", "std", "p50", "p90", "p95", "p99", "min",
                          "max", "images/s", "speed-up", "peak RSS MB", "of FP32 peak"],
-                        trs, ["l", "l", "l"] + ["r"] * 13)
+                        trs, ["l", "l", "l", "l"] + ["r"] * 13)
         timers = sorted({r["timer"] for r in rows})
         lines += ["", "Timers: " + "; ".join(timers) + ".", ""]
 
@@ -161,6 +163,10 @@ def render_markdown(report: dict) -> str:
                         "ref" if m["model"] == ref else _fmt(m.get("pixel_agreement"), 3, pct=True)]
             mrs.append(row)
         lines += ["## Models", ""] + _table(hdr, mrs, ["l", "l", "l", "l"] + ["r"] * (len(hdr) - 4)) + [""]
+        notes = [(m["model"], m["precision_note"]) for m in models if m.get("precision_note")]
+        if notes:
+            lines += ["**Precision notes** (\"runs as\" is read back from the compiled model, not assumed):", ""]
+            lines += [f"- {name}: {note}." for name, note in notes] + [""]
         methods = sorted({m["flops_method"] for m in models if m.get("flops_method")})
         if methods:
             lines += ["FLOPs: " + "; ".join(methods) + ". The fraction of FP32 peak is achieved FLOP/s "

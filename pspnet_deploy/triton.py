@@ -6,6 +6,12 @@ Layout written (``version`` 1 by default)::
     <repo>/<name>/pspnet.json          classes, palette, preprocessing, output kind (for clients)
     <repo>/<name>/1/model.onnx         (+ its external-data files)   backend "onnxruntime"
     <repo>/<name>/1/model.plan         (+ model.plan.json, the sidecar) platform "tensorrt_plan"
+    <repo>/<name>/1/model.xml          (+ model.bin, model.xml.json)     backend "openvino" (CPU)
+
+OpenVINO: the sidecar's precision becomes the backend's parameters: ``HINT_BF16: YES`` for a
+BF16 IR (Triton's OpenVINO backend has no way to ask for f32, so an FP32 IR served on a CPU with
+BF16 runs the CPU plugin's default, BF16: the config says so in a comment), ``PERFORMANCE_HINT``
+and ``NUM_STREAMS`` from the arguments.
 
 Batching follows the model: a fixed batch N gives ``max_batch_size: 0`` with full dims
 ``[N, 3, H, W]`` (Triton does not batch it); a dynamic batch gives ``max_batch_size`` (at most the
@@ -33,17 +39,20 @@ KINDS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU", "auto": "KIND_AUTO"}
 DEFAULT_MAX_BATCH = 8
 
 
+#: model kind (pspnet_deploy.card.SUFFIX_KINDS) -> the kind Triton serves it as here
+SERVED = {"onnx": "onnx", "tensorrt": "engine", "openvino": "openvino"}
+
+
 def _model_kind(path: Path, kind: str | None) -> str:
     if kind is not None:
-        if kind not in ("onnx", "engine"):
-            raise UserError(f"kind must be 'onnx' or 'engine', got {kind!r}")
+        if kind not in ("onnx", "engine", "openvino"):
+            raise UserError(f"kind must be 'onnx', 'engine' or 'openvino', got {kind!r}")
         return kind
-    found = SUFFIX_KINDS.get(path.suffix.lower())
-    if found == "onnx":
-        return "onnx"
-    if found == "tensorrt":
-        return "engine"
-    raise UserError(f"{path}: Triton serves .onnx or .engine files here, not {path.suffix.lower() or 'this file'}")
+    served = SERVED.get(SUFFIX_KINDS.get(path.suffix.lower()))
+    if served is None:
+        raise UserError(f"{path}: Triton serves .onnx, .engine or .xml (OpenVINO) files here, not "
+                        f"{path.suffix.lower() or 'this file'}")
+    return served
 
 
 def safe_name(name: str) -> str:
@@ -62,9 +71,14 @@ def _model_info(path: Path) -> dict:
                                if Path(f) != path.resolve())}
     if card.kind == "onnx":  # ONNX Runtime takes any batch: the export's range is only the default max_batch_size
         info.update(max_batch=None, default_max_batch=card.batch_range[2] if card.batch_range else None)
-    else:  # an engine's profile is a hard limit
+    else:  # an engine's profile is a hard limit (an OpenVINO IR has none)
         rng = card.batch_range
         info.update(max_batch=rng[2] if rng else None, min_batch=rng[0] if rng else None, sidecar=card.sidecar)
+    if card.kind == "openvino":  # the .bin is copied as model.bin; the serving CPU and OpenVINO are not checked here
+        from .engine.sidecar import check_engine_file
+
+        check_engine_file(path, card.sidecar, what="IR")
+        info["external"] = []
     return info
 
 
@@ -84,10 +98,13 @@ def _quote(s: str) -> str:
 
 
 def render_config(name: str, kind: str, inputs: list[dict], outputs: list[dict], max_batch_size: int,
-                  instances: int, instance_kind: str, dynamic_batching: bool) -> str:
+                  instances: int, instance_kind: str, dynamic_batching: bool,
+                  parameters: dict[str, str] | None = None, comments: list[str] | None = None) -> str:
     """config.pbtxt text. ``inputs``/``outputs``: name, data_type (TYPE_*), dims (without batch if batching)."""
-    lines = [f"name: {_quote(name)}"]
-    if kind == "onnx":
+    lines = [f"# {c}" for c in comments or []] + [f"name: {_quote(name)}"]
+    if kind == "openvino":
+        lines += ['backend: "openvino"', 'default_model_filename: "model.xml"']
+    elif kind == "onnx":
         lines += ['platform: "onnxruntime_onnx"', 'backend: "onnxruntime"', 'default_model_filename: "model.onnx"']
     else:
         lines += ['platform: "tensorrt_plan"', 'backend: "tensorrt"', 'default_model_filename: "model.plan"']
@@ -107,13 +124,16 @@ def render_config(name: str, kind: str, inputs: list[dict], outputs: list[dict],
                  f"    count: {int(instances)}\n    kind: {instance_kind}\n" + "  }\n]")
     if dynamic_batching and max_batch_size > 0:
         lines.append("dynamic_batching { }")
+    for key, value in (parameters or {}).items():
+        lines.append("parameters: {\n"
+                     f"  key: {_quote(key)}\n  value: {{ string_value: {_quote(value)} }}\n" + "}")
     return "\n".join(lines) + "\n"
 
 
 def write_triton_repo(model_path: str | Path, repo_dir: str | Path, name: str | None = None,
                       max_batch: int | None = None, instances: int = 1, kind: str | None = None,
                       instance_kind: str | None = None, version: int = 1, dynamic_batching: bool = True,
-                      force: bool = False) -> dict:
+                      force: bool = False, performance_hint: str = "LATENCY", streams: int | str | None = None) -> dict:
     """Write ``<repo>/<name>/`` for Triton; returns the paths and the batching chosen.
 
     ``kind``: "onnx" or "engine" (from the file suffix when None). ``max_batch``: for a model with a
@@ -129,7 +149,7 @@ def write_triton_repo(model_path: str | Path, repo_dir: str | Path, name: str | 
         raise UserError(f"--instances must be >= 1, got {instances}")
     if version < 1:
         raise UserError(f"--version must be >= 1, got {version}")
-    ik = instance_kind or ("gpu" if kind == "engine" else "auto")
+    ik = instance_kind or ("gpu" if kind == "engine" else "cpu" if kind == "openvino" else "auto")
     if ik not in KINDS:
         raise UserError(f"instance kind must be gpu, cpu or auto, got {ik!r}")
     if kind == "engine" and ik == "cpu":
@@ -172,8 +192,22 @@ def write_triton_repo(model_path: str | Path, repo_dir: str | Path, name: str | 
     if name is None:
         name = f"pspnet_{path.stem.replace('.', '_')}"
     name = safe_name(name)
+    params, comments = None, None
+    if kind == "openvino":
+        if str(performance_hint).upper() not in ("LATENCY", "THROUGHPUT"):
+            raise UserError(f"--performance-hint must be LATENCY or THROUGHPUT, got {performance_hint!r}")
+        params = {"PERFORMANCE_HINT": str(performance_hint).upper()}
+        if streams is not None:
+            params["NUM_STREAMS"] = str(streams).upper()
+        prec = info["sidecar"]["precision"]
+        if prec == "bf16":
+            params["HINT_BF16"] = "YES"
+        comments = [f"OpenVINO IR, {prec.upper()} (pspnet-deploy sidecar model.xml.json)"]
+        if prec != "bf16":
+            comments.append("Triton's OpenVINO backend cannot ask for f32: on a CPU with BF16 (AVX-512 BF16 / AMX) "
+                            "the CPU plugin runs float layers in BF16 by default")
     text = render_config(name, kind, tensors["inputs"], tensors["outputs"], mb, instances, KINDS[ik],
-                         dynamic_batching)
+                         dynamic_batching, params, comments)
     model_dir = Path(repo_dir) / name
     vdir = model_dir / str(version)
     if vdir.exists() and not force:
@@ -182,8 +216,11 @@ def write_triton_repo(model_path: str | Path, repo_dir: str | Path, name: str | 
     model_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=model_dir))
     try:
-        fname = "model.onnx" if kind == "onnx" else "model.plan"
+        fname = {"onnx": "model.onnx", "engine": "model.plan", "openvino": "model.xml"}[kind]
         shutil.copy2(path, tmp / fname)
+        if kind == "openvino":
+            shutil.copy2(path.with_suffix(".bin"), tmp / "model.bin")
+            shutil.copy2(path.with_name(path.name + ".json"), tmp / "model.xml.json")
         for rel in info["external"]:
             src = path.parent / rel
             if not src.is_file():
@@ -211,5 +248,6 @@ def write_triton_repo(model_path: str | Path, repo_dir: str | Path, name: str | 
                    "input": tensors["inputs"][0]["name"], "output": tensors["outputs"][0]["name"]})
     atomic_write_json(model_dir / "pspnet.json", client)
     return {"name": name, "model_dir": str(model_dir), "config": str(model_dir / "config.pbtxt"),
-            "model_file": str(vdir / ("model.onnx" if kind == "onnx" else "model.plan")), "kind": kind,
+            "model_file": str(vdir / {"onnx": "model.onnx", "engine": "model.plan", "openvino": "model.xml"}[kind]),
+            "kind": kind,
             "max_batch_size": mb, "instances": instances, "instance_kind": KINDS[ik], "version": version}

@@ -93,7 +93,8 @@ def versions() -> dict:
     import platform
 
     out = {"python": platform.python_version()}
-    for name in ("pspnet-deploy", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "numpy", "opencv-python-headless"):
+    for name in ("pspnet-deploy", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "openvino", "numpy",
+                 "opencv-python-headless"):
         try:
             out[name] = md.version(name)
         except md.PackageNotFoundError:

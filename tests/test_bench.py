@@ -254,8 +254,9 @@ def test_cli_real_run_pt_and_onnx_with_data(models, camvid_dir, tmp_path):
     for heading in ("## Environment", "## Latency, scope `model`", "## Latency, scope `end2end`", "## Models",
                     "### Per-class IoU (%)"):
         assert heading in md
-    assert "| model | backend | precision | batch | mean ms |" in md and "| ref |" in md
-    assert md.count("| torch-fp32 | torch | fp32 |") == 2 * 2 + 1  # batches x scopes + the models table
+    assert "| model | backend | precision | runs as | batch | mean ms |" in md and "| ref |" in md
+    assert md.count("| torch-fp32 | torch | fp32 | fp32 |") == 2 * 2  # batches x scopes
+    assert md.count("| torch-fp32 | torch | fp32 |") == 2 * 2 + 1  # + the models table
     assert "| torch-fp32 | torch | fp32 | cpu |" in md
     assert "![latency_vs_miou.png](latency_vs_miou.png)" in md
 

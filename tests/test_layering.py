@@ -1,6 +1,7 @@
 """The package's layering, enforced by reading every import of pspnet_deploy/ (module level and
-inside functions alike): nothing imports a stage above it, and only the TensorRT build and the
-TensorRT runner import tensorrt and the CUDA bindings. The tiers are stated in README.md (Layout)."""
+inside functions alike): nothing imports a stage above it, only the TensorRT build and the
+TensorRT runner import tensorrt and the CUDA bindings, and only the OpenVINO build and the OpenVINO
+runner import openvino. The tiers are stated in README.md (Layout)."""
 from __future__ import annotations
 
 import ast
@@ -21,6 +22,7 @@ TIERS = [
     (5, ("cli", "demo", "__init__")),
 ]
 TRT_ALLOWED = {"engine.build", "runners.trt_runner"}
+OPENVINO_ALLOWED = {"engine.openvino", "runners.openvino_runner"}
 #: upward imports that exist today, each with the work that removes it (empty when none remain)
 KNOWN_UPWARD: set[tuple[str, str]] = set()
 
@@ -84,6 +86,15 @@ def test_only_the_build_and_the_runner_touch_tensorrt_and_cuda():
     for name, path in _modules():
         for target, line in imports(path):
             if target.split(".")[0] in ("tensorrt", "cuda", "pycuda") and name not in TRT_ALLOWED:
+                found.append(f"pspnet_deploy/{path.relative_to(PKG)}:{line} imports {target}")
+    assert not found, "\n".join(found)
+
+
+def test_only_the_openvino_build_and_runner_touch_openvino():
+    found = []
+    for name, path in _modules():
+        for target, line in imports(path):
+            if target.split(".")[0] == "openvino" and name not in OPENVINO_ALLOWED:
                 found.append(f"pspnet_deploy/{path.relative_to(PKG)}:{line} imports {target}")
     assert not found, "\n".join(found)
 

@@ -123,7 +123,7 @@ def test_bad_requests_and_versions(onnx_b1, tmp_path, capsys):
     ckpt = tmp_path / "x.pt"
     ckpt.write_bytes(b"0")
     assert run("pspnet-triton", main, [str(ckpt), "--repo", str(repo)]) == 2
-    assert "serves .onnx or .engine files" in capsys.readouterr().err
+    assert "serves .onnx, .engine or .xml (OpenVINO) files" in capsys.readouterr().err
     no_sidecar = tmp_path / "lonely.engine"
     no_sidecar.write_bytes(b"0" * 10)
     assert run("pspnet-triton", main, [str(no_sidecar), "--repo", str(repo)]) == 2

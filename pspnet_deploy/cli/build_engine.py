@@ -1,9 +1,10 @@
-"""pspnet-build-engine: a TensorRT engine (+ sidecar JSON) from an FP32, FP16 or INT8 Q/DQ ONNX."""
+"""pspnet-build-engine: a TensorRT engine or an OpenVINO IR (+ sidecar JSON) from an FP32, FP16 or INT8 Q/DQ ONNX."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+from ..errors import UserError
 from .common import make_parser, run
 
 PROG = "pspnet-build-engine"
@@ -16,11 +17,20 @@ def build_parser():
                           "(FP32, FP16, or INT8 Q/DQ). --fp16 / --int8 on an FP32 ONNX first write "
                           "<name>.fp16.onnx / <name>.int8.onnx next to it, then build that. Writes OUT.engine and "
                           "OUT.engine.json (sidecar: TensorRT version, GPU, IO, ONNX hash, build options, model "
-                          "metadata). Without TensorRT or a GPU: says so, exits non-zero, writes no engine.")
+                          "metadata). Without TensorRT or a GPU: says so, exits non-zero, writes no engine. With --backend "
+                          "openvino: an OpenVINO IR NAME.PRECISION.xml + .bin and NAME.PRECISION.xml.json (OpenVINO "
+                          "version, CPU and ISA, requested and resolved precision, ONNX hash, model metadata).")
     p.add_argument("onnx", help="ONNX file from pspnet-export / pspnet-calibrate")
+    p.add_argument("--backend", choices=("tensorrt", "openvino"), default="tensorrt",
+                   help="tensorrt: a .engine for NVIDIA GPUs; openvino: an OpenVINO IR (.xml + .bin) for CPUs, "
+                        "FP32, BF16 (--bf16, an inference precision of the FP32 IR) or INT8 (the Q/DQ ONNX as it is, "
+                        "or --int8 --calib-data on an FP32 ONNX)")
     p.add_argument("--engine", default=None,
-                   help="output engine file (default: <name>.<precision>.engine next to the ONNX)")
+                   help="output file (default: <name>.<precision>.engine, or .xml with --backend openvino, next to "
+                        "the ONNX)")
     prec = p.add_mutually_exclusive_group()
+    prec.add_argument("--bf16", action="store_true", help="--backend openvino: run the FP32 IR in BF16 (recorded in "
+                                                         "the sidecar; FP32 where the CPU has no BF16, and it says so)")
     prec.add_argument("--fp16", action="store_true", help="FP16 engine (converts an FP32 ONNX to FP16 first)")
     prec.add_argument("--int8", action="store_true", help="INT8 engine (calibrates an FP32 ONNX into Q/DQ first)")
     p.add_argument("--legacy-fp16-flag", action="store_true",
@@ -113,7 +123,6 @@ def build(onnx, engine=None, opts=None, log=lambda m: print(f"{PROG}: {m}", file
     """Plan (``onnx``: an ONNX path or a BuildPlan), write the FP16 / INT8 ONNX the plan asks for (even where TensorRT is missing: it says
     so), then build the engine; returns its sidecar."""
     from ..engine import BuildOptions, BuildPlan, build_engine, environment, plan_build
-    from ..errors import UserError
 
     opts = opts or BuildOptions()
     plan = onnx if isinstance(onnx, BuildPlan) else plan_build(onnx, opts, engine)
@@ -130,11 +139,45 @@ def build(onnx, engine=None, opts=None, log=lambda m: print(f"{PROG}: {m}", file
     return build_engine(plan, opts=opts, log=log, env=env, command=command, wrote=wrote)
 
 
+def main_openvino(a, parser) -> int:
+    from ..engine.openvino import OVBuildOptions, build_openvino, plan_openvino_build
+
+    if a.fp16:
+        raise UserError("--fp16 is a TensorRT precision; OpenVINO on CPUs uses --bf16 (or FP32 / --int8)")
+    trt_only = [f for f, on in (("--legacy-fp16-flag", a.legacy_fp16_flag), ("--workspace", a.workspace is not None),
+                                ("--opt-level", a.opt_level is not None), ("--timing-cache", a.timing_cache),
+                                ("--batch", a.batch), ("--version-compatible", a.version_compatible),
+                                ("--hardware-compatible", a.hardware_compatible)) if on]
+    if trt_only:
+        raise UserError(f"{', '.join(trt_only)}: TensorRT option(s), not used by --backend openvino; drop them")
+    opts = OVBuildOptions(precision="bf16" if a.bf16 else "int8" if a.int8 else None, calib_data=a.calib_data,
+                          calib_split=a.calib_split, calib_images=a.calib_images, calib_method=a.calib_method)
+    plan = plan_openvino_build(a.onnx, opts, a.engine)
+    if a.dry_run:
+        steps = [f"write the INT8 ONNX {plan.build_onnx}"] if plan.convert else []
+        steps.append(f"convert {plan.build_onnx} to the OpenVINO IR {plan.xml_path} + {plan.bin_path.name} "
+                     f"({plan.precision.upper()})")
+        steps.append(f"write its sidecar {plan.sidecar_path}")
+        print(f"{PROG}: would " + "; ".join(steps))
+        return 0
+    log = lambda m: print(f"{PROG}: {m}", file=sys.stderr)  # noqa: E731
+    if plan.convert:
+        make_variant(plan, opts, log)
+    sc = build_openvino(plan, opts=opts, log=log, command=command_line(a, plan.xml_path, parser))
+    print(f"{PROG}: {sc['engine']['path']} ({sc['precision']}, runs as {sc['openvino']['runs_as']}, OpenVINO "
+          f"{sc['openvino']['version']}, {sc['cpu']['cpu']})")
+    return 0
+
+
 def main(argv=None) -> int:
     from ..engine import plan_build
 
     parser = build_parser()
     a = parser.parse_args(argv)
+    if a.backend == "openvino":
+        return main_openvino(a, parser)
+    if a.bf16:
+        raise UserError("--bf16 goes with --backend openvino (TensorRT builds take the precision from the ONNX)")
     opts = options_from_args(a)
     plan = plan_build(a.onnx, opts, a.engine)
     if a.dry_run:

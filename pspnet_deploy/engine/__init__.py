@@ -1,11 +1,14 @@
-"""TensorRT engines, split by concern:
+"""Compiled models (TensorRT engines, OpenVINO IRs), split by concern:
 
 - :mod:`.plan`: what to build (options, precision, profile, paths), decided without TensorRT;
 - :mod:`.build`: the TensorRT build (with :mod:`pspnet_deploy.runners.trt_runner` the only code
   that imports ``tensorrt`` and the CUDA bindings);
 - :mod:`.sidecar`: the sidecar written next to an engine and the checks that refuse an engine
   built for another TensorRT version or GPU, or a damaged file;
-- :mod:`.device`: CUDA device strings and the driver's view of a GPU.
+- :mod:`.device`: CUDA device strings and the driver's view of a GPU;
+- :mod:`.openvino`: OpenVINO IRs for CPUs (build, the CPU and its ISA, the checks that refuse an
+  IR), writing the same sidecar; with :mod:`pspnet_deploy.runners.openvino_runner` the only code
+  that imports ``openvino``. Not imported here: ``from pspnet_deploy.engine.openvino import ...``.
 
 Running an engine is the TensorRT runner's job (:mod:`pspnet_deploy.runners.trt_runner`); making
 the FP16 / INT8 ONNX a build asks for is the command layer's (:mod:`pspnet_deploy.cli.build_engine`).

@@ -17,6 +17,8 @@ from ..errors import UserError
 from ..precision.ranges import DEFAULT_METHOD
 
 DEFAULT_MAX_BATCH = 8
+#: what a TensorRT engine can be built as (BF16 is an OpenVINO inference precision, see engine/openvino.py)
+ENGINE_PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def onnx_io(path: str | Path) -> dict:
@@ -79,8 +81,8 @@ class BuildOptions:
         return d
 
     def validate(self) -> None:
-        if self.precision is not None and self.precision not in PRECISIONS:
-            raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.precision is not None and self.precision not in ENGINE_PRECISIONS:
+            raise UserError(f"precision must be one of {', '.join(ENGINE_PRECISIONS)}, got {self.precision!r}")
         if self.workspace_gb is not None and not (self.workspace_gb > 0):
             raise UserError(f"--workspace must be a positive number of GiB, got {self.workspace_gb}")
         if self.opt_level is not None and not (0 <= int(self.opt_level) <= 5):
@@ -93,10 +95,17 @@ class BuildOptions:
                 raise UserError(f"--batch needs 1 <= MIN <= OPT <= MAX, got {lo} {opt} {hi}")
         if self.legacy_fp16_flag and self.precision != "fp16":
             raise UserError("--legacy-fp16-flag goes with --fp16 (it builds the FP32 ONNX with TensorRT 10's FP16 flag)")
-        if (self.calib_data or self.calib_images) and self.precision not in ("fp16", "int8"):
-            raise UserError("--calib-data / --calib-images go with --int8 (or --fp16) on an FP32 ONNX")
-        if self.calib_images is not None and self.calib_images <= 0:
-            raise UserError(f"--calib-images must be positive, got {self.calib_images}")
+        check_calibration_options(self, ("int8", "fp16"))
+
+
+def check_calibration_options(opts, converts: tuple[str, ...]) -> None:
+    """``--calib-*`` (``opts.calib_data``, ``opts.calib_images``) only with a precision that converts
+    an FP32 ONNX first (``converts``, the first one named first), and a positive image count."""
+    if (opts.calib_data or opts.calib_images) and opts.precision not in converts:
+        others = "".join(f" (or --{c})" for c in converts[1:])
+        raise UserError(f"--calib-data / --calib-images go with --{converts[0]}{others} on an FP32 ONNX")
+    if opts.calib_images is not None and opts.calib_images <= 0:
+        raise UserError(f"--calib-images must be positive, got {opts.calib_images}")
 
 
 @dataclass
@@ -120,16 +129,21 @@ class BuildPlan:
         return sidecar_path(self.engine_path)
 
 
-def plan_build(onnx_path: str | Path, opts: BuildOptions, engine_path: str | Path | None = None) -> BuildPlan:
-    """Decide what to build: which ONNX (converting first if asked), precision, network typing,
-    optimisation profile and output path. Raises UserError for contradictory requests."""
-    opts.validate()
+def source_onnx(onnx_path: str | Path) -> tuple[Path, ModelCard]:
+    """The ONNX a build starts from and its card; UserError for a missing or non-ONNX file."""
     src = Path(onnx_path)
     if not src.is_file():
         raise UserError(f"{src}: ONNX file not found")
     if src.suffix.lower() != ".onnx":
         raise UserError(f"{src}: expected an .onnx file (export one with pspnet-export)")
-    card = read_card(src)
+    return src, read_card(src, kind="onnx")
+
+
+def plan_build(onnx_path: str | Path, opts: BuildOptions, engine_path: str | Path | None = None) -> BuildPlan:
+    """Decide what to build: which ONNX (converting first if asked), precision, network typing,
+    optimisation profile and output path. Raises UserError for contradictory requests."""
+    opts.validate()
+    src, card = source_onnx(onnx_path)
     src_p = card.precision
     want = opts.precision or src_p
     convert = None

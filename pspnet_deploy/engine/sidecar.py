@@ -41,19 +41,18 @@ def rebuild_command(sidecar: dict, engine_path: str | Path | None = None) -> str
     return shlex.join([PROG, str(src), "--engine", str(eng)]) + " (with the options in its sidecar's build.options)"
 
 
-def make_sidecar(plan: BuildPlan, opts: BuildOptions, env: dict, io: dict, engine_sha256: str, engine_size: int,
-                 build_seconds: float, onnx_sha256: str, source_sha256: str | None = None,
-                 tensorrt_extra: dict | None = None, command: list[str] | None = None) -> dict:
-    """The engine's sidecar: everything needed to run it without the ONNX and to refuse it elsewhere.
-    ``command``: the argv that made the build (see :func:`rebuild_command`)."""
+def sidecar_sections(plan, opts, io: dict, engine_sha256: str, engine_size: int, build_seconds: float,
+                     onnx_sha256: str, source_sha256: str | None = None, command: list[str] | None = None,
+                     onnx_precision: str | None = None) -> dict:
+    """The backend-neutral sidecar (``engine``, ``precision``, ``io``, ``onnx``, ``build``, ``model``,
+    ``versions``) of a compiled model built by ``plan`` (``card``, ``engine_path``, ``build_onnx``,
+    ``source_onnx``, ``precision``, ``source_precision``, ``convert``) with ``opts`` (``to_dict``);
+    a backend adds its own section. ``command``: the argv that made the build (see
+    :func:`rebuild_command`); ``onnx_precision``: the built ONNX's precision where it differs from
+    the runtime's (an FP32 ONNX run as BF16)."""
     plan.card.require("classes", "palette", "preprocess",
                       hint="export it with pspnet-export so the engine can carry its classes, palette and "
                            "preprocessing")
-    model = plan.card.model_facts()
-    trt_info = {"version": env.get("tensorrt"), "version_compatible": bool(opts.version_compatible),
-                "hardware_compatibility": "ampere_plus" if opts.hardware_compatible else "none",
-                "strongly_typed": plan.strongly_typed}
-    trt_info.update(tensorrt_extra or {})
     engine_abs, build_abs, source_abs = (p.resolve() for p in (plan.engine_path, plan.build_onnx, plan.source_onnx))
     build = {"options": opts.to_dict(), "seconds": round(float(build_seconds), 3),
              "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -65,17 +64,30 @@ def make_sidecar(plan: BuildPlan, opts: BuildOptions, env: dict, io: dict, engin
         "engine": {"path": str(engine_abs), "file": plan.engine_path.name, "size": int(engine_size),
                    "sha256": engine_sha256},
         "precision": plan.precision,
-        "tensorrt": trt_info,
-        "gpu": env.get("gpu"),
         "io": io,
-        "onnx": {"path": str(build_abs), "sha256": onnx_sha256, "precision": plan.precision,
+        "onnx": {"path": str(build_abs), "sha256": onnx_sha256, "precision": onnx_precision or plan.precision,
                  "source_path": str(source_abs), "source_sha256": source_sha256 or onnx_sha256,
                  "source_precision": plan.source_precision, "converted": plan.convert},
         "build": build,
-        "model": model,
+        "model": plan.card.model_facts(),
         "pspnet_metadata": plan.card.meta,
         "versions": versions(),
     }
+
+
+def make_sidecar(plan: BuildPlan, opts: BuildOptions, env: dict, io: dict, engine_sha256: str, engine_size: int,
+                 build_seconds: float, onnx_sha256: str, source_sha256: str | None = None,
+                 tensorrt_extra: dict | None = None, command: list[str] | None = None) -> dict:
+    """The engine's sidecar: everything needed to run it without the ONNX and to refuse it elsewhere.
+    ``command``: the argv that made the build (see :func:`rebuild_command`)."""
+    sidecar = sidecar_sections(plan, opts, io, engine_sha256, engine_size, build_seconds, onnx_sha256,
+                               source_sha256, command)
+    trt_info = {"version": env.get("tensorrt"), "version_compatible": bool(opts.version_compatible),
+                "hardware_compatibility": "ampere_plus" if opts.hardware_compatible else "none",
+                "strongly_typed": plan.strongly_typed}
+    trt_info.update(tensorrt_extra or {})
+    sidecar.update(tensorrt=trt_info, gpu=env.get("gpu"))
+    return sidecar
 
 
 def read_sidecar(engine_path: str | Path) -> dict:
@@ -83,19 +95,30 @@ def read_sidecar(engine_path: str | Path) -> dict:
     return read_sidecar_json(engine_path)
 
 
-def check_engine_file(engine_path: str | Path, sidecar: dict, verify_hash: bool = True) -> None:
-    """Refuse an engine whose size or sha256 differs from its sidecar (truncated, replaced, corrupt)."""
+def check_engine_file(engine_path: str | Path, sidecar: dict, verify_hash: bool = True, what: str = "engine file"
+                      ) -> None:
+    """Refuse an engine whose size or sha256 differs from its sidecar (truncated, replaced, corrupt),
+    and the same for the weights file the sidecar's ``engine.weights`` names (an OpenVINO ``.bin``)."""
     engine_path = Path(engine_path)
     want = sidecar["engine"]
-    size = engine_path.stat().st_size
     cmd = rebuild_command(sidecar, engine_path)
-    if "size" in want and size != int(want["size"]):
-        state = "truncated" if size < int(want["size"]) else "changed"
-        raise UserError(f"{engine_path}: engine file is {size} bytes but its sidecar records {want['size']} "
-                        f"({state} copy?); copy it again or rebuild: {cmd}")
-    if verify_hash and want.get("sha256") and sha256_file(engine_path) != want["sha256"]:
-        raise UserError(f"{engine_path}: engine file's sha256 differs from its sidecar (corrupt or replaced); "
-                        f"copy it again or rebuild: {cmd}")
+    files = [(engine_path, want, what)]
+    weights = want.get("weights")
+    if isinstance(weights, dict) and isinstance(weights.get("file"), str):
+        wpath = engine_path.with_name(Path(weights["file"]).name)
+        if not wpath.is_file():
+            raise UserError(f"{engine_path}: its weights file {wpath.name} is missing (the model is {engine_path.name} "
+                            f"and {wpath.name} together); copy both or rebuild: {cmd}")
+        files.append((wpath, weights, "weights file"))
+    for path, rec, label in files:
+        size = path.stat().st_size
+        if "size" in rec and size != int(rec["size"]):
+            state = "truncated" if size < int(rec["size"]) else "changed"
+            raise UserError(f"{path}: {label} is {size} bytes but its sidecar records {rec['size']} "
+                            f"({state} copy?); copy it again or rebuild: {cmd}")
+        if verify_hash and rec.get("sha256") and sha256_file(path) != rec["sha256"]:
+            raise UserError(f"{path}: {label}'s sha256 differs from its sidecar (corrupt or replaced); "
+                            f"copy it again or rebuild: {cmd}")
 
 
 def _ver_tuple(v: str) -> tuple[int, ...]:

@@ -1,4 +1,4 @@
-"""Runners: one interface over PyTorch, ONNX Runtime and TensorRT model files.
+"""Runners: one interface over PyTorch, ONNX Runtime, TensorRT and OpenVINO model files.
 
 ``with load_runner(path, **options) as runner: runner.infer(batch)``; the options are the fields
 of :class:`RunnerOptions` (every backend accepts all of them and ignores what does not apply).
@@ -30,13 +30,19 @@ def _tensorrt(path, options):
     return TrtRunner.from_file(path, options)
 
 
+def _openvino(path, options):
+    from .openvino_runner import OpenVINORunner
+
+    return OpenVINORunner.from_file(path, options)
+
+
 #: model kind (pspnet_deploy.card.model_kind) -> factory(path, RunnerOptions)
-FACTORIES = {"torch": _torch, "onnx": _onnx, "tensorrt": _tensorrt}
+FACTORIES = {"torch": _torch, "onnx": _onnx, "tensorrt": _tensorrt, "openvino": _openvino}
 
 
 def load_runner(path: str | Path, options: RunnerOptions | None = None, **overrides) -> Runner:
     """The runner for a model file, by its kind (``.pt`` PyTorch, ``.onnx`` ONNX Runtime,
-    ``.engine`` TensorRT). ``options`` and/or keyword overrides: see :class:`RunnerOptions`.
+    ``.engine`` TensorRT, ``.xml`` OpenVINO IR). ``options`` and/or keyword overrides: see :class:`RunnerOptions`.
     Use it as a context manager (``with load_runner(...) as r:``) so it is closed."""
     p = Path(path)
     if not p.is_file():

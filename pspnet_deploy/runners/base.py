@@ -37,15 +37,18 @@ class RunnerOptions:
     """Options every backend accepts; each uses what applies to it and ignores the rest."""
 
     device: str = "cpu"  # cpu, cuda, cuda:N (TensorRT engines always run on a GPU: cpu means cuda:0)
-    threads: int | None = None  # CPU threads (ONNX Runtime intra-op; PyTorch uses torch.set_num_threads)
+    threads: int | None = None  # CPU threads (ORT intra-op, OpenVINO INFERENCE_NUM_THREADS; torch.set_num_threads)
     providers: list | None = None  # ONNX Runtime execution providers (default: from the device)
     precision: str | None = None  # PyTorch: fp32 or fp16 autocast; files with a fixed precision ignore it
     input_size: tuple | None = None  # PyTorch: run at this (H, W); fixed in ONNX and engines
     output_kind: str | None = None  # PyTorch: logits or labels; fixed in ONNX and engines
     graph_optimization: str = "all"  # ONNX Runtime: none, basic, extended, all
     cuda_graph: bool = False  # TensorRT: replay a captured CUDA graph per batch size
-    verify_hash: bool = True  # TensorRT: check the engine's sha256 against its sidecar
+    verify_hash: bool = True  # TensorRT, OpenVINO: check the file's sha256 against its sidecar
     verbose: bool = False  # TensorRT: verbose log
+    performance_mode: str = "latency"  # OpenVINO: latency (one stream, one request) or throughput
+    streams: int | str | None = None  # OpenVINO: NUM_STREAMS (a number or AUTO; default: from the mode)
+    requests: int | None = None  # OpenVINO: asynchronous requests (default: the compiled model's optimum)
 
     @classmethod
     def make(cls, options: "RunnerOptions | None" = None, **overrides) -> "RunnerOptions":

@@ -1,0 +1,133 @@
+"""OpenVINO runner for ``.xml`` IRs built by ``pspnet-build-engine --backend openvino`` (CPU).
+
+The sidecar (``<name>.xml.json``) is checked before OpenVINO reads anything: a missing or
+changed ``.xml`` / ``.bin``, or a sidecar from another OpenVINO version or CPU, is refused with
+one line that includes the rebuild command. The sidecar's precision decides the compile hint
+(``INFERENCE_PRECISION_HINT``: f32 for FP32 and INT8, bf16 for BF16), so a ``.bf16.xml`` runs as
+BF16 wherever the CPU has it. The precision the compiled model really uses is read back and
+reported by :meth:`OpenVINORunner.describe` (``runs_as``, ``precision_note``).
+
+Options:
+
+- ``threads``: ``INFERENCE_NUM_THREADS`` (all of the process's CPUs by default);
+- ``performance_mode``: ``latency`` (one stream, one request: the lowest time per call) or
+  ``throughput`` (several streams, each with its own requests, run asynchronously);
+- ``streams``: ``NUM_STREAMS`` (a number or ``AUTO``), ``requests``: how many asynchronous
+  requests feed them (default: the compiled model's ``OPTIMAL_NUMBER_OF_INFER_REQUESTS``).
+
+An IR with a fixed batch of 1 takes any batch: the images go to the requests one each (with
+several streams they run in parallel via ``AsyncInferQueue``); an IR with a dynamic batch takes
+the batch in one request.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..card import ModelCard, read_card
+from ..engine.openvino import (DEVICE, _ov, check_ir, compile_config, describe_used, precision_note,
+                               resolved_precision)
+from ..engine.sidecar import rebuild_command
+from ..errors import UserError
+from .base import Runner, RunnerOptions
+
+
+class OpenVINORunner(Runner):
+    backend = "openvino"
+
+    def __init__(self, path: str, card: ModelCard, env: dict, threads: int | None = None,
+                 performance_mode: str = "latency", streams: int | str | None = None, requests: int | None = None):
+        """``card``: the IR's card (:func:`pspnet_deploy.card.read_card`, its sidecar checked by
+        :func:`~pspnet_deploy.engine.openvino.check_ir`); ``env``: this CPU (``cpu_environment``)."""
+        sidecar = card.sidecar
+        super().__init__(card, sha256=sidecar["engine"].get("sha256"))
+        ov = _ov()
+        self.sidecar = sidecar
+        self.env = env
+        self.performance_mode = performance_mode
+        cfg = compile_config(self.precision, threads, performance_mode, streams)
+        if requests is not None and int(requests) <= 0:
+            raise UserError(f"--requests must be positive, got {requests}")
+        core = ov.Core()
+        try:
+            model = core.read_model(str(path))
+        except Exception as e:  # noqa: BLE001 - a corrupt IR raises RuntimeError with a long message
+            msg = " ".join(str(e).split())[:200]
+            raise UserError(f"{path}: OpenVINO cannot read this IR ({msg}); rebuild it: "
+                            f"{rebuild_command(sidecar, path)}") from e
+        try:
+            self.compiled = core.compile_model(model, DEVICE, cfg)
+        except Exception as e:  # noqa: BLE001
+            raise UserError(f"{path}: OpenVINO's CPU plugin cannot compile this IR: "
+                            f"{' '.join(str(e).split())[:200]}") from e
+        self.config = cfg
+        self.resolved = resolved_precision(self.compiled)
+        self.runs_as = describe_used(self.precision, self.resolved)
+        self.note = precision_note(self.precision, self.resolved, env["native"])
+        inp = self.compiled.inputs[0]
+        ps = inp.get_partial_shape()
+        if len(ps) != 4 or not all(d.is_static for d in list(ps)[1:]):
+            raise UserError(f"{path}: expected an N x 3 x H x W input with a fixed size, got {ps}")
+        h, w = int(ps[2].get_length()), int(ps[3].get_length())
+        self.preprocess = self.preprocess.with_size(h, w)
+        self.model_batch = int(ps[0].get_length()) if ps[0].is_static else None
+        # a batch-1 IR takes any batch (one image per request); another fixed batch is fixed
+        self.fixed_batch = self.model_batch if self.model_batch not in (None, 1) else None
+        self.output = self.compiled.outputs[0]
+        self.threads = threads
+        self.requests = int(requests) if requests else int(self.resolved.get("optimal_number_of_infer_requests") or 1)
+        if performance_mode == "latency" and requests is None:
+            self.requests = 1
+        self._request = self.compiled.create_infer_request()
+        self._queue = None
+        if self.requests > 1 and self.model_batch == 1:
+            self._queue = ov.AsyncInferQueue(self.compiled, self.requests)
+            self._queue.set_callback(self._done)
+        self._results: list = []
+
+    @classmethod
+    def from_file(cls, path: str, options: RunnerOptions | None = None, **overrides) -> "OpenVINORunner":
+        o = RunnerOptions.make(options, **overrides)
+        if o.device and not str(o.device).lower().startswith("cpu"):
+            raise UserError(f"{path}: OpenVINO IRs run on the CPU here, not {o.device!r}; drop --device or use "
+                            f"--device cpu")
+        card = read_card(path, kind="openvino")
+        _, env = check_ir(path, verify_hash=o.verify_hash, sidecar=card.sidecar)
+        return cls(str(path), card, env, threads=o.threads, performance_mode=o.performance_mode, streams=o.streams,
+                   requests=o.requests)
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d.update({"openvino": self.env["openvino"], "cpu": self.env["cpu"],
+                  "isa": [k for k, v in self.env["isa"].items() if v], "compile_config": dict(self.config),
+                  "performance_mode": self.performance_mode, "requests": self.requests,
+                  "inference_precision": self.resolved.get("inference_precision"),
+                  "conv_precisions": self.resolved.get("conv_precisions"), "streams": self.resolved.get("num_streams"),
+                  "threads": self.resolved.get("inference_num_threads"), "precision_used": self.runs_as,
+                  "precision_note": self.note, "onnx_sha256": self.sidecar.get("onnx", {}).get("sha256")})
+        return d
+
+    def _done(self, request, index) -> None:
+        self._results[index] = np.array(request.get_output_tensor(0).data, copy=True)
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        self.check_batch(batch)
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        n = x.shape[0]
+        if self.model_batch is None or self.model_batch == n:
+            out = self._request.infer({0: x})[self.output]
+            return np.array(out, copy=True)
+        # a batch-1 IR: one image per request
+        if self._queue is None:
+            return np.concatenate([np.array(self._request.infer({0: x[i:i + 1]})[self.output], copy=True)
+                                   for i in range(n)])
+        self._results = [None] * n
+        for i in range(n):
+            self._queue.start_async({0: x[i:i + 1]}, i)
+        self._queue.wait_all()
+        return np.concatenate(self._results)
+
+    def close(self) -> None:
+        self._queue = None
+        self._request = None
+        self.compiled = None
+
