@@ -37,6 +37,7 @@ from pathlib import Path
 
 from ..card import ModelCard, read_card, read_sidecar_json, sidecar_path
 from ..errors import UserError
+from ..precision.ranges import DEFAULT_METHOD
 from ..utils import atomic_write_json, sha256_file
 from .plan import _strip_precision, check_calibration_options, source_onnx, variant_path
 from .sidecar import PROG, check_engine_file, rebuild_command, sidecar_sections
@@ -164,7 +165,7 @@ class OVBuildOptions:
     calib_data: str | None = None
     calib_split: str = "train"
     calib_images: int | None = None
-    calib_method: str = "entropy"
+    calib_method: str = DEFAULT_METHOD
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -241,7 +242,7 @@ def build_argv(onnx: str | Path, xml: str | Path, opts: OVBuildOptions) -> list[
         argv.append("--int8")
     for flag, value, default in (("--calib-data", opts.calib_data, None), ("--calib-split", opts.calib_split, "train"),
                                  ("--calib-images", opts.calib_images, None),
-                                 ("--calib-method", opts.calib_method, "entropy")):
+                                 ("--calib-method", opts.calib_method, DEFAULT_METHOD)):
         if opts.precision == "int8" and value is not None and value != default:
             argv += [flag, str(value)]
     return argv
