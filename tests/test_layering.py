@@ -18,7 +18,7 @@ TIERS = [
     (1, ("precision",)),
     (2, ("export", "interop")),
     (3, ("engine",)),
-    (4, ("runners", "evaluate", "sliding", "predict", "bench", "report", "triton", "train")),
+    (4, ("runners", "evaluate", "sliding", "predict", "bench", "report", "triton", "train", "qat")),
     (5, ("cli", "demo", "__init__")),
 ]
 TRT_ALLOWED = {"engine.build", "runners.trt_runner"}

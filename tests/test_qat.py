@@ -27,7 +27,7 @@ def _synthetic_meta() -> dict:
 
 
 def _cfg(**kw):
-    from pspnet_deploy.precision.qat import QATConfig
+    from pspnet_deploy.qat import QATConfig
 
     base = dict(data="synthetic", epochs=2, batch_size=2, max_steps_per_epoch=STEPS, lr=5e-3, progress=False,
                 scale=[1.0, 1.0], rotate=0.0)
@@ -46,7 +46,7 @@ def work(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def full_run(work):
-    from pspnet_deploy.precision.qat import run_qat
+    from pspnet_deploy.qat import run_qat
 
     rep = run_qat(work / "tiny.pt", work / "full" / "m.int8.onnx", _cfg(), num_images=8, min_images=4,
                   cache_dir=work / "cache")
@@ -132,7 +132,7 @@ def test_qat_onnx_matches_pytorch_fake_quant(work, full_run):
     import onnxruntime as ort
 
     from pspnet_deploy.checkpoint import load_model
-    from pspnet_deploy.precision.qat import QATModel, QATPlan
+    from pspnet_deploy.qat import QATModel, QATPlan
 
     _, out = full_run
     state = torch.load(out.with_suffix(".qat-state.pt"), weights_only=True)
@@ -169,7 +169,7 @@ def test_qat_resume_is_exact(work, full_run):
     import onnx
     from onnx import numpy_helper
 
-    from pspnet_deploy.precision.qat import run_qat
+    from pspnet_deploy.qat import run_qat
 
     out = work / "resumed" / "m.int8.onnx"
     first = run_qat(work / "tiny.pt", out, _cfg(stop_after_epochs=1), num_images=8, min_images=4,
@@ -191,7 +191,7 @@ def test_qat_resume_is_exact(work, full_run):
 def test_bf16_feature_detection_and_refusal(work, tmp_path):
     from pspnet_deploy.cli.common import run
     from pspnet_deploy.cli.qat import PROG, main
-    from pspnet_deploy.precision.qat import cpu_has_bf16
+    from pspnet_deploy.qat import cpu_has_bf16
 
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     assert cpu_has_bf16() == bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))

@@ -48,7 +48,7 @@ def build_parser():
 
 
 def main(argv=None) -> int:
-    from ..precision.qat import QATConfig, run_qat
+    from ..qat import QATConfig, run_qat
     from ..utils import atomic_write_json, jsonable
 
     a = build_parser().parse_args(argv)

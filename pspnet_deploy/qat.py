@@ -39,8 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..errors import UserError
-from ..utils import atomic_path, say, sha256_file
+from .errors import UserError
+from .utils import atomic_path, say, sha256_file
 
 __all__ = ["QATConfig", "QATPlan", "plan_from_qdq", "QATModel", "fake_quant", "cpu_has_bf16", "run_qat"]
 
@@ -128,7 +128,7 @@ def plan_from_qdq(qdq_model, net: nn.Module) -> QATPlan:
     """Read the Q/DQ placement of a calibrated file (``onnx.ModelProto``) as a :class:`QATPlan`
     for ``net`` (the PyTorch model the file was exported from). UserError when a quantized node
     has no PyTorch counterpart this module knows how to fake-quantize."""
-    from .qdq import WEIGHTED_OPS, ranges_from_qdq
+    from .precision.qdq import WEIGHTED_OPS, ranges_from_qdq
 
     modules = dict(net.named_modules())
     g = qdq_model.graph
@@ -176,7 +176,7 @@ def plan_from_qdq(qdq_model, net: nn.Module) -> QATPlan:
     missing = [t for t in list(inputs.values()) + list(residuals.values()) if t not in amax]
     if missing:
         raise UserError(f"QAT: no range for quantized tensor {missing[0]!r} in the calibrated file")
-    from ..card import onnx_meta_from_proto  # the one ONNX metadata reader
+    from .card import onnx_meta_from_proto  # the one ONNX metadata reader
 
     cal = onnx_meta_from_proto(qdq_model).get("calibration") or {}
     used = set(inputs.values()) | set(residuals.values())
@@ -292,15 +292,15 @@ def run_qat(checkpoint: str | Path, output: str | Path, cfg: QATConfig, *, calib
     epoch to ``OUTPUT.qat-state.pt``; ``resume`` continues from such a file exactly."""
     from torch.utils.data import DataLoader
 
-    from ..checkpoint import load_model, save_checkpoint
-    from ..data import open_dataset
-    from ..data.preprocess import Preprocess
-    from ..data.transforms import TrainTransform
-    from ..export import export_onnx
-    from .calib_data import DEFAULT_NUM_IMAGES
-    from .calibrate import calibrate_onnx
-    from .ranges import DEFAULT_METHOD
-    from .table import read_calibration_table, table_path_for
+    from .checkpoint import load_model, save_checkpoint
+    from .data import open_dataset
+    from .data.preprocess import Preprocess
+    from .data.transforms import TrainTransform
+    from .export import export_onnx
+    from .precision.calib_data import DEFAULT_NUM_IMAGES
+    from .precision.calibrate import calibrate_onnx
+    from .precision.ranges import DEFAULT_METHOD
+    from .precision.table import read_calibration_table, table_path_for
 
     t0 = time.time()
     output = Path(output)
@@ -371,7 +371,7 @@ def run_qat(checkpoint: str | Path, output: str | Path, cfg: QATConfig, *, calib
             raise UserError(f"{cfg.data} [{cfg.split}]: {len(ds)} images are fewer than one batch of {cfg.batch_size}")
         if ds.info.num_classes != len(meta["classes"]):
             raise UserError(f"model predicts {len(meta['classes'])} classes but {cfg.data} has {ds.info.num_classes}")
-        from ..train import _Augmented  # the seeded (seed, epoch, index) augmentation wrapper pspnet-train uses
+        from .train import _Augmented  # the seeded (seed, epoch, index) augmentation wrapper pspnet-train uses
 
         crop = tuple(cfg.crop) if cfg.crop else size
         transform = TrainTransform(crop, pre, tuple(cfg.scale), cfg.rotate, True, cfg.blur_prob, ds.info.ignore_index,
@@ -468,7 +468,7 @@ def _stamp_qat(path: Path, record: dict, src_meta: dict) -> None:
     """Add the ``qat`` record to the INT8 file's metadata; keep the source checkpoint's provenance."""
     import onnx
 
-    from ..onnx_graph import write_onnx_metadata
+    from .onnx_graph import write_onnx_metadata
 
     m = onnx.load(str(path))
     write_onnx_metadata(m, {"qat": record, "calibration_method": "qat"})
