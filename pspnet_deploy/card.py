@@ -250,8 +250,12 @@ def card_from_meta(meta: dict, path: str | Path = "<in memory>", kind: str = "to
 def read_checkpoint_payload(path: str | Path, map_location="cpu", mmap: bool = False) -> dict:
     """A checkpoint's payload (``meta`` JSON-decoded), never running code from the file.
 
-    ``mmap=True`` maps the tensors instead of reading them (what :func:`read_card` uses);
-    checkpoints in PyTorch's legacy (non-zip) format are read fully.
+    ``torch.load`` is restricted to tensors and plain data; PyTorch's own refusal text advises
+    ``weights_only=False``, which would run code from the file, so the messages here say what the
+    file is instead. Refused with one line: a file that is not the zip archive ``torch.save``
+    writes, a pickle holding Python objects, a foreign or newer header, a version that is not a
+    number, missing or corrupt metadata, no state_dict of named tensors, a training state that is
+    not a mapping. ``mmap=True`` maps the tensors instead of reading them (what :func:`read_card` uses).
     """
     import pickle
     import zipfile
@@ -262,26 +266,45 @@ def read_checkpoint_payload(path: str | Path, map_location="cpu", mmap: bool = F
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{path}: not a PyTorch checkpoint ({path.stat().st_size} bytes, not the zip archive "
+                        f"torch.save writes); pass a .pt written by pspnet-train or pspnet-convert")
     try:
-        if mmap and zipfile.is_zipfile(path):
+        if mmap:
             payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         else:
             payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as e:
+    except pickle.UnpicklingError as e:
+        raise UserError(f"{path}: refused: the file holds Python objects a checkpoint never contains (loading them "
+                        f"could run code from the file); use a .pt written by pspnet-train or pspnet-convert") from e
+    except Exception as e:  # noqa: BLE001 - any failure to parse a foreign file is bad input, not a bug
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"{path}: cannot read checkpoint (corrupt, truncated or not a PyTorch file: {msg[:160]})") from e
+        raise UserError(f"{path}: cannot read checkpoint (corrupt, truncated or not a PyTorch file: "
+                        f"{type(e).__name__}: {msg[:160]})") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise UserError(f"{path}: not a pspnet-deploy checkpoint (no '{FORMAT}' header); train one with pspnet-train")
-    if int(payload.get("version", 0)) > VERSION:
-        raise UserError(f"{path}: checkpoint version {payload['version']} is newer than this toolkit reads ({VERSION}); "
+        raise UserError(f"{path}: not a pspnet-deploy checkpoint (no '{FORMAT}' header); train one with pspnet-train "
+                        f"or convert one with pspnet-convert")
+    version = payload.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise UserError(f"{path}: checkpoint version {version!r} is not a number; the file is corrupt or not ours")
+    if version > VERSION:
+        raise UserError(f"{path}: checkpoint version {version} is newer than this toolkit reads ({VERSION}); "
                         f"upgrade pspnet-deploy")
     try:
         meta = json.loads(payload["meta"])
-        if not isinstance(meta, dict):
-            raise TypeError
     except (KeyError, TypeError, json.JSONDecodeError) as e:
         raise UserError(f"{path}: checkpoint metadata is missing or corrupt") from e
+    if not isinstance(meta, dict):
+        raise UserError(f"{path}: checkpoint metadata is not a JSON object; the file is corrupt")
     payload["meta"] = meta
+    state = payload.get("state_dict")
+    if not isinstance(state, dict) or not state or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                             for k, v in state.items()):
+        raise UserError(f"{path}: checkpoint has no weights (no state_dict of named tensors); the file is corrupt "
+                        f"or not a model checkpoint")
+    ts = payload.get("train_state")
+    if ts is not None and not isinstance(ts, dict):
+        raise UserError(f"{path}: checkpoint's training state is corrupt; resume from another last.pt")
     return payload
 
 

@@ -10,7 +10,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -20,54 +20,15 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointSet, fit_state_dict, load_checkpoint, save_checkpoint
 from .data import IGNORE_INDEX, Preprocess, open_dataset
 from .data.transforms import TrainTransform
 from .errors import UserError
 from .evaluate import evaluate
 from .model import PSPNet, min_input_size
 from .runners.torch_runner import TorchRunner
-from .utils import atomic_write_json, versions
-
-
-@dataclass
-class TrainConfig:
-    data: str = "synthetic"
-    train_split: str = "train"
-    val_split: str = "val"
-    out: str = "runs/train"
-    backbone: str = "resnet18"
-    output_stride: int = 8
-    deep_stem: bool = False
-    bins: list = field(default_factory=lambda: [1, 2, 3, 6])
-    head_channels: int = 512
-    epochs: int = 10
-    batch_size: int = 8
-    lr: float = 0.01
-    head_lr_mult: float = 10.0
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    power: float = 0.9
-    warmup_iters: int = 0
-    aux_weight: float = 0.4
-    crop: list = field(default_factory=lambda: [256, 256])
-    input_size: list | None = None
-    scale: list = field(default_factory=lambda: [0.5, 2.0])
-    rotate: float = 10.0
-    blur_prob: float = 0.5
-    color_jitter: float = 0.0
-    class_weights: str = "none"
-    val_every: int = 1
-    val_limit: int | None = None
-    max_steps_per_epoch: int | None = None
-    workers: int = 1
-    threads: int | None = None
-    seed: int = 0
-    init: str | None = None
-    resume: str | None = None
-    amp: str = "auto"
-    device: str = "auto"
-    progress: bool = True
+from .train_config import TrainConfig  # noqa: F401 - re-exported
+from .utils import check_output_dir, torch_device, versions
 
 
 class _Augmented(torch.utils.data.Dataset):
@@ -166,14 +127,27 @@ def _architecture(cfg: TrainConfig, num_classes: int, init_payload: dict | None)
     return arch
 
 
+def _mismatch_hint(meta: dict, model, info, option: str) -> str:
+    """Which model or dataset options differ between a checkpoint and this run (for {option})."""
+    theirs = meta.get("model") if isinstance(meta.get("model"), dict) else {}
+    ours = dict(model.config)
+    diff = [f"{k} {theirs[k]} vs {ours[k]}" for k in ours if k in theirs and theirs[k] != ours[k]]
+    classes = meta.get("classes")
+    if isinstance(classes, list) and list(classes) != list(info.classes):
+        diff.append(f"{len(classes)} classes vs {len(info.classes)} in this dataset")
+    if diff:
+        return f"the checkpoint was made with other options ({'; '.join(diff)}); {option} needs the same ones"
+    return f"{option} needs a checkpoint of the same model"
+
+
 def train(cfg: TrainConfig) -> dict:
+    cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    want = cfg.device
-    if want == "auto":
-        want = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch_device(cfg.device)  # UserError when CUDA is asked for but not usable
+    want = dev.type if dev.index is None else str(dev)
     rank, world, local_rank = _setup_distributed(want)
-    device = torch.device(f"cuda:{local_rank}" if want == "cuda" else want)
+    device = torch.device(f"cuda:{local_rank}") if want == "cuda" else dev
     if device.type == "cuda":
         torch.cuda.set_device(device)
     main = rank == 0
@@ -206,12 +180,7 @@ def train(cfg: TrainConfig) -> dict:
         preprocess = Preprocess.from_dict(init_payload["meta"]["preprocess"]).with_size(*cfg.input_size)
     out_dir = Path(cfg.out)
     if main:
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"{out_dir}: cannot create output folder ({e.strerror})") from e
-        if not os.access(out_dir, os.W_OK):
-            raise UserError(f"{out_dir}: output folder is not writable")
+        check_output_dir(out_dir)  # created at the first save, so a failed start leaves no empty folder
 
     if len(train_ds) <= 2000 and hasattr(train_ds, "preload"):
         train_ds.preload()  # decode once; forked workers share it
@@ -225,9 +194,8 @@ def train(cfg: TrainConfig) -> dict:
         fresh = {k for k, v in state.items()
                  if k.startswith(("head.4.", "aux_head.4.")) and k in own and own[k].shape != v.shape}
         state = {k: v for k, v in state.items() if k not in fresh}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected or [m for m in missing if not m.startswith("aux_head.") and m not in fresh]:
-            raise UserError(f"{cfg.init}: weights do not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        fit_state_dict(model, state, cfg.init, ignore_missing=("aux_head.", *sorted(fresh)),
+                       hint=_mismatch_hint(init_payload["meta"], model, info, "--init"))
     model.to(device)
     new_params = {id(p) for m in model.new_modules for p in m.parameters()}
     groups = [
@@ -258,15 +226,24 @@ def train(cfg: TrainConfig) -> dict:
         ts = payload.get("train_state")
         if ts is None:
             raise UserError(f"{cfg.resume}: has no training state (a release checkpoint?); resume from last.pt")
-        model.load_state_dict(payload["state_dict"])
-        optimizer.load_state_dict(ts["optimizer"])
-        if use_amp and ts.get("scaler"):
-            scaler.load_state_dict(ts["scaler"])
-        start_epoch, global_step = int(ts["epoch"]), int(ts["global_step"])
-        best, history = float(ts["best_miou"]), json.loads(ts["history"])
-        torch.set_rng_state(ts["rng"]["torch"])
-        if device.type == "cuda" and "cuda" in ts["rng"]:
-            torch.cuda.set_rng_state(ts["rng"]["cuda"], device)
+        fit_state_dict(model, payload["state_dict"], cfg.resume,
+                       hint=_mismatch_hint(payload["meta"], model, info, "--resume"))
+        try:
+            optimizer.load_state_dict(ts["optimizer"])
+            if use_amp and ts.get("scaler"):
+                scaler.load_state_dict(ts["scaler"])
+            start_epoch, global_step = int(ts["epoch"]), int(ts["global_step"])
+            best, history = float(ts["best_miou"]), json.loads(ts["history"])
+            rng = ts["rng"]
+            torch.set_rng_state(rng["torch"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise UserError(f"{cfg.resume}: training state is incomplete or corrupt ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:120] if str(e) else ''}); resume from another last.pt") from e
+        if device.type == "cuda" and "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"], device)
+        if start_epoch >= cfg.epochs:
+            raise UserError(f"{cfg.resume}: already trained {start_epoch} epochs; pass --epochs larger than that "
+                            f"to train more")
 
     ddp_model = model
     if world > 1:
@@ -284,6 +261,10 @@ def train(cfg: TrainConfig) -> dict:
         "versions": versions(),
     }
 
+    # best.pt, last.pt and history.json are written as one set (see CheckpointSet); a run resumed
+    # from this folder's last.pt continues its set, a new run starts its own
+    resumes_here = bool(cfg.resume) and os.path.abspath(Path(cfg.resume).parent) == os.path.abspath(out_dir)
+    ckpts = CheckpointSet(out_dir, continues=resumes_here)
     tty = sys.stderr.isatty()
     bar = tqdm(total=max_iters, initial=global_step, desc="train", disable=not (main and cfg.progress),
                dynamic_ncols=True, mininterval=0.5 if tty else 30)
@@ -337,10 +318,9 @@ def train(cfg: TrainConfig) -> dict:
             ts = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if use_amp else {},
                   "epoch": epoch + 1, "global_step": global_step, "best_miou": best,
                   "history": json.dumps(history), "rng": _rng_state(device)}
-            save_checkpoint(out_dir / "last.pt", model, meta_e, train_state=ts)
-            if improved or val_ds is None:
-                save_checkpoint(out_dir / "best.pt", model, dict(meta_e, metrics=dict(meta_e["metrics"], val_miou=record.get("val_miou"))))
-            atomic_write_json(out_dir / "history.json", history)
+            meta_b = dict(meta_e, metrics=dict(meta_e["metrics"], val_miou=record.get("val_miou")))
+            ckpts.save(epoch + 1, lambda p: save_checkpoint(p, model, meta_e, train_state=ts),
+                       (lambda p: save_checkpoint(p, model, meta_b)) if improved or val_ds is None else None, history)
             msg = f"epoch {epoch + 1}/{cfg.epochs} loss {record['loss']:.4f} lr {lr:.2e} ({record['epoch_time_s']:.0f}s)"
             if "val_miou" in record:
                 msg += f" val mIoU {100 * record['val_miou']:.2f} (best {100 * best:.2f})"

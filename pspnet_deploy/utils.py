@@ -1,63 +1,251 @@
-"""Small shared helpers: atomic writes, hashing, versions, strict-JSON copies."""
+"""Small shared helpers: output-path checks, atomic writes, stale-temp cleanup, hashing, versions, strict-JSON
+copies, device and input-size checks. Nothing here imports torch at module level, so the CLIs can check
+their arguments before any heavy import."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import os
+import re
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from .errors import UserError
 
+# --------------------------------------------------------------------------------------------
+# output paths: one check used by every command before it starts work
+# --------------------------------------------------------------------------------------------
+
+_NO_SPACE = {errno.ENOSPC, errno.EFBIG} | ({errno.EDQUOT} if hasattr(errno, "EDQUOT") else set())
+_NO_WRITE = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def output_error(path: str | Path, e: OSError) -> UserError:
+    """The one-line UserError for an OSError met while writing ``path``."""
+    why = e.strerror or type(e).__name__
+    if e.errno in _NO_SPACE:
+        return UserError(f"{path}: no space left to write it ({why}); free disk space or choose another output path")
+    if e.errno in _NO_WRITE:
+        return UserError(f"{path}: cannot write here ({why}); choose a writable output path")
+    if e.errno == errno.ENOTDIR:
+        return UserError(f"{path}: a parent of this path is a file, not a folder; choose another output path")
+    if e.errno == errno.EISDIR:
+        return UserError(f"{path}: is a folder; give a file path")
+    if e.errno == errno.EEXIST:
+        return UserError(f"{path}: exists and is not a folder; choose another output path")
+    return UserError(f"{path}: cannot write ({why}); choose another output path")
+
+
+def _existing_ancestor(p: Path) -> Path:
+    p = Path(os.path.abspath(p))
+    while not os.path.lexists(p):
+        p = p.parent
+    return p
+
+
+def _probe(folder: Path, target: Path) -> None:
+    """Really write a few bytes in ``folder`` (catches read-only mounts, permissions, a full disk)."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".pspnet-probe.{TMP_MARK}{os.getpid()}.", dir=folder)
+        try:
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(tmp)
+    except OSError as e:
+        raise output_error(target, e) from e
+
+
+def check_output_file(path: str | Path, what: str = "output file") -> Path:
+    """Fail now, not after minutes of work, when ``path`` cannot be written: it is a folder, a
+    parent is a file, the folder is read-only or the disk is full. Creates nothing."""
+    p = Path(path)
+    if str(path).endswith(("/", os.sep)) or p.is_dir():
+        raise UserError(f"{p}: is a folder; give a file path for the {what}")
+    anc = _existing_ancestor(p.parent if str(p.parent) else Path("."))
+    if not anc.is_dir():
+        raise UserError(f"{p}: {anc} is a file, not a folder; choose another path for the {what}")
+    _probe(anc, p)
+    return p
+
+
+def check_output_dir(path: str | Path, what: str = "output folder") -> Path:
+    """Like :func:`check_output_file` for a folder the command will create or fill."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{p}: exists and is not a folder; choose another {what}")
+    anc = _existing_ancestor(p)
+    if not anc.is_dir():
+        raise UserError(f"{p}: {anc} is a file, not a folder; choose another {what}")
+    _probe(anc, p)
+    return p
+
+
+def mkdirs(p: Path) -> list[Path]:
+    """``mkdir -p``; returns the folders it created, outermost first."""
+    missing = []
+    q = Path(p)
+    while not q.exists():
+        missing.append(q)
+        if q.parent == q:
+            break
+        q = q.parent
+    created = []
+    try:
+        for d in reversed(missing):
+            d.mkdir(exist_ok=True)
+            created.append(d)
+    except OSError:
+        rmdirs_if_empty(created)
+        raise
+    return created
+
+
+def rmdirs_if_empty(created: list[Path]) -> None:
+    for d in reversed(created):
+        try:
+            d.rmdir()  # only if still empty
+        except OSError:
+            break
+
+
+@contextmanager
+def output_dir(path: str | Path) -> Iterator[Path]:
+    """Create ``path`` for a run; if the run fails, remove the folders it created that are still empty."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{p}: exists and is not a folder; choose another output folder")
+    try:
+        created = mkdirs(p)
+    except OSError as e:
+        raise output_error(p, e) from e
+    try:
+        yield p
+    except BaseException:
+        rmdirs_if_empty(created)
+        raise
+
+
+# --------------------------------------------------------------------------------------------
+# atomic writes and stale temporary files
+# --------------------------------------------------------------------------------------------
+
+#: temporary names are ``.<target name>.p<pid>.<random><suffix>``: a later run can tell a live
+#: writer's file from one a killed process left behind
+TMP_MARK = "p"
+_TMP_RE = re.compile(r"^\..+\.p(\d+)\.[a-z0-9_]{8}(\.[^.]+)?$")
+_OLD_TMP_RE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # before the pid was in the name
+OLD_TMP_AGE_S = 600
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_tmp(folder: str | Path) -> list[Path]:
+    """Remove temporary files (and folders) that killed writers left in ``folder``; returns them.
+
+    A temporary name carries its writer's pid: it is removed when that process is gone. Names
+    from before that (``.NAME.XXXXXXXX.tmp``) are removed once they are 10 minutes old.
+    """
+    import shutil
+
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    now = time.time()
+    for e in entries:
+        if not e.name.startswith("."):
+            continue
+        m = _TMP_RE.match(e.name)
+        try:
+            stale = (m is not None and not _pid_alive(int(m.group(1)))) or (
+                m is None and _OLD_TMP_RE.match(e.name) is not None and e.is_file(follow_symlinks=False)
+                and now - e.stat(follow_symlinks=False).st_mtime > OLD_TMP_AGE_S)
+            if not stale:
+                continue
+            if e.is_dir(follow_symlinks=False):
+                shutil.rmtree(e.path, ignore_errors=True)
+            else:
+                os.unlink(e.path)
+            removed.append(Path(e.path))
+        except OSError:
+            pass
+    return removed
+
+
+def tmp_name(path: str | Path, suffix: str = ".tmp") -> tuple[str, str]:
+    """(prefix, suffix) for ``tempfile.mkstemp``/``mkdtemp`` next to ``path`` (see :data:`TMP_MARK`)."""
+    return f".{Path(path).name}.{TMP_MARK}{os.getpid()}.", suffix
+
 
 @contextmanager
 def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path in the destination folder; rename it onto ``path`` on success.
 
-    On any exception the temporary file is removed and ``path`` is untouched.
+    On any exception the temporary file is removed, ``path`` is untouched and folders this call
+    created are removed again. A full disk while writing becomes a one-line UserError. Stale
+    temporary files of killed writers in the folder are cleaned first.
     """
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; give a file path")
+    created: list[Path] = []
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=parent)
+        created = mkdirs(parent)
+        clean_stale_tmp(parent)
+        prefix, sfx = tmp_name(path, suffix or ".tmp")
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=sfx, dir=parent)
     except OSError as e:
-        raise UserError(f"{path}: cannot write here ({e.strerror}); choose a writable output path") from e
+        rmdirs_if_empty(created)
+        raise output_error(path, e) from e
     os.close(fd)
     tmp_path = Path(tmp)
+    done = False
     try:
-        yield tmp_path
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; finished files get the usual mode
-        os.replace(tmp_path, path)
+        try:
+            yield tmp_path
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; finished files get the usual mode
+            os.replace(tmp_path, path)
+            done = True
+        except OSError as e:
+            if e.errno in _NO_SPACE or e.errno == errno.EROFS:
+                raise output_error(path, e) from e
+            raise
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-
-
-class _ProbeDone(Exception):
-    pass
+        if not done:
+            try:
+                tmp_path.unlink()
+            except OSError:
+                pass
+            rmdirs_if_empty(created)
 
 
 def check_writable(path: str | Path, expect: str = "a file path") -> None:
-    """Fail early (before minutes of work) when a file cannot be written at ``path``; leaves nothing.
-    ``expect`` says what to give instead of a folder (e.g. "an .onnx file path")."""
-    path = Path(path)
-    if path.is_dir():
+    """:func:`check_output_file` with what to give instead of a folder (e.g. "an .onnx file path")."""
+    if Path(path).is_dir():
         raise UserError(f"{path}: is a folder; give {expect}")
-    try:
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(b"")
-            raise _ProbeDone  # leave nothing behind
-    except _ProbeDone:
-        pass
-    except PermissionError as e:
-        raise UserError(f"{path}: cannot write here ({e.strerror}); choose a writable output path") from e
+    check_output_file(path)
 
 
 def say(progress: bool, msg: str) -> None:
@@ -120,3 +308,124 @@ def jsonable(obj):
     if obj is None or isinstance(obj, (str, int, float, bool)):
         return obj
     return str(obj)
+
+
+# --------------------------------------------------------------------------------------------
+# native libraries' stderr (libpng, FFmpeg): captured, so a command prints only its own lines
+# --------------------------------------------------------------------------------------------
+
+class _Captured:
+    text = ""
+
+
+@contextmanager
+def native_stderr_captured() -> Iterator[_Captured]:
+    """Send what C libraries write to file descriptor 2 (libpng and FFmpeg warnings about a file)
+    into a buffer for the duration; ``.text`` holds it afterwards. Python's own stderr is flushed
+    first and restored after; a no-op where fd 2 cannot be duplicated."""
+    cap = _Captured()
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield cap
+        return
+    buf = tempfile.TemporaryFile()
+    try:
+        os.dup2(buf.fileno(), 2)
+        try:
+            yield cap
+        finally:
+            os.dup2(saved, 2)
+            buf.seek(0)
+            cap.text = buf.read(65536).decode("utf-8", "replace")
+    finally:
+        os.close(saved)
+        buf.close()
+
+
+# --------------------------------------------------------------------------------------------
+# devices and input sizes: checked before torch is imported or memory allocated
+# --------------------------------------------------------------------------------------------
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def check_device(device: str, allow_auto: bool = True) -> str:
+    """Syntax of ``--device`` (no torch import): cpu, cuda, cuda:N (and auto where allowed)."""
+    d = str(device).strip().lower()
+    if not _DEVICE_RE.match(d) or (d == "auto" and not allow_auto):
+        forms = "auto, cpu, cuda or cuda:N" if allow_auto else "cpu, cuda or cuda:N"
+        raise UserError(f"--device must be {forms}, got {device!r}")
+    return d
+
+
+def torch_device(device: str):
+    """The ``torch.device`` for ``--device``; UserError when CUDA is asked for but not usable here."""
+    import torch
+
+    d = check_device(device)
+    if d == "auto":
+        d = "cuda" if torch.cuda.is_available() else "cpu"
+    if d.startswith("cuda"):
+        if not torch.cuda.is_available():
+            why = "this PyTorch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise UserError(f"--device {device}: {why} (torch {torch.__version__}); use --device cpu")
+        idx = int(d.split(":")[1]) if ":" in d else 0
+        if idx >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible "
+                            f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    return torch.device(d)
+
+
+#: Memory rule for ``--input-size`` / ``--crop`` (see README, "Limits"): a forward pass of the
+#: smallest model (PSPNet ResNet-18, output stride 8) peaks at about 520 bytes per input pixel on
+#: CPU, a training step (forward + backward, aux head) at about 1750 per pixel of each image. A size
+#: is refused when even 400 (inference) / 1500 (training) bytes per pixel times the batch exceed the
+#: memory available now, so nothing that could run is refused and hopeless sizes fail at once.
+INFER_BYTES_PER_PIXEL = 400
+TRAIN_BYTES_PER_PIXEL = 1500
+MAX_SIDE = 16384  # no image side beyond this, whatever the memory (OpenCV's own limits are near it)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (MemAvailable), or None when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_input_size(size, what: str = "--input-size", batch: int = 1, training: bool = False,
+                     min_side: int | None = None) -> tuple[int, int] | None:
+    """Bounds of an (H, W) size: positive, at least ``min_side`` (the model's smallest input, see
+    :func:`pspnet_deploy.model.min_input_size`), at most :data:`MAX_SIDE`, and within the memory
+    rule above. Returns ``(h, w)`` (None for None)."""
+    if size is None:
+        return None
+    try:
+        h, w = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise UserError(f"{what} takes H W, got {size!r}") from None
+    if h <= 0 or w <= 0:
+        raise UserError(f"{what} must be positive, got {h}x{w}")
+    if min_side is not None and min(h, w) < min_side:
+        raise UserError(f"{what} {h}x{w} is too small for this model: each side must be at least {min_side} pixels "
+                        f"(the feature map must hold the largest pyramid bin)")
+    if max(h, w) > MAX_SIDE:
+        raise UserError(f"{what} {h}x{w} is too large: each side must be at most {MAX_SIDE} pixels")
+    per_px = TRAIN_BYTES_PER_PIXEL if training else INFER_BYTES_PER_PIXEL
+    need = per_px * h * w * max(1, int(batch))
+    avail = available_memory()
+    if avail is not None and need > avail:
+        raise UserError(f"{what} {h}x{w}{f' x batch {batch}' if batch > 1 else ''} needs at least {need / 2**30:.1f} GiB "
+                        f"of memory ({per_px} bytes per pixel), but only {avail / 2**30:.1f} GiB is available; "
+                        f"use a smaller size{' or batch' if batch > 1 else ''}")
+    return h, w

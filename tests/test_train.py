@@ -140,12 +140,12 @@ def test_cli_unwritable_output_folder(tmp_path):
     (tmp_path / "a_file").write_text("not a folder")
     out = tmp_path / "a_file" / "run"  # cannot be created, whoever runs the test (root included)
     r = cli(["--data", "synthetic", "--out", str(out), *TINY])
-    _one_line_failure(r, out, "cannot create output folder")
+    _one_line_failure(r, out, "not a folder")
     if os.geteuid() != 0:  # root writes through permissions, so this half needs a normal user
         ro = tmp_path / "readonly"
         ro.mkdir(mode=0o500)
         r = cli(["--data", "synthetic", "--out", str(ro), *TINY])
-        _one_line_failure(r, ro, "not writable")
+        _one_line_failure(r, ro, "cannot write here")
 
 
 def test_cli_corrupt_resume_checkpoint(tmp_path):

@@ -2,16 +2,24 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
+import warnings
 from typing import Callable, Sequence
 
 from ..errors import UserError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the usage text is one ``--help`` away)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = _Parser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     return p
 
@@ -20,6 +28,9 @@ def run(prog: str, main: Callable[[Sequence[str] | None], int | None], argv: Seq
     """Call ``main(argv)``; turn UserError, missing files and interrupts into one line + exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    if not debug and not sys.warnoptions and not os.environ.get("PYTHONWARNINGS"):
+        # library warnings (torch, onnx, ...) are for developers: --debug or PYTHONWARNINGS shows them
+        warnings.simplefilter("ignore")
     try:
         return int(main(args) or 0)
     except UserError as e:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import sys
 
-from ..train import TrainConfig
+from ..train_config import TrainConfig
 from .common import make_parser, run
 
 PROG = "pspnet-train"
@@ -60,8 +60,6 @@ def build_parser():
 
 
 def main(argv=None) -> int:
-    from ..train import train
-
     a = build_parser().parse_args(argv)
     cfg = TrainConfig(data=a.data, train_split=a.train_split, val_split=a.val_split or None, out=a.out,
                       backbone=a.backbone, output_stride=a.output_stride, deep_stem=a.deep_stem, bins=a.bins,
@@ -73,6 +71,9 @@ def main(argv=None) -> int:
                       val_limit=a.val_limit, max_steps_per_epoch=a.max_steps_per_epoch, workers=a.workers,
                       threads=a.threads, seed=a.seed, init=a.init, resume=a.resume, device=a.device,
                       progress=not a.no_progress)
+    cfg.validate()  # before torch is imported or anything allocated
+    from ..train import train
+
     res = train(cfg)
     if res.get("best_val_miou") is not None:
         print(f"best val mIoU {100 * res['best_val_miou']:.2f} -> {res['out']}/best.pt")

@@ -8,26 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..geometry import feature_size, min_input_size  # noqa: F401 - re-exported
 from .resnet import resnet
 
 __all__ = ["PyramidPooling", "PSPNet", "feature_size", "build_model"]
-
-
-def _conv_out(size: int, kernel: int, stride: int, pad: int) -> int:
-    return (size + 2 * pad - kernel) // stride + 1
-
-
-def feature_size(size: int, output_stride: int = 8) -> int:
-    """Spatial size of the backbone output for an input side of ``size`` pixels.
-
-    Every stride-2 stage of the ResNet (stem conv, max pool, and the strided stages) rounds up,
-    so the result is ceil-of-ceil, not size / output_stride: 713 -> 90, 473 -> 60, 360 -> 45.
-    """
-    s = _conv_out(size, 3, 2, 1)  # stem conv (7x7/2 pad 3 and 3x3/2 pad 1 give the same size)
-    s = _conv_out(s, 3, 2, 1)  # max pool
-    for _ in range({8: 1, 16: 2, 32: 3}[output_stride]):
-        s = _conv_out(s, 3, 2, 1)  # stride-2 stage (layer2, layer3, layer4)
-    return s
 
 
 class PyramidPooling(nn.Module):
@@ -136,15 +120,6 @@ def build_model(config: dict, aux: bool = True) -> PSPNet:
     cfg = dict(config)
     cfg.pop("aux", None)
     return PSPNet(aux=aux, **cfg)
-
-
-def min_input_size(bins: Sequence[int], output_stride: int = 8) -> int:
-    """Smallest input side whose feature map is at least as large as the deepest bin."""
-    need = max(bins)
-    s = 1
-    while feature_size(s, output_stride) < need:
-        s += 1
-    return s
 
 
 def _check_math() -> None:  # pragma: no cover - documentation of the formula

@@ -1,0 +1,118 @@
+"""The training configuration and its checks, without torch: ``pspnet-train`` refuses bad arguments
+before importing it or allocating anything."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .errors import UserError
+from .geometry import min_input_size
+from .utils import check_device, check_input_size
+
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+
+
+@dataclass
+class TrainConfig:
+    data: str = "synthetic"
+    train_split: str = "train"
+    val_split: str = "val"
+    out: str = "runs/train"
+    backbone: str = "resnet18"
+    output_stride: int = 8
+    deep_stem: bool = False
+    bins: list = field(default_factory=lambda: [1, 2, 3, 6])
+    head_channels: int = 512
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 0.01
+    head_lr_mult: float = 10.0
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    power: float = 0.9
+    warmup_iters: int = 0
+    aux_weight: float = 0.4
+    crop: list = field(default_factory=lambda: [256, 256])
+    input_size: list | None = None
+    scale: list = field(default_factory=lambda: [0.5, 2.0])
+    rotate: float = 10.0
+    blur_prob: float = 0.5
+    color_jitter: float = 0.0
+    class_weights: str = "none"
+    val_every: int = 1
+    val_limit: int | None = None
+    max_steps_per_epoch: int | None = None
+    workers: int = 1
+    threads: int | None = None
+    seed: int = 0
+    init: str | None = None
+    resume: str | None = None
+    amp: str = "auto"
+    device: str = "auto"
+    progress: bool = True
+
+    def validate(self) -> "TrainConfig":
+        """Every argument in range, in one place; UserError names the option and the rule."""
+        def positive(name, v, allow_none=False):
+            if v is None and allow_none:
+                return
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise UserError(f"--{name} must be a positive whole number, got {v!r}")
+
+        def number(name, v, lo=None, hi=None, lo_open=False):
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                raise UserError(f"--{name} must be a finite number, got {v!r}")
+            if lo is not None and (v <= lo if lo_open else v < lo):
+                raise UserError(f"--{name} must be {'>' if lo_open else '>='} {lo:g}, got {v:g}")
+            if hi is not None and v > hi:
+                raise UserError(f"--{name} must be <= {hi:g}, got {v:g}")
+
+        if self.backbone not in BACKBONES:
+            raise UserError(f"--backbone must be one of {', '.join(BACKBONES)}, got {self.backbone!r}")
+        if self.output_stride not in (8, 16):
+            raise UserError(f"--output-stride must be 8 or 16, got {self.output_stride}")
+        if not self.bins or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.bins):
+            raise UserError(f"--bins must be positive whole numbers (e.g. 1 2 3 6), got {list(self.bins or [])}")
+        if len(set(self.bins)) != len(self.bins):
+            raise UserError(f"--bins must not repeat a bin, got {list(self.bins)}")
+        positive("head-channels", self.head_channels)
+        if self.head_channels < len(self.bins):
+            raise UserError(f"--head-channels must be at least the number of bins ({len(self.bins)}), got "
+                            f"{self.head_channels}")
+        positive("epochs", self.epochs)
+        positive("batch-size", self.batch_size)
+        number("lr", self.lr, lo=0, lo_open=True)
+        number("head-lr-mult", self.head_lr_mult, lo=0)
+        number("momentum", self.momentum, lo=0, hi=1)
+        number("weight-decay", self.weight_decay, lo=0)
+        number("power", self.power, lo=0)
+        number("aux-weight", self.aux_weight, lo=0)
+        if isinstance(self.warmup_iters, bool) or not isinstance(self.warmup_iters, int) or self.warmup_iters < 0:
+            raise UserError(f"--warmup-iters must be >= 0, got {self.warmup_iters!r}")
+        if len(self.scale) != 2:
+            raise UserError(f"--scale takes MIN MAX, got {list(self.scale)}")
+        for v in self.scale:
+            number("scale", v, lo=0, lo_open=True, hi=16)
+        if self.scale[0] > self.scale[1]:
+            raise UserError(f"--scale takes MIN MAX with MIN <= MAX, got {self.scale[0]:g} {self.scale[1]:g}")
+        number("rotate", self.rotate, lo=0, hi=180)
+        number("blur-prob", self.blur_prob, lo=0, hi=1)
+        number("color-jitter", self.color_jitter, lo=0)
+        if self.color_jitter >= 1:
+            raise UserError(f"--color-jitter must be in [0, 1), got {self.color_jitter:g}")
+        if self.class_weights not in ("none", "median-freq"):
+            raise UserError(f"--class-weights must be none or median-freq, got {self.class_weights!r}")
+        positive("val-every", self.val_every)
+        positive("val-limit", self.val_limit, allow_none=True)
+        positive("max-steps-per-epoch", self.max_steps_per_epoch, allow_none=True)
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
+            raise UserError(f"--workers must be >= 0 (0 loads data in the main process), got {self.workers!r}")
+        positive("threads", self.threads, allow_none=True)
+        if self.amp not in ("auto", "on", "off"):
+            raise UserError(f"amp must be auto, on or off, got {self.amp!r}")
+        self.device = check_device(self.device)
+        need = min_input_size(self.bins, self.output_stride)
+        check_input_size(self.crop, "--crop", batch=self.batch_size, training=True, min_side=need)
+        if self.input_size is not None:
+            check_input_size(self.input_size, "--input-size", min_side=need)
+        return self
