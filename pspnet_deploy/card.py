@@ -168,7 +168,8 @@ def validate_card(card: ModelCard) -> ModelCard:
 
     Checked: classes (a list of names), palette (one [R, G, B] of 0-255 per class), ignore index
     (an int), preprocess (a dict :class:`Preprocess` reads), model (a dict), output kind, precision,
-    IO (lists of name/dtype/shape), batch range (MIN <= OPT <= MAX, all >= 1).
+    IO (lists of name/dtype/shape), batch range (MIN <= OPT <= MAX, all >= 1), and a logits output
+    with one channel per class (a file whose metadata and graph disagree was edited or mixed up).
     """
     p = card.path
     fix = {"torch": "the checkpoint's metadata is damaged; re-save it with pspnet-train",
@@ -214,6 +215,11 @@ def validate_card(card: ModelCard) -> ModelCard:
                 and isinstance(t.get("shape"), list) and all(isinstance(d, (int, str)) for d in t["shape"])
                 for t in tensors):
             raise _bad(p, f"io.{section} (name, dtype, shape of each tensor)", tensors, fix)
+    if card.classes is not None and card.output_kind == "logits" and card.outputs:
+        shape = card.outputs[0]["shape"]
+        if len(shape) == 4 and isinstance(shape[1], int) and shape[1] > 0 and shape[1] != len(card.classes):
+            raise UserError(f"{p}: output has {shape[1]} channels but the metadata names {len(card.classes)} classes; "
+                            f"the file was edited or mixed up, {fix}")
     if card.batch_range is not None:
         try:
             lo, opt, hi = (int(v) for v in card.batch_range)
@@ -267,8 +273,8 @@ def read_checkpoint_payload(path: str | Path, map_location="cpu", mmap: bool = F
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
     if not zipfile.is_zipfile(path):
-        raise UserError(f"{path}: not a PyTorch checkpoint ({path.stat().st_size} bytes, not the zip archive "
-                        f"torch.save writes); pass a .pt written by pspnet-train or pspnet-convert")
+        raise UserError(f"{path}: cannot read checkpoint: not a PyTorch file ({path.stat().st_size} bytes, not the "
+                        f"zip archive torch.save writes); pass a .pt written by pspnet-train or pspnet-convert")
     try:
         if mmap:
             payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -350,13 +356,19 @@ def onnx_graph_precision(model) -> str:
 
 
 def load_onnx_proto(path: str | Path):
-    """The ONNX ModelProto without its external data; one UserError for a file that is not ONNX."""
+    """The ONNX ModelProto without its external data; one UserError for a file that is not ONNX
+    (unparsable, or empty / foreign bytes that parse as a ModelProto without a graph)."""
     import onnx
 
     try:
-        return onnx.load(str(path), load_external_data=False)
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - onnx raises several types for bad files
         raise UserError(f"{path}: cannot read ONNX model ({type(e).__name__}); is it a valid .onnx file?") from e
+    if not model.graph.node or not model.graph.input or not model.graph.output:
+        # an empty or foreign file parses as an empty ModelProto: say so, not "no metadata"
+        raise UserError(f"{path}: not an ONNX model ({Path(path).stat().st_size} bytes, no graph); pass an .onnx "
+                        f"written by pspnet-export")
+    return model
 
 
 def card_from_onnx_proto(model, path: str | Path) -> ModelCard:
@@ -419,10 +431,9 @@ def read_sidecar_json(model_path: str | Path, rebuild_hint: str | None = None) -
         raise UserError(f"{sc}: sidecar is not valid JSON ({type(e).__name__}); {hint}") from e
     if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
         raise UserError(f"{sc}: not a pspnet-deploy engine sidecar; {hint}")
-    try:
-        version = int(data.get("version", 0))
-    except (TypeError, ValueError):
-        raise UserError(f"{sc}: sidecar version {data.get('version')!r} is not a number; {hint}") from None
+    version = data.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise UserError(f"{sc}: sidecar version {version!r} is not a number; {hint}")
     if version > SIDECAR_VERSION:
         raise UserError(f"{sc}: sidecar version {version} is newer than this toolkit reads ({SIDECAR_VERSION}); "
                         f"upgrade pspnet-deploy")
@@ -440,9 +451,12 @@ def read_sidecar_json(model_path: str | Path, rebuild_hint: str | None = None) -
             isinstance(prof.get(k), list) and prof[k] and all(isinstance(v, int) for v in prof[k])
             for k in ("min", "opt", "max"))):
         raise UserError(f"{sc}: sidecar io.profile is malformed (expected min/opt/max shapes); {hint}")
-    for key, typ in (("size", int), ("sha256", str)):
-        if key in data["engine"] and not isinstance(data["engine"][key], typ):
-            raise UserError(f"{sc}: sidecar engine.{key} is malformed ({data['engine'][key]!r}); {hint}")
+    eng = data["engine"]
+    size = eng.get("size")
+    if "size" in eng and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+        raise UserError(f"{sc}: sidecar engine.size is malformed ({size!r}, expected a byte count); {hint}")
+    if "sha256" in eng and not isinstance(eng["sha256"], str):
+        raise UserError(f"{sc}: sidecar engine.sha256 is malformed ({eng['sha256']!r}); {hint}")
     return data
 
 

@@ -265,3 +265,21 @@ def write_parity_report(report: dict, out_path: str | Path, t0: float) -> None:
     report["size_bytes"] = out_path.stat().st_size
     report["time_s"] = round(time.time() - t0, 2)
     atomic_write_json(parity_report_path(out_path), jsonable(report))
+    failed_report_path(out_path).unlink(missing_ok=True)
+
+
+def failed_report_path(onnx_path: str | Path) -> Path:
+    """``model.fp32.onnx`` -> ``model.fp32.parity-failed.json``: the figures of a failed parity gate
+    (no model is written then, and a report named like a good one's would contradict the old model)."""
+    return Path(onnx_path).with_suffix(".parity-failed.json")
+
+
+def parity_failure(report: dict, out_path: str | Path, t0: float, message: str):
+    """Write a failed gate's report beside where the model would have gone; returns the UserError to raise."""
+    from .errors import UserError
+    from .utils import atomic_write_json, jsonable
+
+    report.update(written=False, time_s=round(time.time() - t0, 2))
+    path = failed_report_path(out_path)
+    atomic_write_json(path, jsonable(report))
+    return UserError(f"{message}; figures in {path}")

@@ -34,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .compare import Comparison, format_metrics, parity_report_path, tolerances_for, write_parity_report
+from .compare import Comparison, format_metrics, parity_failure, parity_report_path, tolerances_for, write_parity_report
 from .compare import check as check_tolerances
 from .errors import UserError
 from .onnx_graph import POOL_OPS, prune, run_checks, static_pool_node_names, write_onnx_metadata
@@ -391,8 +391,9 @@ def export_onnx(checkpoint, out=None, input_size=None, batch: int = 1, dynamic_b
             parity = _parity(model, tmp, batches, threads, tol, src, fp16_model=proto if fp16 else None)
             report["parity"] = parity
             if not parity["passed"]:
-                raise UserError(f"{out_path}: parity check failed ({precision}): {'; '.join(parity['failures'])} "
-                                f"[{format_metrics(parity['metrics'])}]; nothing written")
+                raise parity_failure(report, out_path, t0, f"{out_path}: parity check failed ({precision}): "
+                                   f"{'; '.join(parity['failures'])} [{format_metrics(parity['metrics'])}]; "
+                                   f"no model written")
             _log(progress, f"parity ok: {format_metrics(parity['metrics'])}")
         else:
             report["parity"] = {"skipped": True}

@@ -14,6 +14,7 @@ Video codecs are lossy, so class ids are never stored in a video: ``video_frames
 """
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from .data.base import default_palette
 from .data.io import IMAGE_EXTS, ensure_rgb, read_image, write_png_atomic
 from .errors import UserError
 from .sliding import make_predictor
-from .utils import atomic_path
+from .utils import atomic_path, native_stderr_captured, output_dir
 
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 
@@ -49,17 +50,26 @@ class PredictResult:
         return {"images": self.images, "videos": self.videos, "frames": self.frames, "files": list(self.files)}
 
 
-def collect_inputs(inputs: list[str | Path]) -> list[Item]:
-    """Images, folders (images found recursively, relative paths kept) and videos, in a stable order."""
+def collect_inputs(inputs: list[str | Path], exclude: str | Path | None = None) -> list[Item]:
+    """Images, folders (images found recursively, relative paths kept) and videos, in a stable order.
+
+    Files under ``exclude`` (the output folder) are skipped, so an output folder inside an input
+    folder is never segmented again on the next run."""
+    skip = Path(os.path.abspath(exclude)) if exclude is not None else None
+
+    def outside(f: Path) -> bool:
+        return skip is None or not Path(os.path.abspath(f)).is_relative_to(skip)
+
     if not inputs:
         raise UserError("no inputs given; pass image files, folders of images or videos")
     items: list[Item] = []
     for raw in inputs:
         p = Path(raw)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTS and outside(f))
             if not found:
-                raise UserError(f"{p}: no images in this folder (looked for {', '.join(IMAGE_EXTS)})")
+                raise UserError(f"{p}: no images in this folder (looked for {', '.join(IMAGE_EXTS)}"
+                                + (f", outside the output folder {exclude}" if skip is not None else "") + ")")
             base = p.resolve().name or "input"
             items += [Item(f, f"{base}/{f.relative_to(p).with_suffix('').as_posix()}", "image") for f in found]
         elif p.is_file():
@@ -151,7 +161,8 @@ class Predictor:
     def _frames(self, cap, path: Path) -> Iterator[np.ndarray]:
         n = 0
         while self.max_frames is None or n < self.max_frames:
-            ok, frame = cap.read()
+            with native_stderr_captured():
+                ok, frame = cap.read()
             if not ok or frame is None:
                 break
             n += 1
@@ -160,7 +171,8 @@ class Predictor:
 
     def video(self, item: Item) -> None:
         path = item.path
-        cap = cv2.VideoCapture(str(path))
+        with native_stderr_captured():  # FFmpeg's own complaints about the file: we say it in one line
+            cap = cv2.VideoCapture(str(path))
         try:
             if not cap.isOpened():
                 raise UserError(f"{path}: cannot open video (corrupt, or a codec OpenCV cannot read); convert it, e.g. "
@@ -199,12 +211,12 @@ class Predictor:
             cap.release()
 
     def run(self, inputs: list[str | Path]) -> PredictResult:
-        items = collect_inputs(inputs)
-        self.out.mkdir(parents=True, exist_ok=True)
-        for i, item in enumerate(items):
-            (self.video if item.kind == "video" else self.image)(item)
-            if self.progress and item.kind == "image" and (i + 1) % 50 == 0:
-                print(f"{i + 1}/{len(items)} inputs", file=sys.stderr)
+        items = collect_inputs(inputs, exclude=self.out)
+        with output_dir(self.out):  # a run that fails before writing anything leaves no empty folders
+            for i, item in enumerate(items):
+                (self.video if item.kind == "video" else self.image)(item)
+                if self.progress and item.kind == "image" and (i + 1) % 50 == 0:
+                    print(f"{i + 1}/{len(items)} inputs", file=sys.stderr)
         return self.result
 
 

@@ -30,7 +30,8 @@ from pathlib import Path
 
 from .card import SUFFIX_KINDS, read_card, sidecar_path
 from .errors import UserError
-from .utils import atomic_write_json, atomic_write_text
+from .utils import (atomic_write_json, atomic_write_text, clean_stale_tmp, mkdirs, output_error, rmdirs_if_empty,
+                    tmp_name)
 
 TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64", "bfloat16": "TYPE_BF16",
                  "int8": "TYPE_INT8", "uint8": "TYPE_UINT8", "int16": "TYPE_INT16", "int32": "TYPE_INT32",
@@ -65,6 +66,8 @@ def safe_name(name: str) -> str:
 def _model_info(path: Path) -> dict:
     """IO, card facts, external data files and batch limits of the model, from its card."""
     card = read_card(path)
+    # a foreign ONNX (no pspnet metadata) would give clients no classes or preprocessing
+    card.require("preprocess", "classes", "palette")
     meta = {**card.meta, **card.model_facts(), "precision": card.precision}
     info = {"io": {"inputs": card.inputs, "outputs": card.outputs}, "meta": meta,
             "external": sorted(os.path.relpath(f, path.parent.resolve()) for f in card.files
@@ -72,6 +75,10 @@ def _model_info(path: Path) -> dict:
     if card.kind == "onnx":  # ONNX Runtime takes any batch: the export's range is only the default max_batch_size
         info.update(max_batch=None, default_max_batch=card.batch_range[2] if card.batch_range else None)
     else:  # an engine's profile is a hard limit (an OpenVINO IR has none)
+        if card.kind == "tensorrt":
+            from .engine.sidecar import check_engine_file
+
+            check_engine_file(path, card.sidecar)  # a truncated or replaced engine is not packaged
         rng = card.batch_range
         info.update(max_batch=rng[2] if rng else None, min_batch=rng[0] if rng else None, sidecar=card.sidecar)
     if card.kind == "openvino":  # the .bin is copied as model.bin; the serving CPU and OpenVINO are not checked here
@@ -213,8 +220,14 @@ def write_triton_repo(model_path: str | Path, repo_dir: str | Path, name: str | 
     if vdir.exists() and not force:
         raise UserError(f"{vdir}: version {version} of model {name!r} exists; pass --force to replace it or "
                         f"--version {version + 1}")
-    model_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=model_dir))
+    created: list[Path] = []
+    try:
+        created = mkdirs(model_dir)
+        clean_stale_tmp(model_dir)
+        tmp = Path(tempfile.mkdtemp(prefix=tmp_name(vdir)[0], dir=model_dir))
+    except OSError as e:
+        rmdirs_if_empty(created)
+        raise output_error(model_dir, e) from e
     try:
         fname = {"onnx": "model.onnx", "engine": "model.plan", "openvino": "model.xml"}[kind]
         shutil.copy2(path, tmp / fname)
@@ -238,9 +251,13 @@ def write_triton_repo(model_path: str | Path, repo_dir: str | Path, name: str | 
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(vdir)
+    except OSError as e:
+        raise output_error(vdir, e) from e
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        if not vdir.exists():
+            rmdirs_if_empty(created)
     atomic_write_text(model_dir / "config.pbtxt", text)
     client = {k: meta[k] for k in ("classes", "palette", "ignore_index", "preprocess", "output_kind", "precision")
               if k in meta}

@@ -41,16 +41,31 @@ def build_parser():
 
 
 def main(argv=None) -> int:
-    from ..bench import run_bench
     from ..errors import UserError
+
+    from ..utils import check_device, check_output_dir
 
     a = build_parser().parse_args(argv)
     if a.peak_size <= 0:
         raise UserError(f"--peak-size must be positive, got {a.peak_size}")
-    rep = run_bench(a.model, a.out, labels=a.label, input_size=size_arg(a.input_size), batches=a.batch,
+    if any(b < 1 for b in a.batch):
+        raise UserError(f"--batch sizes must be at least 1, got {a.batch}")
+    if a.warmup < 0 or a.iterations < 1 or (a.duration is not None and not a.duration > 0):
+        raise UserError("--warmup must be >= 0, --iterations >= 1 and --duration > 0")
+    if a.limit is not None and a.limit < 1:
+        raise UserError(f"--limit must be positive, got {a.limit}")
+    if a.threads is not None and a.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {a.threads}")
+    check_device(a.device, allow_auto=False)
+    input_size = size_arg(a.input_size, batch=max(a.batch))
+    image_size = size_arg(a.image_size, "--image-size", batch=max(a.batch))
+    check_output_dir(a.out, "--out folder")
+    from ..bench import run_bench
+
+    rep = run_bench(a.model, a.out, labels=a.label, input_size=input_size, batches=a.batch,
                     warmup=a.warmup, iterations=None if a.duration is not None else a.iterations,
                     duration=a.duration, threads=a.threads, scope=a.scope, data=a.data, split=a.split, limit=a.limit,
-                    device=a.device, image_size=size_arg(a.image_size), peak=not a.no_peak, peak_size=a.peak_size,
+                    device=a.device, image_size=image_size, peak=not a.no_peak, peak_size=a.peak_size,
                     keep_samples=not a.no_samples, progress=not a.no_progress)
     for r in rep["results"]:
         lat = r["latency_ms"]

@@ -171,13 +171,18 @@ def main_openvino(a, parser) -> int:
 
 def main(argv=None) -> int:
     from ..engine import plan_build
+    from ..utils import check_output_file
 
     parser = build_parser()
     a = parser.parse_args(argv)
+    if a.engine:
+        check_output_file(a.engine, "--engine file")
     if a.backend == "openvino":
         return main_openvino(a, parser)
     if a.bf16:
         raise UserError("--bf16 goes with --backend openvino (TensorRT builds take the precision from the ONNX)")
+    if a.timing_cache:
+        check_output_file(a.timing_cache, "--timing-cache file")
     opts = options_from_args(a)
     plan = plan_build(a.onnx, opts, a.engine)
     if a.dry_run:

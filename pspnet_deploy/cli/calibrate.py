@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     from ..errors import UserError
     from ..evaluate import onnx_miou
     from ..precision.calibrate import calibrate_onnx
-    from ..utils import atomic_write_json, jsonable
+    from ..utils import atomic_write_json, check_output_dir, check_output_file, jsonable
 
     a = build_parser().parse_args(argv)
     if a.num_images <= 0:
@@ -70,6 +70,16 @@ def main(argv=None) -> int:
         raise UserError(f"--max-fp32-nodes must be >= 0, got {a.max_fp32_nodes}")
     if a.data is None and a.calib_table is None:
         raise UserError("pass --data DIR (calibration images) or --calib-table OUT.calib.json")
+    if a.min_images < 1 or a.sensitivity_images < 1:
+        raise UserError("--min-images and --sensitivity-images must be at least 1")
+    if a.threads is not None and a.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {a.threads}")
+    if not str(a.output).lower().endswith(".onnx"):
+        raise UserError(f"{a.output}: --output must be an .onnx file path")
+    check_output_file(a.output, "--output ONNX")
+    check_output_dir(a.cache_dir, "--cache-dir")
+    if a.json:
+        check_output_file(a.json, "--json report")
     rep = calibrate_onnx(a.model, a.output, a.data, split=a.split, num_images=a.num_images, method=a.method,
                          max_miou_drop=a.max_miou_drop, eval_split=a.eval_split, eval_limit=a.eval_limit,
                          cache_dir=a.cache_dir, force=a.force, progress=not a.no_progress, eval_data=a.eval_data,

@@ -50,10 +50,8 @@ def run(prog: str, main: Callable[[Sequence[str] | None], int | None], argv: Seq
         return 1
 
 
-def size_arg(values) -> tuple[int, int] | None:
-    if values is None:
-        return None
-    h, w = (int(v) for v in values)
-    if h <= 0 or w <= 0:
-        raise UserError(f"input size must be positive, got {h}x{w}")
-    return h, w
+def size_arg(values, what: str = "--input-size", batch: int = 1) -> tuple[int, int] | None:
+    """An (H, W) argument within :func:`pspnet_deploy.utils.check_input_size`'s bounds (no torch import)."""
+    from ..utils import check_input_size
+
+    return check_input_size(values, what, batch=batch)

@@ -30,23 +30,36 @@ def build_parser():
 
 
 def main(argv=None) -> int:
+    from ..card import SUFFIX_KINDS
+    from ..errors import UserError
+    from ..utils import check_device, check_output_file
+
+    a = build_parser().parse_args(argv)
+    # cheap checks before torch is imported or a model loaded
+    if a.limit is not None and a.limit <= 0:
+        raise UserError(f"--limit must be positive, got {a.limit}")
+    if a.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {a.batch_size}")
+    if a.threads is not None and a.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {a.threads}")
+    if not 0 < a.stride <= 1:
+        raise UserError(f"--stride must be in (0, 1], got {a.stride}")
+    check_device(a.device, allow_auto=False)
+    size = size_arg(a.input_size, batch=a.batch_size)
+    if size is not None and SUFFIX_KINDS.get(Path(a.model).suffix.lower()) != "torch":
+        raise UserError("--input-size applies to .pt checkpoints only; ONNX and engine sizes are fixed at export")
+    if a.json:
+        check_output_file(a.json, "--json report")
+
     import torch
 
     from ..data import open_dataset
-    from ..errors import UserError
     from ..evaluate import evaluate
     from ..metrics import format_table
-    from ..card import SUFFIX_KINDS
     from ..runners import RunnerOptions, load_runner
 
-    a = build_parser().parse_args(argv)
-    if a.limit is not None and a.limit <= 0:
-        raise UserError(f"--limit must be positive, got {a.limit}")
     if a.threads:
         torch.set_num_threads(a.threads)
-    size = size_arg(a.input_size)
-    if size is not None and SUFFIX_KINDS.get(Path(a.model).suffix.lower()) != "torch":
-        raise UserError("--input-size applies to .pt checkpoints only; ONNX and engine sizes are fixed at export")
     with load_runner(a.model, RunnerOptions(device=a.device, threads=a.threads or None, input_size=size)) as runner:
         ds = open_dataset(a.data, a.split)
         predict = None

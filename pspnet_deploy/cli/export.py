@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     from ..compare import parse_tolerances
     from ..errors import UserError
     from ..export import _validate, default_output_path
-    from ..utils import atomic_write_json, check_writable, jsonable
+    from ..utils import atomic_write_json, check_output_file, check_writable, jsonable
 
     a = build_parser().parse_args(argv)
     # cheap checks first: a bad argument should not wait for torch to import
@@ -73,7 +73,10 @@ def main(argv=None) -> int:
         raise UserError(f"--threads must be at least 1, got {a.threads}")
     if not Path(a.checkpoint).is_file():
         raise UserError(f"{a.checkpoint}: checkpoint not found")
+    size_arg(a.input_size, batch=a.dynamic_batch[2] if a.dynamic_batch else a.batch)
     check_writable(default_output_path(a.checkpoint, a.onnx or None, "fp16" if a.fp16 else "fp32"), "an .onnx file path")
+    if a.json:
+        check_output_file(a.json, "--json report")
 
     import torch
 

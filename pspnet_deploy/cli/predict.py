@@ -33,19 +33,31 @@ def build_parser():
 
 def main(argv=None) -> int:
     from ..card import SUFFIX_KINDS
-    from ..predict import Predictor
-    from ..runners import RunnerOptions, load_runner
+    from ..errors import UserError
+    from ..utils import check_device, check_output_dir
 
     a = build_parser().parse_args(argv)
+    if a.threads is not None and a.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {a.threads}")
+    if not 0 < a.stride <= 1:
+        raise UserError(f"--stride must be in (0, 1], got {a.stride}")
+    if not 0.0 <= a.alpha <= 1.0:
+        raise UserError(f"--alpha must be between 0 and 1, got {a.alpha}")
+    if a.max_frames is not None and a.max_frames <= 0:
+        raise UserError(f"--max-frames must be positive, got {a.max_frames}")
+    check_device(a.device, allow_auto=False)
+    check_output_dir(a.output, "--output folder")
+    if a.cuda_graph and SUFFIX_KINDS.get(Path(str(a.model)).suffix.lower()) != "tensorrt":
+        raise UserError("--cuda-graph applies to TensorRT engines (.engine) only")
+    from ..predict import Predictor, collect_inputs
+    from ..runners import RunnerOptions, load_runner
+
+    collect_inputs(a.inputs, exclude=a.output)  # bad inputs fail before the model loads
     model = str(a.model)
     if a.threads:
         import torch
 
         torch.set_num_threads(a.threads)
-    if a.cuda_graph and SUFFIX_KINDS.get(Path(model).suffix.lower()) != "tensorrt":
-        from ..errors import UserError
-
-        raise UserError("--cuda-graph applies to TensorRT engines (.engine) only")
     with load_runner(model, RunnerOptions(device=a.device, threads=a.threads or None, cuda_graph=a.cuda_graph)) as runner:
         res = Predictor(runner, a.output, mode=a.mode, flip=a.flip, stride=a.stride, overlay=a.overlay, alpha=a.alpha,
                         video_frames=a.video_frames, max_frames=a.max_frames, progress=a.progress).run(a.inputs)

@@ -37,7 +37,10 @@ def build_parser():
 def main(argv=None) -> int:
     from ..triton import write_triton_repo
 
+    from ..utils import check_output_dir
+
     a = build_parser().parse_args(argv)
+    check_output_dir(a.repo, "--repo folder")
     res = write_triton_repo(a.model, a.repo, name=a.name, max_batch=a.max_batch, instances=a.instances, kind=a.kind,
                             instance_kind=a.instance_kind, version=a.version,
                             dynamic_batching=not a.no_dynamic_batching, force=a.force,

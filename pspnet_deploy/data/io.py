@@ -49,8 +49,13 @@ def _decode(path: str | Path, what: str) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: {what} not found")
+    from ..utils import native_stderr_captured
+
     data = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    img = None
+    if data.size:
+        with native_stderr_captured():  # libpng/libjpeg warnings: the one line below says it instead
+            img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise UserError(f"{path}: cannot decode {what} (corrupt or not an image file)")
     return img

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..compare import Comparison, tolerances_for, write_parity_report
+from ..compare import Comparison, parity_failure, tolerances_for, write_parity_report
 from ..compare import check as check_tolerances
 from ..errors import UserError
 from ..onnx_graph import prune, run_checks, static_pool_node_names, write_onnx_metadata
@@ -191,8 +191,9 @@ def convert_fp16(fp32_onnx_path, out_path, calibration_images=None, margin: floa
             report["parity"] = {"reference": "fp32 onnx (onnxruntime)", "images": src, "tolerances": tol,
                                 "metrics": metrics, "failures": failures, "passed": not failures}
             if failures:
-                raise UserError(f"{out_path}: FP16 parity check failed against {src_path.name}: {'; '.join(failures)} "
-                                f"(nothing written; raise --fp16-margin or loosen tolerances)")
+                raise parity_failure(report, out_path, t0, f"{out_path}: FP16 parity check failed against "
+                                     f"{src_path.name}: {'; '.join(failures)} (no model written; raise "
+                                     f"--fp16-margin or loosen tolerances)")
         else:
             report["parity"] = {"skipped": True}
     write_parity_report(report, out_path, t0)

@@ -31,11 +31,21 @@ class TorchRunner(Runner):
     def from_file(cls, path: str, options: RunnerOptions) -> "TorchRunner":
         from ..checkpoint import load_model
 
+        from ..geometry import min_input_size
+        from ..utils import check_input_size, torch_device
+
+        torch_device(options.device)  # CUDA asked for but not usable: one line, before anything moves
         model, meta = load_model(path)
         r = cls(model, meta, device=options.device, precision=options.precision or "fp32", path=str(path),
                 output_kind=options.output_kind or "logits")
-        if options.input_size is not None:
-            r.preprocess = r.preprocess.with_size(*options.input_size)
+        cfg = meta["model"]
+        need = min_input_size(cfg.get("bins", (1, 2, 3, 6)), cfg.get("output_stride", 8))
+        # the same bounds export applies: too small for the pyramid, or more than memory can hold
+        size = options.input_size
+        check_input_size(size if size is not None else r.input_size,
+                         "--input-size" if size is not None else f"{path}: stored input size", min_side=need)
+        if size is not None:
+            r.preprocess = r.preprocess.with_size(*size)
         return r
 
     @classmethod
