@@ -48,8 +48,9 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, meta: dict, train_
     with atomic_path(path) as tmp:
         try:
             torch.save(payload, tmp)
-        except RuntimeError as e:  # torch's C++ writer reports a full disk as "file write failed"
-            if "write" not in str(e).lower():
+        except RuntimeError as e:  # torch's C++ zip writer reports a full disk as "file write failed" or
+            # "[enforce fail at inline_container.cc] unexpected pos" (a short write)
+            if "write" not in str(e).lower() and "inline_container" not in str(e):
                 raise
             raise UserError(f"{path}: could not write the checkpoint (disk full or file size limit?): "
                             f"{str(e).splitlines()[0][:200]}; free disk space or choose another --out") from e
