@@ -18,7 +18,8 @@ The flow of :func:`export_onnx`:
 6. ``pspnet.*`` metadata (JSON values: preprocessing, classes, palette, provenance, options);
 7. parity gate: ONNX Runtime against PyTorch on real or generated images
    (:mod:`pspnet_deploy.compare`); a failure raises :class:`UserError` and leaves nothing at OUT.
-   The report goes beside the model as ``<OUT stem>.parity.json``.
+   The report goes beside the model as ``<OUT stem>.parity.json``; when the gate fails no model is
+   written and the report goes to ``<OUT stem>.parity-failed.json``.
 """
 from __future__ import annotations
 
