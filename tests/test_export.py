@@ -378,7 +378,10 @@ def test_cli_parity_failure_leaves_nothing(tiny_checkpoint, tmp_path):
              "--tolerance", "argmax_agreement=1.01", "--quiet")
     _one_line_error(p, "parity check failed")
     assert "argmax_agreement" in p.stderr and not out.exists()
-    assert list(tmp_path.iterdir()) == []  # no temporary file, no report
+    # no model, no temporary file; the failing figures beside where the model would have gone
+    assert [f.name for f in tmp_path.iterdir()] == ["m.parity-failed.json"]
+    failed = json.loads((tmp_path / "m.parity-failed.json").read_text())
+    assert failed["parity"]["passed"] is False and failed["written"] is False and "m.parity-failed.json" in p.stderr
 
 
 @pytest.mark.parametrize("case", ["missing", "corrupt", "too_small", "unwritable", "bad_batch", "bad_tolerance"])
@@ -396,7 +399,7 @@ def test_cli_bad_input_one_line(case, tiny_checkpoint, tmp_path):
     elif case == "unwritable":
         blocker = tmp_path / "file"
         blocker.write_text("x")
-        out, needle = blocker / "m.onnx", "cannot write here"
+        out, needle = blocker / "m.onnx", "not a folder"
     elif case == "bad_batch":
         extra, needle = ["--dynamic-batch", 4, 2, 1], "MIN <= OPT <= MAX"
     elif case == "bad_tolerance":

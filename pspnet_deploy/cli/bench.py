@@ -50,8 +50,10 @@ def main(argv=None) -> int:
         raise UserError(f"--peak-size must be positive, got {a.peak_size}")
     if any(b < 1 for b in a.batch):
         raise UserError(f"--batch sizes must be at least 1, got {a.batch}")
-    if a.warmup < 0 or a.iterations < 1 or (a.duration is not None and not a.duration > 0):
-        raise UserError("--warmup must be >= 0, --iterations >= 1 and --duration > 0")
+    if a.iterations < 1:
+        raise UserError(f"--iterations must be at least 1, got {a.iterations}")
+    if a.warmup < 0 or (a.duration is not None and not a.duration > 0):
+        raise UserError("--warmup must be >= 0 and --duration > 0")
     if a.limit is not None and a.limit < 1:
         raise UserError(f"--limit must be positive, got {a.limit}")
     if a.threads is not None and a.threads < 1:
