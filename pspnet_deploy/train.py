@@ -167,8 +167,14 @@ def train(cfg: TrainConfig) -> dict:
     init_payload = load_checkpoint(cfg.init) if cfg.init else None
     arch = _architecture(cfg, info.num_classes, init_payload)
     if cfg.resume:  # resuming rebuilds exactly the model that was being trained
-        resume_model = load_checkpoint(cfg.resume)["meta"].get("model")
-        if resume_model:
+        resume_meta = load_checkpoint(cfg.resume)["meta"]
+        classes = resume_meta.get("classes")
+        if isinstance(classes, list) and list(classes) != list(info.classes):
+            raise UserError(f"{cfg.resume}: was trained on {len(classes)} classes of another dataset "
+                            f"({(resume_meta.get('dataset') or {}).get('name', '?')}); {cfg.data} has "
+                            f"{len(info.classes)}: resume with the same --data, or start from it with --init")
+        resume_model = resume_meta.get("model")
+        if isinstance(resume_model, dict) and resume_model:
             arch = {k: v for k, v in resume_model.items() if k != "aux"}
     need = min_input_size(arch["bins"], arch.get("output_stride", cfg.output_stride))
     if min(cfg.crop) < need or min(cfg.input_size) < need:

@@ -112,6 +112,7 @@ CASES = [
     ("train-out-under-file", "train", "--out {d}/file/run", "not a folder"),
     ("train-init-mismatch", "train", f"--data synthetic --init {{ck}} --head-channels 16 --crop 64 64 {T} --workers 0",
      "do not fit"),
+    ("train-resume-other-dataset", "train", f"--resume {{ck}} --crop 64 64 {T} --workers 0", "4 classes"),
     ("train-resume-text", "train", "--resume {d}/text.pt --out {d}/o", "not a PyTorch file"),
     ("train-resume-evil", "train", "--resume {d}/evil.pt --out {d}/o", "refused"),
     # eval
