@@ -110,8 +110,7 @@ CASES = [
     ("train-not-a-number", "train", "--epochs many", "invalid int"),
     ("train-crop-memory", "train", "--crop 16000 16000 --batch-size 8", "memory"),
     ("train-out-under-file", "train", "--out {d}/file/run", "not a folder"),
-    ("train-init-mismatch", "train", f"--data synthetic --init {{ck}} --head-channels 16 --crop 64 64 {T} --workers 0",
-     "do not fit"),
+    ("train-init-no-weights", "train", f"--init {{d}}/nostate.pt --crop 64 64 {T} --workers 0", "no weights"),
     ("train-resume-other-dataset", "train", f"--resume {{ck}} --crop 64 64 {T} --workers 0", "4 classes"),
     ("train-resume-text", "train", "--resume {d}/text.pt --out {d}/o", "not a PyTorch file"),
     ("train-resume-evil", "train", "--resume {d}/evil.pt --out {d}/o", "refused"),
@@ -243,3 +242,20 @@ def test_full_disk_is_one_line(tmp_path, tiny_checkpoint):
     assert r.returncode == 2, r.stderr[-2000:]
     assert len(r.stderr.strip().splitlines()) == 1 and "disk" in r.stderr, r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_weights_that_do_not_fit_are_named(tiny_checkpoint):
+    """A state dict of another model: one line that names a differing tensor with both shapes and the
+    counts, instead of PyTorch's multi-line RuntimeError cut short."""
+    from pspnet_deploy.checkpoint import fit_state_dict, load_checkpoint
+    from pspnet_deploy.errors import UserError
+
+    from conftest import make_tiny_model
+
+    state = load_checkpoint(tiny_checkpoint)["state_dict"]
+    model = make_tiny_model(num_classes=7)
+    with pytest.raises(UserError) as e:
+        fit_state_dict(model, state, "x.pt", hint="use the same options")
+    msg = str(e.value)
+    assert "\n" not in msg and "x.pt: weights do not fit the model" in msg and "use the same options" in msg
+    assert "head.4.weight is [4, 32, 1, 1] in the file but [7, 32, 1, 1] in the model" in msg, msg
