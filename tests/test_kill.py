@@ -64,9 +64,9 @@ def check_set(out: Path) -> int:
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     out = tmp_path_factory.mktemp("straight") / "run"
-    r = train(out, "--epochs", "2")
+    r = train(out, "--epochs", "3")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert check_set(out) == 2
+    assert check_set(out) == 3
     return out
 
 
@@ -81,13 +81,13 @@ def _same_weights(a: Path, b: Path) -> None:
 @pytest.mark.parametrize("point", POINTS)
 def test_kill_between_checkpoint_writes(tmp_path, straight, point):
     out = tmp_path / "run"
-    r = train(out, "--epochs", "2", fault=f"{point}@2")
+    r = train(out, "--epochs", "3", fault=f"{point}@2")
     assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-2000:])
     epoch = check_set(out)
     assert epoch == (2 if point in ("committed", "linked") else 1), (point, epoch)
-    r = train(out, "--epochs", "2", "--resume", str(out / "last.pt"))
+    r = train(out, "--epochs", "3", "--resume", str(out / "last.pt"))
     assert r.returncode == 0, r.stderr[-2000:]
-    assert check_set(out) == 2
+    assert check_set(out) == 3
     for name in ("last.pt", "best.pt"):
         _same_weights(out / name, straight / name)
     assert json.loads((out / "history.json").read_text())[-1]["loss"] == \
