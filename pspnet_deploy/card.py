@@ -454,7 +454,7 @@ def read_sidecar_json(model_path: str | Path, rebuild_hint: str | None = None) -
     eng = data["engine"]
     size = eng.get("size")
     if "size" in eng and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
-        raise UserError(f"{sc}: sidecar engine.size is malformed ({size!r}, expected a byte count); {hint}")
+        raise UserError(f"{sc}: sidecar engine.size is malformed ({size!r}); {hint}")
     if "sha256" in eng and not isinstance(eng["sha256"], str):
         raise UserError(f"{sc}: sidecar engine.sha256 is malformed ({eng['sha256']!r}); {hint}")
     return data

@@ -13,16 +13,20 @@ from pspnet_deploy.card import (ModelCard, card_from_meta, model_kind, read_card
 from pspnet_deploy.errors import UserError
 
 
-def _identity_onnx(path: Path, meta: dict | None, batch=1, raw: dict | None = None) -> Path:
-    """A one-node ONNX (Identity on Nx3xHxW) carrying ``meta`` through the real writer, and/or
-    ``raw`` pspnet.* strings written as they are (to plant corrupt values)."""
+def _identity_onnx(path: Path, meta: dict | None, batch=1, raw: dict | None = None,
+                   channels: int = len(TINY_CLASSES)) -> Path:
+    """A one-node ONNX (1x1 Conv from Nx3xHxW to one logits channel per class, ``channels``) carrying
+    ``meta`` through the real writer, and/or ``raw`` pspnet.* strings written as they are (to plant
+    corrupt values)."""
+    import numpy as np
     import onnx
-    from onnx import TensorProto, helper
+    from onnx import TensorProto, helper, numpy_helper
 
-    shape = [batch, 3, *TINY_SIZE]
-    g = helper.make_graph([helper.make_node("Identity", ["input"], ["logits"])], "g",
-                          [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
-                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, shape)])
+    w = numpy_helper.from_array(np.ones((channels, 3, 1, 1), np.float32), "w")
+    g = helper.make_graph([helper.make_node("Conv", ["input", "w"], ["logits"])], "g",
+                          [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, *TINY_SIZE])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, channels, *TINY_SIZE])],
+                          [w])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     if meta is not None:
         write_onnx_metadata(m, meta)
@@ -78,6 +82,17 @@ def test_malformed_onnx_metadata_is_one_line(tmp_path, raw, message):
     with pytest.raises(UserError, match=message) as e:
         read_card(path)
     assert "\n" not in str(e.value) and str(e.value).endswith("re-export the ONNX with pspnet-export")
+
+
+def test_graph_that_contradicts_its_metadata_is_one_line(tmp_path):
+    with pytest.raises(UserError, match=r"output has 3 channels but the metadata names 4 classes") as e:
+        read_card(_identity_onnx(tmp_path / "c.onnx", tiny_meta(), channels=3))
+    assert "\n" not in str(e.value) and str(e.value).endswith("re-export the ONNX with pspnet-export")
+    labels = read_card(_identity_onnx(tmp_path / "l.onnx", {**tiny_meta(), "output_kind": "labels"}, channels=1))
+    assert labels.output_kind == "labels"  # a labels output has one channel whatever the classes
+    (tmp_path / "empty.onnx").write_bytes(b"")  # parses as an empty ModelProto
+    with pytest.raises(UserError, match=r"empty.onnx: not an ONNX model \(0 bytes, no graph\)"):
+        read_card(tmp_path / "empty.onnx")
 
 
 def test_writers_refuse_what_readers_would(tmp_path):

@@ -47,7 +47,7 @@ def ctx(tmp_path_factory, tiny_checkpoint) -> dict:
     from onnx import TensorProto, helper, numpy_helper
 
     from pspnet_deploy.checkpoint import FORMAT
-    from pspnet_deploy.engine import SIDECAR_FORMAT
+    from pspnet_deploy.card import SIDECAR_FORMAT
 
     d = tmp_path_factory.mktemp("bad")
     c = {"ck": str(tiny_checkpoint), "d": d, "marker": d / "PWNED"}
@@ -80,7 +80,7 @@ def ctx(tmp_path_factory, tiny_checkpoint) -> dict:
     sidecar = {"format": SIDECAR_FORMAT, "version": 1, "precision": "fp32",
                "engine": {"path": "m.engine", "size": 50, "sha256": "0" * 64}, "tensorrt": {"version": "10.0"},
                "gpu": {"name": "x"}, "io": {"inputs": [{"name": "x", "shape": [1, 3, 64, 96], "dtype": "float32"}],
-                                              "outputs": [{"name": "y", "shape": [1, 4, 64, 96], "dtype": "float32"}]},
+                                              "outputs": [{"name": "y", "shape": [1, 11, 64, 96], "dtype": "float32"}]},
                "model": {k: v for k, v in good.items()}}
     (d / "size.engine").write_bytes(b"\0" * 100)
     (d / "size.engine.json").write_text(json.dumps(sidecar))

@@ -14,11 +14,11 @@ PKG = ROOT / "pspnet_deploy"
 #: tier of each module or package (first matching prefix wins); a module may import its own tier and below
 TIERS = [
     (0, ("errors", "utils", "compare", "metrics", "data", "model", "card", "checkpoint", "onnx_graph", "ort_session",
-         "parser_check", "flops")),
+         "parser_check", "flops", "geometry")),
     (1, ("precision",)),
     (2, ("export", "interop")),
     (3, ("engine",)),
-    (4, ("runners", "evaluate", "sliding", "predict", "bench", "report", "triton", "train", "qat")),
+    (4, ("runners", "evaluate", "sliding", "predict", "bench", "report", "triton", "train", "train_config", "qat")),
     (5, ("cli", "demo", "__init__")),
 ]
 TRT_ALLOWED = {"engine.build", "runners.trt_runner"}
