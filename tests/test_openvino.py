@@ -420,4 +420,43 @@ def test_triton_repo_for_an_ir(irs, tmp_path):
         v = Path(res["model_dir"]) / "1"
         assert sorted(f.name for f in v.iterdir()) == ["model.bin", "model.xml", "model.xml.json"]
         # what Triton's backend will read is a valid IR
-        assert ov.Core().read_model(str(v / "model.xml")).inputs[0].get_any_name() == "input"
+        from pspnet_deploy.engine.openvino import ov_core
+
+        assert ov_core().read_model(str(v / "model.xml")).inputs[0].get_any_name() == "input"
+
+
+SIGSTACK_PROBE = r"""
+import ctypes, gc, sys
+from pspnet_deploy.runners import load_runner
+
+class stack_t(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+def mapped(addr):
+    for line in open("/proc/self/maps"):
+        lo, hi = (int(v, 16) for v in line.split()[0].split("-"))
+        if lo <= addr < hi:
+            return True
+    return False
+
+first = load_runner(sys.argv[1])
+second = load_runner(sys.argv[2])
+first.close(); del first; gc.collect()   # released in the order they were made
+second.close(); del second; gc.collect()
+st = stack_t()
+assert ctypes.CDLL(None).sigaltstack(None, ctypes.byref(st)) == 0
+SS_DISABLE = 2
+print("disabled" if st.ss_flags & SS_DISABLE else ("mapped" if mapped(st.ss_sp) else "UNMAPPED"))
+"""
+
+
+def test_runners_leave_the_signal_stack_mapped(irs):
+    """OpenVINO's CPU plugin swaps the calling thread's signal stack; with one plugin per Core, two
+    runners released in creation order left the main thread on an unmapped stack, and the next
+    Python signal handler (a DataLoader worker's SIGCHLD) killed the process with SIGSEGV (the
+    full suite died in test_train this way). One process-wide Core (engine.openvino.ov_core) keeps
+    the stack valid. Checked in a fresh process, where the order of plugin creation is known."""
+    r = subprocess.run([sys.executable, "-c", SIGSTACK_PROBE, str(irs["fp32"]), str(irs["int8"])],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split()[-1] in ("disabled", "mapped"), r.stdout

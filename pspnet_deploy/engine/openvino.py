@@ -27,8 +27,8 @@ not match the sidecar, or whose sidecar comes from another OpenVINO version or C
 """
 from __future__ import annotations
 
+import functools
 import os
-import re
 import sys
 import tempfile
 import time
@@ -37,6 +37,7 @@ from pathlib import Path
 
 from ..card import ModelCard, read_card, read_sidecar_json, sidecar_path
 from ..errors import UserError
+from ..machine import ISA_FEATURES, cpu_flags, cpu_has_bf16, cpu_has_vnni, cpu_model_name
 from ..precision.ranges import DEFAULT_METHOD
 from ..utils import atomic_write_json, sha256_file
 from .plan import _strip_precision, check_calibration_options, source_onnx, variant_path
@@ -45,8 +46,6 @@ from .sidecar import PROG, check_engine_file, rebuild_command, sidecar_sections
 BACKEND = "openvino"
 PRECISIONS = ("fp32", "bf16", "int8")
 DEVICE = "CPU"
-#: the CPU features that decide what OpenVINO's CPU plugin can run fast (names as in /proc/cpuinfo)
-ISA_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 #: the INFERENCE_PRECISION_HINT value per precision (int8: the float parts of an INT8 graph stay f32)
 HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
@@ -64,6 +63,18 @@ def _ov():
     return ov
 
 
+@functools.lru_cache(maxsize=1)
+def ov_core():
+    """The process's one ``ov.Core``, kept until exit; every build, check and runner uses it.
+
+    Why one: OpenVINO's CPU plugin (2026.x, ``sigstack_manager``) swaps the signal stack of the
+    thread that creates it for one of its own and, when destroyed, restores the previous one only if
+    its own is still current, then unmaps it. Two plugins (one per ``Core``) that overlap and die in
+    creation order leave the thread on an unmapped signal stack; the next Python signal handler run
+    there (a DataLoader's SIGCHLD when its worker exits) then kills the process with SIGSEGV."""
+    return _ov().Core()
+
+
 def openvino_version() -> str:
     ov = _ov()
     return str(ov.__version__).split("-")[0]
@@ -73,40 +84,19 @@ def openvino_version() -> str:
 # This machine: CPU and ISA
 # --------------------------------------------------------------------------------------------
 
-def cpu_flags(cpuinfo: str | None = None) -> set[str]:
-    """The CPU flags of /proc/cpuinfo (empty where it cannot be read)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return set()
-    m = re.search(r"^flags\s*:\s*(.*)$", cpuinfo, re.M)
-    return set(m.group(1).split()) if m else set()
-
-
-def cpu_model_name(cpuinfo: str | None = None) -> str | None:
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return None
-    m = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
-    return m.group(1).strip() if m else None
-
-
 def native_support(isa: dict, capabilities: list[str] | None = None) -> dict:
     """Which precisions this CPU runs natively: bf16 (AVX-512 BF16 or AMX-BF16, or OpenVINO lists
     BF16 in OPTIMIZATION_CAPABILITIES), int8 with VNNI (AVX-512 VNNI, AVX-VNNI or AMX-INT8)."""
     caps = {c.upper() for c in (capabilities or [])}
-    bf16 = bool(isa.get("avx512_bf16") or isa.get("amx_bf16") or "BF16" in caps)
-    vnni = bool(isa.get("avx512_vnni") or isa.get("avx_vnni") or isa.get("amx_int8"))
+    present = {f for f, on in isa.items() if on}
+    bf16 = cpu_has_bf16(present) or "BF16" in caps
+    vnni = cpu_has_vnni(present)
     return {"bf16": bf16, "int8_vnni": vnni}
 
 
 def cpu_environment() -> dict:
     """OpenVINO version and the CPU as the sidecar records it: model, ISA features, capabilities."""
-    ov = _ov()
-    core = ov.Core()
+    core = ov_core()
     flags = cpu_flags()
     isa = {f: f in flags for f in ISA_FEATURES}
     try:
@@ -383,7 +373,7 @@ def build_openvino(onnx_path: str | Path | OVBuildPlan, xml_path: str | Path | N
     hint = HINTS[plan.precision]
     model.set_rt_info(plan.precision, ["pspnet", "precision"])
     model.set_rt_info(hint, ["pspnet", "inference_precision_hint"])
-    core = ov.Core()
+    core = ov_core()
     try:
         compiled = core.compile_model(model, DEVICE, compile_config(plan.precision))
     except Exception as e:  # noqa: BLE001
@@ -477,6 +467,6 @@ def check_ir(xml_path: str | Path, verify_hash: bool = True, env: dict | None = 
 
 
 __all__ = ["BACKEND", "HINTS", "ISA_FEATURES", "OVBuildOptions", "OVBuildPlan", "OpenVINOUnavailable", "build_argv",
-           "build_openvino", "check_environment", "check_ir", "compile_config", "cpu_environment", "cpu_flags",
+           "build_openvino", "check_environment", "check_ir", "compile_config", "cpu_environment",
            "default_ir_path", "describe_used", "make_sidecar", "native_support", "plan_openvino_build",
-           "precision_note", "read_sidecar", "resolved_precision", "weights_path"]
+           "ov_core", "precision_note", "read_sidecar", "resolved_precision", "weights_path"]

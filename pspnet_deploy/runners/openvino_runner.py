@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..card import ModelCard, read_card
-from ..engine.openvino import (DEVICE, _ov, check_ir, compile_config, describe_used, precision_note,
+from ..engine.openvino import (DEVICE, _ov, check_ir, ov_core, compile_config, describe_used, precision_note,
                                resolved_precision)
 from ..engine.sidecar import rebuild_command
 from ..errors import UserError
@@ -47,7 +47,7 @@ class OpenVINORunner(Runner):
         cfg = compile_config(self.precision, threads, performance_mode, streams)
         if requests is not None and int(requests) <= 0:
             raise UserError(f"--requests must be positive, got {requests}")
-        core = ov.Core()
+        core = ov_core()
         try:
             model = core.read_model(str(path))
         except Exception as e:  # noqa: BLE001 - a corrupt IR raises RuntimeError with a long message
