@@ -47,6 +47,7 @@ from tqdm import tqdm
 
 from .card import SUFFIX_KINDS, model_kind, read_card, strip_model_suffix
 from .errors import UserError
+from .machine import ISA_FEATURES, cpu_flags, cpu_model_name
 from .utils import jsonable
 
 SCOPES = ("model", "end2end")
@@ -260,8 +261,7 @@ def cpu_info() -> dict:
     model, physical = None, set()
     try:
         text = Path("/proc/cpuinfo").read_text()
-        m = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-        model = m.group(1).strip() if m else None
+        model = cpu_model_name(text)
         phys = cores = None
         for line in text.splitlines():
             if line.startswith("physical id"):
@@ -275,8 +275,6 @@ def cpu_info() -> dict:
         usable = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         usable = os.cpu_count()
-    from .engine.openvino import ISA_FEATURES, cpu_flags
-
     flags = cpu_flags()
     return {"cpu": model or platform.processor() or platform.machine(), "logical_cpus": os.cpu_count(),
             "physical_cores": len(physical) or None, "usable_cpus": usable,

@@ -24,10 +24,7 @@ from __future__ import annotations
 
 import copy
 import json
-import math
-import os
 import random
-import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -40,24 +37,12 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .errors import UserError
+from .machine import cpu_has_bf16
 from .utils import atomic_path, say, sha256_file
 
-__all__ = ["QATConfig", "QATPlan", "plan_from_qdq", "QATModel", "fake_quant", "cpu_has_bf16", "run_qat"]
+__all__ = ["QATConfig", "QATPlan", "plan_from_qdq", "QATModel", "fake_quant", "run_qat"]
 
 QMAX = 127
-
-
-def cpu_has_bf16() -> bool:
-    """True when this CPU executes BF16 natively (AVX-512 BF16 or AMX BF16), read from /proc/cpuinfo
-    (and torch's oneDNN check where /proc/cpuinfo is absent)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-        return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
-    except OSError:
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            return False
 
 
 def fake_quant(x: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,8 @@ from .geometry import min_input_size
 from .utils import check_device, check_input_size
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+#: loss weighting per class (train.class_weights computes them)
+CLASS_WEIGHTS = ("none", "median-freq", "sqrt-median-freq")
 
 
 @dataclass
@@ -100,8 +102,8 @@ class TrainConfig:
         number("color-jitter", self.color_jitter, lo=0)
         if self.color_jitter >= 1:
             raise UserError(f"--color-jitter must be in [0, 1), got {self.color_jitter:g}")
-        if self.class_weights not in ("none", "median-freq"):
-            raise UserError(f"--class-weights must be none or median-freq, got {self.class_weights!r}")
+        if self.class_weights not in CLASS_WEIGHTS:
+            raise UserError(f"--class-weights must be one of {', '.join(CLASS_WEIGHTS)}, got {self.class_weights!r}")
         positive("val-every", self.val_every)
         positive("val-limit", self.val_limit, allow_none=True)
         positive("max-steps-per-epoch", self.max_steps_per_epoch, allow_none=True)

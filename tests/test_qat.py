@@ -191,7 +191,7 @@ def test_qat_resume_is_exact(work, full_run):
 def test_bf16_feature_detection_and_refusal(work, tmp_path):
     from pspnet_deploy.cli.common import run
     from pspnet_deploy.cli.qat import PROG, main
-    from pspnet_deploy.qat import cpu_has_bf16
+    from pspnet_deploy.machine import cpu_has_bf16
 
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     assert cpu_has_bf16() == bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import sys
 
-from ..train_config import TrainConfig
+from ..train_config import BACKBONES, CLASS_WEIGHTS, TrainConfig
 from .common import make_parser, run
 
 PROG = "pspnet-train"
@@ -20,7 +20,7 @@ def build_parser():
     p.add_argument("--val-split", default=d.val_split,
                    help="selection split ('' to skip validation), e.g. train@0006R0 to select on a held-out sequence")
     p.add_argument("--out", default=d.out, help="folder for last.pt, best.pt, history.json")
-    p.add_argument("--backbone", default=d.backbone, choices=["resnet18", "resnet34", "resnet50", "resnet101"])
+    p.add_argument("--backbone", default=d.backbone, choices=BACKBONES)
     p.add_argument("--output-stride", type=int, default=d.output_stride, choices=[8, 16])
     p.add_argument("--deep-stem", action="store_true")
     p.add_argument("--bins", type=int, nargs="+", default=d.bins)
@@ -42,7 +42,7 @@ def build_parser():
     p.add_argument("--blur-prob", type=float, default=d.blur_prob)
     p.add_argument("--color-jitter", type=float, default=d.color_jitter,
                    help="brightness/contrast/saturation jitter strength in [0, 1) (0 = off)")
-    p.add_argument("--class-weights", default=d.class_weights, choices=["none", "median-freq", "sqrt-median-freq"],  # train.CLASS_WEIGHTS (not imported: torch)
+    p.add_argument("--class-weights", default=d.class_weights, choices=CLASS_WEIGHTS,
                    help="sqrt-median-freq: the square root of SegNet's median-frequency weights (softer)")
     p.add_argument("--val-every", type=int, default=d.val_every, help="validate every N epochs (and the last)")
     p.add_argument("--val-limit", type=int, default=None, help="validate on the first N images only")
@@ -55,6 +55,9 @@ def build_parser():
                         "still applies, classifiers are re-initialised when the class count differs)")
     p.add_argument("--resume", default=None, help="continue exactly from a last.pt")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda")
+    p.add_argument("--amp", default=d.amp, choices=["auto", "on", "off"],
+                   help="mixed precision: FP16 autocast on CUDA, BF16 on CPUs with AVX-512 BF16 or AMX (auto: "
+                        "where available; FP32 elsewhere), off: FP32")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -69,7 +72,7 @@ def main(argv=None) -> int:
                       input_size=list(a.input_size) if a.input_size else None, scale=list(a.scale), rotate=a.rotate,
                       blur_prob=a.blur_prob, color_jitter=a.color_jitter, class_weights=a.class_weights, val_every=a.val_every,
                       val_limit=a.val_limit, max_steps_per_epoch=a.max_steps_per_epoch, workers=a.workers,
-                      threads=a.threads, seed=a.seed, init=a.init, resume=a.resume, device=a.device,
+                      threads=a.threads, seed=a.seed, init=a.init, resume=a.resume, device=a.device, amp=a.amp,
                       progress=not a.no_progress)
     cfg.validate()  # before torch is imported or anything allocated
     from ..train import train
