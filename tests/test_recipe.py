@@ -129,3 +129,17 @@ def test_class_weight_modes(tmp_path, rng):
     torch.testing.assert_close(sq, mf.sqrt())
     with pytest.raises(UserError, match="sqrt-median-freq"):
         class_weights(ds, "inverse")
+
+
+def test_every_class_weight_mode_passes_the_config_check_and_the_cli():
+    """The modes train.class_weights computes are the ones TrainConfig and the CLI accept (one list,
+    train_config.CLASS_WEIGHTS): sqrt-median-freq was once refused before training started."""
+    from pspnet_deploy.cli.train import build_parser
+    from pspnet_deploy.train_config import CLASS_WEIGHTS, TrainConfig
+
+    assert "sqrt-median-freq" in CLASS_WEIGHTS
+    for mode in CLASS_WEIGHTS:
+        TrainConfig(data="synthetic", class_weights=mode).validate()
+        assert build_parser().parse_args(["--class-weights", mode]).class_weights == mode
+    with pytest.raises(UserError, match="--class-weights must be one of"):
+        TrainConfig(data="synthetic", class_weights="inverse").validate()
