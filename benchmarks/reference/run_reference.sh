@@ -13,6 +13,12 @@ mkdir -p "$EXP" "$REC"
 
 # 1. PyTorch accuracy of the committed checkpoint, CamVid val, 360x480 single scale
 $BIN/pspnet-eval "$CKPT" --data "$DATA" --split val --threads 2 --no-progress --json "$REC/eval_val_torch.json"
+# ... and on the sequence held out of training and used for selection (CamVid train 0006R0, 101 frames),
+# with a picture of four of its predictions (image, prediction, ground truth, errors)
+$BIN/pspnet-eval "$CKPT" --data "$DATA" --split 'train@0006R0' --threads 2 --no-progress \
+    --json "$REC/eval_heldout_0006R0_torch.json"
+$BIN/python benchmarks/prediction_grid.py "$CKPT" --data "$DATA" --split 'train@0006R0' --images 4 --threads 2 \
+    --out "$REC/predictions_heldout_0006R0.png"
 
 # 2. FP32 and FP16 ONNX with the parity gate on CamVid val images
 $BIN/pspnet-export "$CKPT" --onnx "$EXP/model.fp32.onnx" --input-size 360 480 --verify-data "$DATA" \
