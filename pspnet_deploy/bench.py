@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from .card import SUFFIX_KINDS, model_kind, read_card, strip_model_suffix
 from .errors import UserError
-from .machine import ISA_FEATURES, cpu_flags, cpu_model_name
+from .machine import environment
 from .utils import jsonable
 
 SCOPES = ("model", "end2end")
@@ -253,61 +253,6 @@ class GpuMemoryProbe:
         free, total = t.cuda.mem_get_info(self.device)
         return {"gpu_torch_peak_mb": t.cuda.max_memory_allocated(self.device) / 2 ** 20,
                 "gpu_device_used_mb": (total - free) / 2 ** 20}
-
-
-# ----------------------------------------------------------------------------- environment
-
-def cpu_info() -> dict:
-    model, physical = None, set()
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        model = cpu_model_name(text)
-        phys = cores = None
-        for line in text.splitlines():
-            if line.startswith("physical id"):
-                phys = line.split(":")[1].strip()
-            elif line.startswith("core id"):
-                cores = line.split(":")[1].strip()
-                physical.add((phys, cores))
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = os.cpu_count()
-    flags = cpu_flags()
-    return {"cpu": model or platform.processor() or platform.machine(), "logical_cpus": os.cpu_count(),
-            "physical_cores": len(physical) or None, "usable_cpus": usable,
-            "isa": [f for f in ISA_FEATURES if f in flags]}
-
-
-def gpu_info() -> dict | None:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        return None
-    if not torch.cuda.is_available():
-        return None
-    p = torch.cuda.get_device_properties(0)
-    return {"name": p.name, "count": torch.cuda.device_count(), "memory_gb": round(p.total_memory / 2 ** 30, 2),
-            "compute_capability": f"{p.major}.{p.minor}", "cuda": torch.version.cuda}
-
-
-def environment(threads: int | None, device: str) -> dict:
-    import torch
-
-    from .utils import versions
-
-    env = {"platform": platform.platform(), "hostname": platform.node(), **cpu_info(),
-           "torch_threads": torch.get_num_threads(),
-           "onnxruntime_threads": threads or "onnxruntime default (one per physical core)",
-           "opencv_threads": "OpenCV single-threaded (cv2.setNumThreads(0) by pspnet_deploy.data)",
-           "device": device, "gpu": gpu_info(), "versions": versions()}
-    try:
-        env["load_average_at_start"] = [round(v, 2) for v in os.getloadavg()]
-    except OSError:  # pragma: no cover
-        pass
-    return env
 
 
 # ----------------------------------------------------------------------------- timing

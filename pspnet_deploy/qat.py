@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .errors import UserError
-from .machine import cpu_has_bf16
+from .machine import bf16_choice, cpu_has_bf16
 from .utils import atomic_path, say, sha256_file
 
 __all__ = ["QATConfig", "QATPlan", "plan_from_qdq", "QATModel", "fake_quant", "run_qat"]
@@ -293,12 +293,8 @@ def run_qat(checkpoint: str | Path, output: str | Path, cfg: QATConfig, *, calib
         raise UserError(f"{output}: output must be an .onnx file (e.g. model.qat.int8.onnx)")
     if cfg.epochs <= 0 or cfg.batch_size <= 0 or cfg.lr <= 0:
         raise UserError("--epochs, --batch-size and --lr must be positive")
-    if cfg.bf16 not in ("auto", "on", "off"):
-        raise UserError(f"--bf16 must be auto, on or off, got {cfg.bf16!r}")
+    use_bf16 = bf16_choice(cfg.bf16, "--bf16")
     has_bf16 = cpu_has_bf16()
-    if cfg.bf16 == "on" and not has_bf16:
-        raise UserError("--bf16 on: this CPU has no native BF16 (no avx512_bf16 / amx_bf16); use --bf16 auto or off")
-    use_bf16 = has_bf16 if cfg.bf16 == "auto" else cfg.bf16 == "on"
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     net, meta = load_model(checkpoint)

@@ -23,8 +23,8 @@ from .checkpoint import CheckpointSet, fit_state_dict, load_checkpoint, save_che
 from .data import Preprocess, open_dataset
 from .data.transforms import TrainTransform
 from .errors import UserError
-from .machine import cpu_has_bf16
 from .evaluate import evaluate
+from .machine import bf16_choice
 from .model import PSPNet, min_input_size
 from .runners.torch_runner import TorchRunner
 from .train_config import CLASS_WEIGHTS, TrainConfig  # noqa: F401 - TrainConfig re-exported
@@ -68,7 +68,6 @@ def median_frequency_weights(dataset, num_classes: int, ignore_index: int) -> to
     freq = counts / np.maximum(present, 1)
     w = np.where(freq > 0, np.median(freq[freq > 0]) / np.maximum(freq, 1e-12), 0.0)
     return torch.tensor(w, dtype=torch.float32)
-
 
 
 def class_weights(dataset, mode: str) -> torch.Tensor | None:
@@ -143,16 +142,10 @@ def autocast_dtype(device: torch.device, amp: str) -> torch.dtype | None:
     unless ``amp == "off"``. CPU: BF16 where the CPU has it natively (AVX-512 BF16 or AMX-BF16;
     a step at batch 4, 256x256, OS16 takes about 0.6x the FP32 time there), FP32 elsewhere, where
     emulated BF16 would be slower than FP32; ``amp == "on"`` on such a CPU is refused."""
-    if amp == "off":
-        return None
     if device.type == "cuda":
-        return torch.float16
-    if device.type == "cpu":
-        if cpu_has_bf16():
-            return torch.bfloat16
-        if amp == "on":
-            raise UserError("--amp on: this CPU has no native BF16 (no avx512_bf16 / amx_bf16), so BF16 autocast "
-                            "would be slower than FP32; use --amp auto or off")
+        return None if amp == "off" else torch.float16
+    if device.type == "cpu" and bf16_choice(amp, "--amp"):
+        return torch.bfloat16
     return None
 
 

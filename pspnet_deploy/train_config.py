@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from .errors import UserError
 from .geometry import min_input_size
+from .machine import AUTO_ON_OFF
 from .utils import check_device, check_input_size
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
@@ -110,8 +111,8 @@ class TrainConfig:
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
             raise UserError(f"--workers must be >= 0 (0 loads data in the main process), got {self.workers!r}")
         positive("threads", self.threads, allow_none=True)
-        if self.amp not in ("auto", "on", "off"):
-            raise UserError(f"amp must be auto, on or off, got {self.amp!r}")
+        if self.amp not in AUTO_ON_OFF:
+            raise UserError(f"--amp must be auto, on or off, got {self.amp!r}")
         self.device = check_device(self.device)
         need = min_input_size(self.bins, self.output_stride)
         check_input_size(self.crop, "--crop", batch=self.batch_size, training=True, min_side=need)

@@ -27,7 +27,7 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
-    from pspnet_deploy.bench import environment
+    from pspnet_deploy.machine import environment
     from pspnet_deploy.model import PSPNet
     from pspnet_deploy.train import autocast_dtype
     from pspnet_deploy.utils import atomic_write_json, atomic_write_text

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 
+from ..machine import AUTO_ON_OFF
 from .common import make_parser, run
 
 PROG = "pspnet-qat"
@@ -36,7 +37,7 @@ def build_parser():
     p.add_argument("--max-steps-per-epoch", type=int, default=None)
     p.add_argument("--stop-after-epochs", type=int, default=None,
                    help="end this invocation after N epochs (state saved; continue with --resume)")
-    p.add_argument("--bf16", default="auto", choices=["auto", "on", "off"],
+    p.add_argument("--bf16", default="auto", choices=AUTO_ON_OFF,
                    help="BF16 autocast: auto uses it where the CPU has AVX-512 BF16 / AMX (recorded in the metadata)")
     p.add_argument("--resume", default=None, help="continue from OUT.qat-state.pt")
     p.add_argument("--seed", type=int, default=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import sys
 
+from ..machine import AUTO_ON_OFF
 from ..train_config import BACKBONES, CLASS_WEIGHTS, TrainConfig
 from .common import make_parser, run
 
@@ -55,7 +56,7 @@ def build_parser():
                         "still applies, classifiers are re-initialised when the class count differs)")
     p.add_argument("--resume", default=None, help="continue exactly from a last.pt")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda")
-    p.add_argument("--amp", default=d.amp, choices=["auto", "on", "off"],
+    p.add_argument("--amp", default=d.amp, choices=AUTO_ON_OFF,
                    help="mixed precision: FP16 autocast on CUDA, BF16 on CPUs with AVX-512 BF16 or AMX (auto: "
                         "where available; FP32 elsewhere), off: FP32")
     p.add_argument("--no-progress", action="store_true")

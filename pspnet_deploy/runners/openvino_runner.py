@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..card import ModelCard, read_card
-from ..engine.openvino import (DEVICE, _ov, check_ir, ov_core, compile_config, describe_used, precision_note,
+from ..engine.openvino import (DEVICE, _ov, check_ir, compile_config, describe_used, ov_core, precision_note,
                                resolved_precision)
 from ..engine.sidecar import rebuild_command
 from ..errors import UserError
