@@ -6,6 +6,7 @@ validation mIoU, best/last checkpoints, exact resume, and multi-process training
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -80,6 +81,23 @@ def class_weights(dataset, mode: str) -> torch.Tensor | None:
         return None
     w = median_frequency_weights(dataset, dataset.info.num_classes, dataset.info.ignore_index)
     return w.sqrt() if mode == "sqrt-median-freq" else w
+
+
+def cutmix(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator, prob: float):
+    """CutMix for segmentation (Yun et al., 2019; French et al., 2020): with probability ``prob``, one
+    random box covering 25-50 % of the crop is copied, pixels and labels together, from each image of
+    the batch onto the next one (a roll by one), so every label still describes its pixel. Returns new
+    tensors; the inputs are not changed."""
+    if prob <= 0 or x.shape[0] < 2 or rng.random() >= prob:
+        return x, y
+    h, w = y.shape[-2:]
+    side = math.sqrt(rng.uniform(0.25, 0.5))
+    bh, bw = max(1, round(h * side)), max(1, round(w * side))
+    top, left = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
+    x, y = x.clone(), y.clone()
+    x[..., top:top + bh, left:left + bw] = x.roll(1, 0)[..., top:top + bh, left:left + bw]
+    y[..., top:top + bh, left:left + bw] = y.roll(1, 0)[..., top:top + bh, left:left + bw]
+    return x, y
 
 
 def poly_lr(base: float, it: int, max_it: int, power: float, warmup: int = 0) -> float:
@@ -298,6 +316,8 @@ def train(cfg: TrainConfig) -> dict:
             for g in optimizer.param_groups:
                 g["lr"] = lr * g["lr_mult"]
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if cfg.cutmix:  # its randomness depends on (seed, step, rank) only, so --resume repeats it exactly
+                x, y = cutmix(x, y, np.random.default_rng([cfg.seed, global_step, rank]), cfg.cutmix)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 out, aux = ddp_model(x)
                 loss = F.cross_entropy(out.float(), y, weight=weight, ignore_index=info.ignore_index)

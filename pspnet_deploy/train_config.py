@@ -41,6 +41,7 @@ class TrainConfig:
     rotate: float = 10.0
     blur_prob: float = 0.5
     color_jitter: float = 0.0
+    cutmix: float = 0.0
     class_weights: str = "none"
     val_every: int = 1
     val_limit: int | None = None
@@ -103,6 +104,7 @@ class TrainConfig:
         number("color-jitter", self.color_jitter, lo=0)
         if self.color_jitter >= 1:
             raise UserError(f"--color-jitter must be in [0, 1), got {self.color_jitter:g}")
+        number("cutmix", self.cutmix, lo=0, hi=1)
         if self.class_weights not in CLASS_WEIGHTS:
             raise UserError(f"--class-weights must be one of {', '.join(CLASS_WEIGHTS)}, got {self.class_weights!r}")
         positive("val-every", self.val_every)

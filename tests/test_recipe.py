@@ -1,5 +1,5 @@
 """Training-recipe pieces of issue 13: split expressions (hold a sequence out for selection),
-colour jitter, softened class weights."""
+colour jitter, softened class weights, CutMix."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -143,3 +143,37 @@ def test_every_class_weight_mode_passes_the_config_check_and_the_cli():
         assert build_parser().parse_args(["--class-weights", mode]).class_weights == mode
     with pytest.raises(UserError, match="--class-weights must be one of"):
         TrainConfig(data="synthetic", class_weights="inverse").validate()
+
+
+def test_cutmix_moves_labels_with_their_pixels():
+    import torch
+
+    from pspnet_deploy.train import cutmix
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 3, 40, 48, generator=g)
+    y = torch.randint(0, 11, (3, 40, 48), generator=g)
+    x0, y0 = x.clone(), y.clone()
+    assert cutmix(x, y, np.random.default_rng(0), 0.0) == (x, y)  # off: the same tensors, nothing drawn
+    xm, ym = cutmix(x, y, np.random.default_rng(1), 1.0)
+    assert torch.equal(x, x0) and torch.equal(y, y0)  # inputs untouched
+    prev = torch.arange(3).roll(1)
+    from_prev = (xm != x).any(1)  # pixels that now come from the previous image of the batch
+    assert torch.equal(xm[from_prev.unsqueeze(1).expand_as(xm)], x[prev][from_prev.unsqueeze(1).expand_as(xm)])
+    assert torch.equal(ym[from_prev], y[prev][from_prev]) and torch.equal(ym[~from_prev], y[~from_prev])
+    rows, cols = from_prev[0].any(1).nonzero(), from_prev[0].any(0).nonzero()
+    box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+    assert 0.24 <= box / (40 * 48) <= 0.51 and int(from_prev[0].sum()) == int(box)  # one box, 25-50 % of the crop
+    assert torch.equal(from_prev[0], from_prev[1]) and torch.equal(from_prev[0], from_prev[2])  # the same box in each
+    again = cutmix(x, y, np.random.default_rng(1), 1.0)  # resumable: the same generator state, the same box
+    assert torch.equal(again[0], xm) and torch.equal(again[1], ym)
+
+
+def test_cutmix_option_is_checked_before_training():
+    from pspnet_deploy.cli.train import build_parser
+    from pspnet_deploy.train_config import TrainConfig
+
+    assert build_parser().parse_args(["--cutmix", "0.5"]).cutmix == 0.5
+    TrainConfig(data="synthetic", cutmix=1.0).validate()
+    with pytest.raises(UserError, match="--cutmix must be <= 1"):
+        TrainConfig(data="synthetic", cutmix=1.5).validate()

@@ -78,7 +78,8 @@ def test_synthetic_training_learns(tmp_path):
 def test_resume_continues_exactly(tmp_path):
     """2 epochs straight == 1 epoch + resume for 1 more: bit-identical weights, optimizer state and
     losses. The poly power is 0 (constant lr) because a 1-epoch run schedules its lr over 1 epoch;
-    the schedule itself is a function of the restored step count."""
+    the schedule itself is a function of the restored step count. CutMix is on: its boxes depend on
+    the step, not on a generator state that a resume would have to restore."""
     from pspnet_deploy.checkpoint import load_checkpoint
     from pspnet_deploy.train import TrainConfig, train
 
@@ -86,7 +87,7 @@ def test_resume_continues_exactly(tmp_path):
         return TrainConfig(data="synthetic", out=str(out), backbone="resnet18", head_channels=32, epochs=epochs,
                            batch_size=4, crop=[64, 64], scale=[0.75, 1.25], power=0.0, lr=0.02,
                            max_steps_per_epoch=2, val_split=None, workers=workers, threads=int(THREADS), progress=False,
-                           resume=resume)
+                           resume=resume, cutmix=0.5)
 
     straight = train(cfg(tmp_path / "a", 2))
     train(cfg(tmp_path / "b", 1, workers=1))  # augmentation is seeded per sample: worker count must not matter

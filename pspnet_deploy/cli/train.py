@@ -43,6 +43,9 @@ def build_parser():
     p.add_argument("--blur-prob", type=float, default=d.blur_prob)
     p.add_argument("--color-jitter", type=float, default=d.color_jitter,
                    help="brightness/contrast/saturation jitter strength in [0, 1) (0 = off)")
+    p.add_argument("--cutmix", type=float, default=d.cutmix, metavar="P",
+                   help="probability per batch of pasting a random box (25-50 %% of the crop, labels with it) of each "
+                        "image onto the next (CutMix for segmentation); 0: off")
     p.add_argument("--class-weights", default=d.class_weights, choices=CLASS_WEIGHTS,
                    help="sqrt-median-freq: the square root of SegNet's median-frequency weights (softer)")
     p.add_argument("--val-every", type=int, default=d.val_every, help="validate every N epochs (and the last)")
@@ -71,7 +74,7 @@ def main(argv=None) -> int:
                       head_lr_mult=a.head_lr_mult, momentum=a.momentum, weight_decay=a.weight_decay, power=a.power,
                       warmup_iters=a.warmup_iters, aux_weight=a.aux_weight, crop=list(a.crop),
                       input_size=list(a.input_size) if a.input_size else None, scale=list(a.scale), rotate=a.rotate,
-                      blur_prob=a.blur_prob, color_jitter=a.color_jitter, class_weights=a.class_weights, val_every=a.val_every,
+                      blur_prob=a.blur_prob, color_jitter=a.color_jitter, cutmix=a.cutmix, class_weights=a.class_weights, val_every=a.val_every,
                       val_limit=a.val_limit, max_steps_per_epoch=a.max_steps_per_epoch, workers=a.workers,
                       threads=a.threads, seed=a.seed, init=a.init, resume=a.resume, device=a.device, amp=a.amp,
                       progress=not a.no_progress)
