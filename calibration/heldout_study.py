@@ -47,7 +47,8 @@ def parse_args(argv=None):
     p.add_argument("--also-val", action="store_true", help="evaluate on --data val as well")
     p.add_argument("--input-size", type=int, nargs=2, default=(360, 480))
     p.add_argument("--methods", default="minmax,entropy,percentile,mse",
-                   help="comma list; percentile:P for another percentile (e.g. percentile:99.999)")
+                   help="comma list; percentile:P for another percentile (e.g. percentile:99.999); a +bc suffix "
+                        "adds bias correction (e.g. mse+bc)")
     p.add_argument("--num-images", default="32,100", help="comma list of calibration image counts")
     p.add_argument("--placement", default="trt")
     p.add_argument("--out", required=True, help="output folder for ONNX files and results")
@@ -147,16 +148,17 @@ def main(argv=None) -> int:
     save()
     for n in [int(x) for x in a.num_images.split(",")]:
         for spec in a.methods.split(","):
+            spec, bc = (spec[:-3], True) if spec.endswith("+bc") else (spec, False)
             method, _, pct = spec.partition(":")
-            name = f"{method}{pct}-{n}"
+            name = f"{method}{pct}{'+bc' if bc else ''}-{n}"
             path = out / f"model.int8.{name}.onnx"
             if name in res["runs"] and all(k in res["runs"][name] for k in evals):
                 continue  # measured by an earlier run (delete OUT/results.json to measure again)
             t0 = time.time()
             rep = calibrate_onnx(fp32, path, a.data, split=a.calib_split, num_images=n, method=method,
                                  percentile=float(pct) if pct else 99.99, cache_dir=a.cache_dir, progress=False,
-                                 placement=a.placement, threads=a.threads)
-            row = {"method": method, "percentile": float(pct) if pct else None, "num_images": rep["images"]["count"],
+                                 placement=a.placement, threads=a.threads, bias_correction=bc)
+            row = {"method": method, "bias_correction": bc, "percentile": float(pct) if pct else None, "num_images": rep["images"]["count"],
                    "calibrate_seconds": round(time.time() - t0, 1),
                    "stats_from_cache": bool(rep.get("cache", {}).get("stats_hit"))}
             for key, ds in evals.items():
@@ -183,10 +185,11 @@ def to_markdown(res: dict) -> str:
     lines += [head, "|" + "---|" * (3 + 3 * len(keys))]
     lines.append("| FP32 | — | — |" + "".join(f" {100 * res['fp32'][k]['miou']:.2f} | — | 100 |" for k in keys))
     for name, r in sorted(res.get("runs", {}).items(), key=lambda kv: (kv[1]["num_images"], kv[0])):
-        m = r["method"] + (f" {r['percentile']:g}" if r.get("percentile") else "")
+        m = (r["method"] + (f" {r['percentile']:g}" if r.get("percentile") else "")
+             + (" + bias correction" if r.get("bias_correction") else ""))
         lines.append(f"| {m} | {r['num_images']} | {r['calibrate_seconds']}{' (stats cached)' if r['stats_from_cache'] else ''} |"
                      + "".join(f" {100 * r[k]['miou']:.2f} | {r[k]['drop_points']:+.2f} | "
-                               f"{100 * r[k]['pixel_agreement']:.3f} |" for k in keys if k in r))
+                               f"{100 * r[k]['pixel_agreement']:.3f} |" if k in r else " — | — | — |" for k in keys))
     runs = sorted(res.get("runs", {}).items(), key=lambda kv: (kv[1]["num_images"], kv[0]))
     for k in keys:
         classes = list(res["fp32"][k]["per_class_iou"])

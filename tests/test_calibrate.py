@@ -516,3 +516,65 @@ def test_modelopt_limits_refused_before_any_statistics(trained_fp32, image_folde
     with pytest.raises(ValueError, match="pass evaluator="):  # accuracy needs the caller's evaluator
         calibrate_onnx(trained_fp32, out, image_folder, method="auto", cache_dir=cache, progress=False)
     assert not cache.exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# bias correction
+# ----------------------------------------------------------------------------------------------
+
+
+def test_bias_correction_takes_out_each_convs_mean_shift(trained_fp32, tmp_path):
+    """--bias-correction changes only the FP32 biases; each quantized conv's own mean output shift
+    and the logits' mean error against FP32 on the calibration images mostly go. (Whether that carries
+    to unseen images is a property of the data, measured on CamVid: calibration/heldout-r18.)"""
+    import copy
+
+    import onnx
+    from onnx import numpy_helper
+
+    from pspnet_deploy.card import read_card
+    from pspnet_deploy.precision.batches import iter_batches
+    from pspnet_deploy.precision.bias_correction import correct_biases
+    from pspnet_deploy.precision.calib_data import load_calibration_set
+    from pspnet_deploy.precision.calibrate import calibrate_onnx, inspect_fp32_onnx
+    from pspnet_deploy.precision.qdq import prepare_fp32
+
+    plain, corrected = tmp_path / "plain.int8.onnx", tmp_path / "bc.int8.onnx"
+    common = dict(num_images=24, method="entropy", cache_dir=tmp_path / "c", progress=False, threads=THREADS)
+    calibrate_onnx(trained_fp32, plain, "synthetic", **common)
+    rep = calibrate_onnx(trained_fp32, corrected, "synthetic", bias_correction=True, **common)
+    assert rep["bias_correction"]["corrected"] == 5 and rep["qdq"]["all_zero_points_zero"]
+    assert read_card(corrected).meta["calibration"]["bias_correction"]["corrected"] == 5
+    ma, mb = onnx.load(str(plain)), onnx.load(str(corrected))
+    assert [(n.op_type, list(n.input)) for n in ma.graph.node] == [(n.op_type, list(n.input)) for n in mb.graph.node]
+    ia = {i.name: numpy_helper.to_array(i) for i in ma.graph.initializer}
+    ib = {i.name: numpy_helper.to_array(i) for i in mb.graph.initializer}
+    biases = {n.input[2] for n in ma.graph.node if n.op_type == "Conv" and len(n.input) > 2}
+    for name, a in ia.items():  # INT8 weights, scales and zero points untouched; biases moved
+        assert np.array_equal(a, ib[name]) == (name not in biases), name
+    src = inspect_fp32_onnx(trained_fp32)
+    calib = load_calibration_set("synthetic", "train", 24, src.preprocess, src.sha256, tmp_path / "c", False)
+    pre = onnx.load(str(prepare_fp32(trained_fp32, tmp_path / "pre.onnx")))
+    shifts = [sum(correct_biases(copy.deepcopy(m), pre, iter_batches(calib.array, 1), threads=THREADS)["shifts"].values())
+              for m in (ma, mb)]
+    assert shifts[1] < 0.25 * shifts[0], shifts
+    x = np.asarray(calib.array)
+    ref = _run(trained_fp32, x)
+    err = [np.abs((_run(p, x) - ref).mean(axis=(0, 2, 3))).mean() for p in (plain, corrected)]
+    assert err[1] < 0.9 * err[0], err
+
+
+def test_bias_correction_with_a_table_needs_images(trained_fp32, image_folder, tmp_path):
+    from pspnet_deploy.precision.calibrate import calibrate_onnx
+
+    first = tmp_path / "a.int8.onnx"
+    calibrate_onnx(trained_fp32, first, image_folder, num_images=12, method="minmax", cache_dir=tmp_path / "c",
+                   progress=False, threads=THREADS)
+    out = tmp_path / "b.int8.onnx"
+    r = _cli([trained_fp32, "--calib-table", first.with_suffix(".calib.json"), "--bias-correction", "--output", out],
+             tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "pspnet-calibrate: error: --bias-correction measures each convolution's error on calibration images; "
+        "pass --data DIR as well as --calib-table"]
+    assert not out.exists()

@@ -44,6 +44,9 @@ def build_parser():
                         "Runtime's default, inputs and outputs of every quantizable op (faster on ORT CPU)")
     p.add_argument("--backend", default="ort", choices=["ort", "modelopt"],
                    help="ort: onnxruntime quantize_static; modelopt: NVIDIA ModelOpt if installed")
+    p.add_argument("--bias-correction", action="store_true",
+                   help="take each quantized convolution's mean output shift (measured on the calibration images) "
+                        "out of its FP32 bias; the file format is unchanged")
     p.add_argument("--calib-table", default=None, help="reuse the ranges of an earlier .calib.json (no images needed)")
     p.add_argument("--cache-dir", default="calibration/cache",
                    help="where the preprocessed calibration tensor (.npy) and statistics are cached")
@@ -85,7 +88,8 @@ def main(argv=None) -> int:
                          cache_dir=a.cache_dir, force=a.force, progress=not a.no_progress, eval_data=a.eval_data,
                          percentile=a.percentile, placement=a.placement, backend=a.backend, table=a.calib_table,
                          min_images=a.min_images, sensitivity_images=a.sensitivity_images,
-                         max_fp32_nodes=a.max_fp32_nodes, threads=a.threads, parser_check=not a.no_parser_check,
+                         max_fp32_nodes=a.max_fp32_nodes, threads=a.threads, bias_correction=a.bias_correction,
+                         parser_check=not a.no_parser_check,
                          evaluator=onnx_miou)
     print(format_report(rep))
     if a.json:

@@ -8,6 +8,7 @@
 - :mod:`.qdq`: writing the Q/DQ INT8 model (TensorRT and ONNX Runtime placements, ModelOpt);
 - :mod:`.table`: the calibration table (``.calib.json``);
 - :mod:`.sensitivity`: the accuracy-budget search for nodes to keep FP32;
+- :mod:`.bias_correction`: each quantized convolution's mean output shift taken out of its bias;
 - :mod:`.calibrate`: the INT8 job that runs those steps (:func:`calibrate_onnx`);
 - :mod:`.batches`: batches a model accepts, cut from an image array.
 

@@ -32,6 +32,7 @@ from ..onnx_graph import write_onnx_metadata
 from ..ort_session import make_session, ort_threads
 from ..utils import atomic_path, atomic_write_json, say, sha256_file
 from .batches import iter_batches
+from .bias_correction import correct_biases
 from .calib_data import DEFAULT_NUM_IMAGES, MIN_CALIB_IMAGES, is_image_folder, load_calibration_set
 from .qdq import (MODELOPT_DEFAULT_METHOD, PLACEMENT_OPS, PLACEMENTS, QUANTIZED_OPS, check_modelopt, default_exclusions, prepare_fp32,
                   qdq_summary, quantizable_units, quantize_modelopt, quantize_qdq, ranges_from_qdq, static_pool_nodes,
@@ -128,7 +129,7 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
                    percentile: float = DEFAULT_PERCENTILE, placement: str = "trt", backend: str = "ort",
                    table: str | Path | None = None, min_images: int = MIN_CALIB_IMAGES, sensitivity_images: int = 16,
                    max_fp32_nodes: int | None = None, threads: int | None = None,
-                   keep_fp32: Sequence[str] = (),
+                   keep_fp32: Sequence[str] = (), bias_correction: bool = False,
                    parser_check: bool = True, evaluator: Evaluator | None = None) -> dict:
     """Calibrate ``fp32_onnx`` and write the Q/DQ INT8 model to ``output`` (plus ``.calib.json``).
 
@@ -140,6 +141,8 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
     model. ``table``: reuse the ranges of an earlier ``.calib.json`` instead of images.
     ``keep_fp32``: node names kept FP32 from the start (a plan decided before, e.g. the FP32 nodes
     of the calibrated file that quantization-aware training starts from).
+    ``bias_correction``: take each quantized convolution's mean output shift out of its FP32 bias,
+    measured on the calibration images (:mod:`.bias_correction`); needs ``data`` even with ``table``.
     ``eval_data`` defaults to ``data``. Calibrating on ``eval_split`` of the evaluation data is
     refused unless ``force``. ``evaluator`` measures mIoU when the budget or ``auto`` needs it
     (see the module docstring). Returns a report dict (also the basis of the CLI's JSON).
@@ -185,6 +188,11 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
         method = reuse["method"]
     elif data is None:
         raise UserError("no calibration data; pass --data DIR (dataset, folder of images or synthetic)")
+    if bias_correction and data is None:
+        raise UserError("--bias-correction measures each convolution's error on calibration images; pass --data DIR "
+                        "as well as --calib-table")
+    if bias_correction and backend != "ort":
+        raise UserError("--bias-correction works on the files of --backend ort; ModelOpt's have their own layout")
     if needs_eval and eval_spec is None:
         raise UserError("--max-miou-drop and --method auto need an evaluation dataset; pass --eval-data DIR")
     if reuse is None and _same_data(data, eval_spec) and split == eval_split and not (
@@ -247,6 +255,10 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
                                 f"(first: {missing[0]}); it was made for another model or version: recalibrate "
                                 f"with --data")
         report["images"] = calib_info
+        if bias_correction and calib is None:  # ranges from the table, images for the correction
+            calib = load_calibration_set(data, split, num_images, src.preprocess, src.sha256, cache_dir, progress,
+                                         min_images=min_images)
+        corrections: dict[str, dict] = {}
 
         def meta_for(m: str, fp32_nodes: list[str]) -> dict:
             meta = dict(src.meta)
@@ -257,7 +269,9 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
                                 "images_hash": calib_info.get("hash"), "num_images": calib_info.get("count"),
                                 "data": calib_info.get("data"), "split": calib_info.get("split"),
                                 "placement": placement, "backend": backend, "fp32_nodes": list(fp32_nodes),
-                                "static_pool_nodes_fp32": list(pool_nodes), "budget_points": max_miou_drop},
+                                "static_pool_nodes_fp32": list(pool_nodes), "budget_points": max_miou_drop,
+                                "bias_correction": ({k: v for k, v in corrections[m].items() if k != "shifts"}
+                                                    if m in corrections else False)},
                 "quantization": {"format": "QDQ", "activations": "int8 symmetric per-tensor",
                                  "weights": "int8 symmetric per-channel", "bias": "fp32", "zero_point": 0},
             })
@@ -270,6 +284,11 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
                 quantize_modelopt(prepped, calib.array, m, excl, path)
             else:
                 quantize_qdq(prepped, amax_by_method[m], path, placement, excl, only=only, work=work)
+            if bias_correction and only is None:
+                qm = onnx.load(str(path))
+                corrections[m] = correct_biases(qm, pm, iter_batches(calib.array, src.batch), threads=threads,
+                                                progress=progress, total=calib.num_images)
+                onnx.save(qm, str(path))
             if only is None:  # probes are only run, never kept
                 _finish_model(path, meta_for(m, list(fp32_nodes)))
             return path
@@ -326,6 +345,8 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
             report["int8_miou"] = int8_miou
             report["drop_points"] = 100 * (fp32_miou - int8_miou)
         report["fp32_nodes"] = fp32_nodes
+        if bias_correction:
+            report["bias_correction"] = corrections.get(chosen)
         if parser_check:
             report["parser_check"] = _parser_check(final)
         qm = onnx.load(str(final))
