@@ -578,3 +578,47 @@ def test_bias_correction_with_a_table_needs_images(trained_fp32, image_folder, t
         "pspnet-calibrate: error: --bias-correction measures each convolution's error on calibration images; "
         "pass --data DIR as well as --calib-table"]
     assert not out.exists()
+
+
+def test_fallback_fp16_keeps_the_planted_node_as_an_fp16_island(planted_fp32, tmp_path):
+    """--fallback fp16: the node kept out of INT8 gets FP16 weights and FP16 Casts around it (what a
+    strongly typed TensorRT network runs in FP16), passes the parser check, and agrees with the
+    FP32-fallback file; the rest of the graph is the same."""
+    import onnx
+
+    from pspnet_deploy.card import read_card
+    from pspnet_deploy.compare import compare_outputs
+    from pspnet_deploy.precision.calibrate import calibrate_onnx
+
+    planted = _planted_node(planted_fp32)
+    files = {}
+    for fb in ("fp32", "fp16"):
+        files[fb] = tmp_path / f"{fb}.int8.onnx"
+        rep = calibrate_onnx(planted_fp32, files[fb], "synthetic", num_images=16, method="minmax", keep_fp32=[planted],
+                             fallback=fb, cache_dir=tmp_path / "c", progress=False, threads=THREADS)
+        assert rep["parser_check"]["ok"] and rep["qdq"]["all_zero_points_zero"]
+        assert read_card(files[fb]).meta["calibration"]["fallback_precision"] == fb
+        assert read_card(files[fb]).precision == "int8"
+    assert rep["qdq"]["fp16_weighted_ops"] == [planted] and rep["qdq"]["int8_weighted_ops"] == 4
+    m = onnx.load(str(files["fp16"]))
+    prod = {o: n for n in m.graph.node for o in n.output}
+    inits = {i.name: i for i in m.graph.initializer}
+    node = next(n for n in m.graph.node if n.name == planted)
+    assert inits[node.input[1]].data_type == onnx.TensorProto.FLOAT16
+    assert prod[node.input[0]].op_type == "Cast"
+    consumers = [n for n in m.graph.node if node.output[0] in n.input]
+    assert [n.op_type for n in consumers] == ["Cast"]
+    x = _val_batch(8)
+    a, b = _run(files["fp32"], x), _run(files["fp16"], x)
+    cmp = compare_outputs(a, b)
+    assert cmp["argmax_agreement"] >= 0.999 and cmp["cosine"] > 0.99999, cmp
+    assert not np.array_equal(a, b)  # the island did change precision
+
+
+def test_fallback_is_refused_for_modelopt(trained_fp32, tmp_path):
+    from pspnet_deploy.errors import UserError
+    from pspnet_deploy.precision.calibrate import calibrate_onnx
+
+    with pytest.raises(UserError, match="--fallback fp16 works on the files of --backend ort"):
+        calibrate_onnx(trained_fp32, tmp_path / "x.int8.onnx", "synthetic", fallback="fp16", backend="modelopt",
+                       progress=False)

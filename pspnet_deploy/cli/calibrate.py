@@ -10,6 +10,7 @@ PROG = "pspnet-calibrate"
 
 def build_parser():
     from ..precision.calib_data import DEFAULT_NUM_IMAGES, MIN_CALIB_IMAGES
+    from ..precision.qdq import FALLBACKS
     from ..precision.ranges import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS
 
     p = make_parser(PROG, "Calibrate an FP32 ONNX (from pspnet-export) into an INT8 Q/DQ ONNX: symmetric INT8, zero "
@@ -44,6 +45,9 @@ def build_parser():
                         "Runtime's default, inputs and outputs of every quantizable op (faster on ORT CPU)")
     p.add_argument("--backend", default="ort", choices=["ort", "modelopt"],
                    help="ort: onnxruntime quantize_static; modelopt: NVIDIA ModelOpt if installed")
+    p.add_argument("--fallback", default="fp32", choices=list(FALLBACKS),
+                   help="precision of the nodes kept out of INT8 by --max-miou-drop: fp32, or fp16 islands (Casts "
+                        "around them), which strongly typed TensorRT runs in FP16")
     p.add_argument("--bias-correction", action="store_true",
                    help="take each quantized convolution's mean output shift (measured on the calibration images) "
                         "out of its FP32 bias; the file format is unchanged")
@@ -89,7 +93,7 @@ def main(argv=None) -> int:
                          percentile=a.percentile, placement=a.placement, backend=a.backend, table=a.calib_table,
                          min_images=a.min_images, sensitivity_images=a.sensitivity_images,
                          max_fp32_nodes=a.max_fp32_nodes, threads=a.threads, bias_correction=a.bias_correction,
-                         parser_check=not a.no_parser_check,
+                         fallback=a.fallback, parser_check=not a.no_parser_check,
                          evaluator=onnx_miou)
     print(format_report(rep))
     if a.json:

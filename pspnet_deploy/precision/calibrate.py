@@ -34,7 +34,8 @@ from ..utils import atomic_path, atomic_write_json, say, sha256_file
 from .batches import iter_batches
 from .bias_correction import correct_biases
 from .calib_data import DEFAULT_NUM_IMAGES, MIN_CALIB_IMAGES, is_image_folder, load_calibration_set
-from .qdq import (MODELOPT_DEFAULT_METHOD, PLACEMENT_OPS, PLACEMENTS, QUANTIZED_OPS, check_modelopt, default_exclusions, prepare_fp32,
+from .fp16 import fp16_islands
+from .qdq import (FALLBACKS, MODELOPT_DEFAULT_METHOD, PLACEMENT_OPS, PLACEMENTS, QUANTIZED_OPS, check_modelopt, default_exclusions, prepare_fp32,
                   qdq_summary, quantizable_units, quantize_modelopt, quantize_qdq, ranges_from_qdq, static_pool_nodes,
                   tensors_to_calibrate)
 from .ranges import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHOD_PREFERENCE, METHODS, amax_from_stats, collect_statistics
@@ -129,7 +130,7 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
                    percentile: float = DEFAULT_PERCENTILE, placement: str = "trt", backend: str = "ort",
                    table: str | Path | None = None, min_images: int = MIN_CALIB_IMAGES, sensitivity_images: int = 16,
                    max_fp32_nodes: int | None = None, threads: int | None = None,
-                   keep_fp32: Sequence[str] = (), bias_correction: bool = False,
+                   keep_fp32: Sequence[str] = (), bias_correction: bool = False, fallback: str = "fp32",
                    parser_check: bool = True, evaluator: Evaluator | None = None) -> dict:
     """Calibrate ``fp32_onnx`` and write the Q/DQ INT8 model to ``output`` (plus ``.calib.json``).
 
@@ -143,6 +144,9 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
     of the calibrated file that quantization-aware training starts from).
     ``bias_correction``: take each quantized convolution's mean output shift out of its FP32 bias,
     measured on the calibration images (:mod:`.bias_correction`); needs ``data`` even with ``table``.
+    ``fallback``: the precision of the nodes kept out of INT8 (the budget's plan and ``keep_fp32``):
+    ``fp32``, or ``fp16`` islands (:func:`.fp16.fp16_islands`), which a strongly typed TensorRT
+    network runs in FP16; the static pyramid pooling stays FP32 either way.
     ``eval_data`` defaults to ``data``. Calibrating on ``eval_split`` of the evaluation data is
     refused unless ``force``. ``evaluator`` measures mIoU when the budget or ``auto`` needs it
     (see the module docstring). Returns a report dict (also the basis of the CLI's JSON).
@@ -159,6 +163,10 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
         raise UserError(f"unknown placement {placement!r}; choose from {', '.join(PLACEMENTS)}")
     if backend not in ("ort", "modelopt"):
         raise UserError(f"unknown backend {backend!r}; choose ort or modelopt")
+    if fallback not in FALLBACKS:
+        raise UserError(f"unknown fallback precision {fallback!r}; choose from {', '.join(FALLBACKS)}")
+    if fallback != "fp32" and backend != "ort":
+        raise UserError("--fallback fp16 works on the files of --backend ort; ModelOpt's keep their nodes FP32")
     if max_miou_drop is not None and not (0 <= float(max_miou_drop) < 100):
         raise UserError(f"--max-miou-drop is in mIoU points (0.5 = half a point) and must be in [0, 100), "
                         f"got {max_miou_drop}")
@@ -269,6 +277,7 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
                                 "images_hash": calib_info.get("hash"), "num_images": calib_info.get("count"),
                                 "data": calib_info.get("data"), "split": calib_info.get("split"),
                                 "placement": placement, "backend": backend, "fp32_nodes": list(fp32_nodes),
+                                "fallback_precision": fallback,
                                 "static_pool_nodes_fp32": list(pool_nodes), "budget_points": max_miou_drop,
                                 "bias_correction": ({k: v for k, v in corrections[m].items() if k != "shifts"}
                                                     if m in corrections else False)},
@@ -288,6 +297,11 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
                 qm = onnx.load(str(path))
                 corrections[m] = correct_biases(qm, pm, iter_batches(calib.array, src.batch), threads=threads,
                                                 progress=progress, total=calib.num_images)
+                onnx.save(qm, str(path))
+            kept = sorted(set(fp32_nodes) | set(keep_fp32))
+            if fallback == "fp16" and only is None and kept:
+                qm = onnx.load(str(path))
+                fp16_islands(qm, kept)
                 onnx.save(qm, str(path))
             if only is None:  # probes are only run, never kept
                 _finish_model(path, meta_for(m, list(fp32_nodes)))

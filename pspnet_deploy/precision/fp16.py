@@ -28,7 +28,7 @@ from .batches import fitted_batches
 from .observer import activation_ranges
 
 __all__ = ["FP16_MAX", "check_margin", "fp16_block_list", "fp16_overflow_tensors", "fp16_proto", "storage_failures",
-           "convert_fp16"]
+           "convert_fp16", "fp16_islands"]
 
 FP16_MAX = 65504.0
 
@@ -101,6 +101,63 @@ def fp16_proto(fp32_model, batches: list[np.ndarray], margin: float, threads: in
     info.update(blocked_nodes=blocked, converter="onnxconverter_common.float16.convert_float_to_float16",
                 keep_io_types=True, op_block_list=list(block_ops))
     return fp16, info
+
+
+def fp16_islands(model, nodes: Sequence[str]) -> list[str]:
+    """Run the named nodes of an (INT8 Q/DQ) model in FP16, in place: their FP32 weights and biases
+    become FP16 initializers, their FP32 activation inputs pass through a ``Cast`` to FP16 (one per
+    tensor, shared by the islands that read it) and their outputs are cast back to FP32 under the
+    original names, so the rest of the graph is unchanged. A strongly typed TensorRT network runs
+    such a node in FP16 instead of FP32 (the accuracy-budget plan's nodes kept out of INT8).
+    Nodes whose weights exceed the FP16 range stay FP32. Returns the nodes converted."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = model.graph
+    want = set(nodes)
+    inits = {i.name: i for i in g.initializer}
+    readers: dict[str, int] = {}
+    for n in g.node:
+        for t in n.input:
+            readers[t] = readers.get(t, 0) + 1
+    float_inits = {k for k, v in inits.items() if v.data_type == TensorProto.FLOAT}
+
+    def fits(n) -> bool:
+        return all(float(np.abs(numpy_helper.to_array(inits[t])).max(initial=0)) <= FP16_MAX
+                   for t in n.input if t in float_inits)
+
+    casts: dict[str, str] = {}  # FP32 tensor -> its FP16 cast
+    out_nodes, done = [], []
+    for n in g.node:
+        if n.name not in want or not fits(n):
+            out_nodes.append(n)
+            continue
+        for k, t in enumerate(n.input):
+            if not t:
+                continue
+            if t in float_inits:
+                name = t if readers.get(t, 0) == 1 else f"{t}.fp16"
+                if name not in inits:
+                    inits[name] = numpy_helper.from_array(numpy_helper.to_array(inits[t]).astype(np.float16), name)
+                    g.initializer.append(inits[name])
+                elif name == t:
+                    inits[t].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(inits[t]).astype(np.float16), t))
+                n.input[k] = name
+            elif t not in inits:
+                if t not in casts:
+                    casts[t] = f"{t}.fp16"
+                    out_nodes.append(helper.make_node("Cast", [t], [casts[t]], to=TensorProto.FLOAT16,
+                                                      name=f"{t}.cast_fp16"))
+                n.input[k] = casts[t]
+        outs = list(n.output)
+        for k, o in enumerate(outs):
+            n.output[k] = f"{o}.fp16out"
+        out_nodes.append(n)
+        for o in outs:
+            out_nodes.append(helper.make_node("Cast", [f"{o}.fp16out"], [o], to=TensorProto.FLOAT, name=f"{o}.cast_fp32"))
+        done.append(n.name)
+    del g.node[:]
+    g.node.extend(out_nodes)
+    return done
 
 
 def storage_failures(fp16_model, batches, threads, metrics: dict) -> list[str]:

@@ -31,11 +31,13 @@ import numpy as np
 from ..errors import UserError
 from ..onnx_graph import static_pool_node_names
 
-__all__ = ["PLACEMENTS", "PLACEMENT_OPS", "WEIGHTED_OPS", "QUANTIZED_OPS", "MODELOPT_METHODS", "MODELOPT_DEFAULT_METHOD", "prepare_fp32",
+__all__ = ["PLACEMENTS", "FALLBACKS", "PLACEMENT_OPS", "WEIGHTED_OPS", "QUANTIZED_OPS", "MODELOPT_METHODS", "MODELOPT_DEFAULT_METHOD", "prepare_fp32",
            "static_pool_nodes", "default_exclusions", "quantizable_units", "tensors_to_calibrate", "quantize_qdq",
            "qdq_summary", "ranges_from_qdq", "check_modelopt", "quantize_modelopt"]
 
 PLACEMENTS = ("trt", "ort")
+#: precisions of the nodes an INT8 file keeps out of INT8 (pspnet-calibrate --fallback)
+FALLBACKS = ("fp32", "fp16")
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 #: op types quantized per placement (static pooling nodes are excluded by name in both)
@@ -268,18 +270,20 @@ def qdq_summary(model) -> dict:
     prod = {o: n for n in model.graph.node for o in n.output}
     q = sum(n.op_type == "QuantizeLinear" for n in model.graph.node)
     dq = sum(n.op_type == "DequantizeLinear" for n in model.graph.node)
-    int8_w, fp32_w = [], []
+    int8_w, fp32_w, fp16_w = [], [], []
     for n in model.graph.node:
         if n.op_type in WEIGHTED_OPS and len(n.input) > 1:
             srcs = [prod.get(i) for i in n.input[:2]]
             if any(p is not None and p.op_type == "DequantizeLinear" for p in srcs):
                 int8_w.append(n.name)
+            elif n.input[1] in inits and inits[n.input[1]].data_type == 10:  # an FP16 island (--fallback fp16)
+                fp16_w.append(n.name)
             else:
                 fp32_w.append(n.name)
     zps = [numpy_helper.to_array(inits[n.input[2]]) for n in model.graph.node
            if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2] in inits]
     return {"quantize_linear": q, "dequantize_linear": dq, "int8_weighted_ops": len(int8_w),
-            "fp32_weighted_ops": fp32_w, "all_zero_points_zero": all(int(np.abs(z).max(initial=0)) == 0 for z in zps)}
+            "fp32_weighted_ops": fp32_w, "fp16_weighted_ops": fp16_w, "all_zero_points_zero": all(int(np.abs(z).max(initial=0)) == 0 for z in zps)}
 
 
 def ranges_from_qdq(model) -> dict[str, float]:
