@@ -45,10 +45,12 @@ def parse_args(argv=None):
     p.add_argument("--calib-split", default="train!0006R0")
     p.add_argument("--eval-split", default="train@0006R0")
     p.add_argument("--also-val", action="store_true", help="evaluate on --data val as well")
+    p.add_argument("--extra", action="append", default=[], metavar="NAME=ONNX",
+                   help="also evaluate an INT8 file made elsewhere (e.g. pspnet-qat's) as row NAME; repeatable")
     p.add_argument("--input-size", type=int, nargs=2, default=(360, 480))
     p.add_argument("--methods", default="minmax,entropy,percentile,mse",
-                   help="comma list; percentile:P for another percentile (e.g. percentile:99.999); a +bc suffix "
-                        "adds bias correction (e.g. mse+bc)")
+                   help="comma list of METHOD[:PERCENTILE][@BUDGET][+bc][+fp16] (see parse_spec): e.g. "
+                        "percentile:99.999, mse+bc (bias correction), mse@0.1 (budget on val), mse@0.1+fp16")
     p.add_argument("--num-images", default="32,100", help="comma list of calibration image counts")
     p.add_argument("--placement", default="trt")
     p.add_argument("--out", required=True, help="output folder for ONNX files and results")
@@ -60,10 +62,7 @@ def parse_args(argv=None):
 
 def _eval(path: Path, ds, limit, threads, ref_labels: list | None, desc: str) -> tuple[dict, list]:
     """mIoU / per-class IoU on ``ds``; pixel agreement with ``ref_labels`` (FP32's) when given."""
-    from pspnet_deploy.evaluate import labels_at
-    from pspnet_deploy.metrics import ConfusionMatrix
     from pspnet_deploy.runners.ort_runner import OrtRunner
-    from tqdm import tqdm
 
     with OrtRunner.from_file(str(path), threads=threads) as r:
         return _eval_with(r, ds, limit, ref_labels, desc)
@@ -102,6 +101,8 @@ def main(argv=None) -> int:
     from pspnet_deploy.checkpoint import load_checkpoint
     from pspnet_deploy.data import open_dataset
     from pspnet_deploy.export import export_onnx
+    from pspnet_deploy.errors import UserError
+    from pspnet_deploy.evaluate import onnx_miou
     from pspnet_deploy.precision.calibrate import calibrate_onnx
 
     a = parse_args(argv)
@@ -148,17 +149,31 @@ def main(argv=None) -> int:
     save()
     for n in [int(x) for x in a.num_images.split(",")]:
         for spec in a.methods.split(","):
-            spec, bc = (spec[:-3], True) if spec.endswith("+bc") else (spec, False)
-            method, _, pct = spec.partition(":")
-            name = f"{method}{pct}{'+bc' if bc else ''}-{n}"
+            sp = parse_spec(spec)
+            name = f"{sp['name']}-{n}"
             path = out / f"model.int8.{name}.onnx"
             if name in res["runs"] and all(k in res["runs"][name] for k in evals):
                 continue  # measured by an earlier run (delete OUT/results.json to measure again)
+            extra: dict = {}
+            if sp["budget"] is not None:
+                plan = res["runs"].get(name.replace("+fp16", "")) if sp["fallback"] == "fp16" else None
+                if plan is not None:  # the same plan as the FP32-fallback run, its nodes as FP16 islands
+                    extra = {"keep_fp32": plan["fp32_nodes"]}
+                else:
+                    extra = {"max_miou_drop": sp["budget"], "eval_split": "val", "evaluator": onnx_miou,
+                             "eval_limit": a.eval_limit}
             t0 = time.time()
-            rep = calibrate_onnx(fp32, path, a.data, split=a.calib_split, num_images=n, method=method,
-                                 percentile=float(pct) if pct else 99.99, cache_dir=a.cache_dir, progress=False,
-                                 placement=a.placement, threads=a.threads, bias_correction=bc)
-            row = {"method": method, "bias_correction": bc, "percentile": float(pct) if pct else None, "num_images": rep["images"]["count"],
+            try:
+                rep = calibrate_onnx(fp32, path, a.data, split=a.calib_split, num_images=n, method=sp["method"],
+                                     percentile=sp["percentile"] or 99.99, cache_dir=a.cache_dir, progress=False,
+                                     placement=a.placement, threads=a.threads, bias_correction=sp["bias_correction"],
+                                     fallback=sp["fallback"], **extra)
+            except UserError as e:  # e.g. a budget no plan meets: say so, measure the rest
+                print(f"{name}: {e}", flush=True)
+                continue
+            method, pct, bc = sp["method"], sp["percentile"], sp["bias_correction"]
+            row = {"method": method, "bias_correction": bc, "percentile": pct, "num_images": rep["images"]["count"],
+                   "budget_points": sp["budget"], "fallback": sp["fallback"], "fp32_nodes": rep["fp32_nodes"],
                    "calibrate_seconds": round(time.time() - t0, 1),
                    "stats_from_cache": bool(rep.get("cache", {}).get("stats_hit"))}
             for key, ds in evals.items():
@@ -170,7 +185,45 @@ def main(argv=None) -> int:
                       flush=True)
             res["runs"][name] = row
             save()
+    for item in a.extra:  # files made elsewhere (QAT): evaluated like the calibrated ones
+        name, _, path = item.partition("=")
+        if not path or not Path(path).is_file():
+            raise SystemExit(f"--extra {item!r}: give NAME=PATH of an existing INT8 ONNX")
+        from pspnet_deploy.card import read_card
+
+        cal = read_card(path).meta.get("calibration") or {}
+        row = {"method": name, "extra": str(path), "num_images": cal.get("num_images"), "calibrate_seconds": None,
+               "stats_from_cache": False, "fp32_nodes": cal.get("fp32_nodes", [])}
+        for key, ds in evals.items():
+            s, _ = _eval(Path(path), ds, a.eval_limit, a.threads, ref[key], f"{name} {key}")
+            s["drop_points"] = 100 * (res["fp32"][key]["miou"] - s["miou"])
+            row[key] = s
+            print(f"{name:<18} {key}: mIoU {100 * s['miou']:.2f} drop {s['drop_points']:+.2f} points, "
+                  f"agreement {100 * s['pixel_agreement']:.3f} %", flush=True)
+        res["runs"][name] = row
+        save()
     return 0
+
+
+def parse_spec(spec: str) -> dict:
+    """``METHOD[:PERCENTILE][@BUDGET][+bc][+fp16]``: e.g. ``mse``, ``percentile:99.999``, ``mse+bc``,
+    ``mse@0.1`` (accuracy budget of 0.1 mIoU points, evaluated on val), ``mse@0.1+fp16`` (the same
+    plan with its kept nodes as FP16 islands)."""
+    rest, flags = spec, set()
+    while rest.endswith(("+bc", "+fp16")):
+        rest, _, flag = rest.rpartition("+")
+        flags.add(flag)
+    rest, _, budget = rest.partition("@")
+    method, _, pct = rest.partition(":")
+    return {"method": method, "percentile": float(pct) if pct else None, "budget": float(budget) if budget else None,
+            "bias_correction": "bc" in flags, "fallback": "fp16" if "fp16" in flags else "fp32",
+            "name": f"{method}{pct}" + (f"@{budget}" if budget else "") + "".join(f"+{f}" for f in ("bc", "fp16")
+                                                                                 if f in flags)}
+
+
+def _order(kv) -> tuple:
+    name, r = kv
+    return (bool(r.get("extra")), r["num_images"] or 0, name)
 
 
 def to_markdown(res: dict) -> str:
@@ -184,13 +237,16 @@ def to_markdown(res: dict) -> str:
         f" {k} mIoU % | {k} drop (points) | {k} pixels = FP32 % |" for k in keys)
     lines += [head, "|" + "---|" * (3 + 3 * len(keys))]
     lines.append("| FP32 | — | — |" + "".join(f" {100 * res['fp32'][k]['miou']:.2f} | — | 100 |" for k in keys))
-    for name, r in sorted(res.get("runs", {}).items(), key=lambda kv: (kv[1]["num_images"], kv[0])):
+    for name, r in sorted(res.get("runs", {}).items(), key=_order):
         m = (r["method"] + (f" {r['percentile']:g}" if r.get("percentile") else "")
-             + (" + bias correction" if r.get("bias_correction") else ""))
-        lines.append(f"| {m} | {r['num_images']} | {r['calibrate_seconds']}{' (stats cached)' if r['stats_from_cache'] else ''} |"
+             + (" + bias correction" if r.get("bias_correction") else "")
+             + (f", budget {r['budget_points']:g} on val ({len(r['fp32_nodes'])} kept {r.get('fallback', 'fp32').upper()})"
+                if r.get("budget_points") is not None else ""))
+        secs = "—" if r["calibrate_seconds"] is None else f"{r['calibrate_seconds']}{' (stats cached)' if r['stats_from_cache'] else ''}"
+        lines.append(f"| {m} | {r['num_images']} | {secs} |"
                      + "".join(f" {100 * r[k]['miou']:.2f} | {r[k]['drop_points']:+.2f} | "
                                f"{100 * r[k]['pixel_agreement']:.3f} |" if k in r else " — | — | — |" for k in keys))
-    runs = sorted(res.get("runs", {}).items(), key=lambda kv: (kv[1]["num_images"], kv[0]))
+    runs = sorted(res.get("runs", {}).items(), key=_order)
     for k in keys:
         classes = list(res["fp32"][k]["per_class_iou"])
         lines += ["", f"Per-class IoU % on {k}:", "",
