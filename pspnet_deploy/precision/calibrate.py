@@ -123,6 +123,10 @@ def _same_data(a, b) -> bool:
         return sa == sb
 
 
+#: calibration images the bias correction measures on (each budget plan is corrected again)
+BIAS_CORRECTION_IMAGES = 64
+
+
 def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: str = "train",
                    num_images: int = DEFAULT_NUM_IMAGES, method: str | None = None, max_miou_drop: float | None = None,
                    eval_split: str = "val", eval_limit: int | None = None, cache_dir: str | Path | None = None,
@@ -143,7 +147,8 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
     ``keep_fp32``: node names kept FP32 from the start (a plan decided before, e.g. the FP32 nodes
     of the calibrated file that quantization-aware training starts from).
     ``bias_correction``: take each quantized convolution's mean output shift out of its FP32 bias,
-    measured on the calibration images (:mod:`.bias_correction`); needs ``data`` even with ``table``.
+    measured on the first ``BIAS_CORRECTION_IMAGES`` calibration images (:mod:`.bias_correction`);
+    needs ``data`` even with ``table``.
     ``fallback``: the precision of the nodes kept out of INT8 (the budget's plan and ``keep_fp32``):
     ``fp32``, or ``fp16`` islands (:func:`.fp16.fp16_islands`), which a strongly typed TensorRT
     network runs in FP16; the static pyramid pooling stays FP32 either way.
@@ -295,8 +300,9 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
                 quantize_qdq(prepped, amax_by_method[m], path, placement, excl, only=only, work=work)
             if bias_correction and only is None:
                 qm = onnx.load(str(path))
-                corrections[m] = correct_biases(qm, pm, iter_batches(calib.array, src.batch), threads=threads,
-                                                progress=progress, total=calib.num_images)
+                corrections[m] = correct_biases(qm, pm, iter_batches(calib.array, src.batch, limit=BIAS_CORRECTION_IMAGES),
+                                                threads=threads, progress=progress,
+                                                total=min(calib.num_images, BIAS_CORRECTION_IMAGES))
                 onnx.save(qm, str(path))
             kept = sorted(set(fp32_nodes) | set(keep_fp32))
             if fallback == "fp16" and only is None and kept:
