@@ -103,6 +103,7 @@ def main(argv=None) -> int:
     from pspnet_deploy.export import export_onnx
     from pspnet_deploy.errors import UserError
     from pspnet_deploy.evaluate import onnx_miou
+    from pspnet_deploy.machine import cpu_info
     from pspnet_deploy.precision.calibrate import calibrate_onnx
 
     a = parse_args(argv)
@@ -116,7 +117,7 @@ def main(argv=None) -> int:
     res.update({"checkpoint": str(a.checkpoint), "checkpoint_train_split": train_split, "data": a.data,
                 "calib_split": a.calib_split, "eval_split": a.eval_split, "input_size": list(a.input_size),
                 "placement": a.placement,
-                "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
+                "machine": {**cpu_info(), "python": platform.python_version(),
                             "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
                             "onnx": onnx.__version__, "threads": a.threads}})
     res.setdefault("runs", {})
