@@ -156,10 +156,12 @@ def main(argv=None) -> int:
             if name in res["runs"] and all(k in res["runs"][name] for k in evals):
                 continue  # measured by an earlier run (delete OUT/results.json to measure again)
             extra: dict = {}
+            reused = None
             if sp["budget"] is not None:
                 plan = res["runs"].get(name.replace("+fp16", "")) if sp["fallback"] == "fp16" else None
                 if plan is not None:  # the same plan as the FP32-fallback run, its nodes as FP16 islands
                     extra = {"keep_fp32": plan["fp32_nodes"]}
+                    reused = name.replace("+fp16", "")
                 else:
                     extra = {"max_miou_drop": sp["budget"], "eval_split": "val", "evaluator": onnx_miou,
                              "eval_limit": a.eval_limit}
@@ -175,6 +177,7 @@ def main(argv=None) -> int:
             method, pct, bc = sp["method"], sp["percentile"], sp["bias_correction"]
             row = {"method": method, "bias_correction": bc, "percentile": pct, "num_images": rep["images"]["count"],
                    "budget_points": sp["budget"], "fallback": sp["fallback"], "fp32_nodes": rep["fp32_nodes"],
+                   "plan_reused_from": reused,
                    "calibrate_seconds": round(time.time() - t0, 1),
                    "stats_from_cache": bool(rep.get("cache", {}).get("stats_hit"))}
             for key, ds in evals.items():
@@ -240,11 +243,14 @@ def to_markdown(res: dict) -> str:
     lines.append("| FP32 | — | — |" + "".join(f" {100 * res['fp32'][k]['miou']:.2f} | — | 100 |" for k in keys))
     for name, r in sorted(res.get("runs", {}).items(), key=_order):
         m = (r["method"] + (f" {r['percentile']:g}" if r.get("percentile") else "")
+             + (f" ({r['extra']})" if r.get("extra") else "")
              + (" + bias correction" if r.get("bias_correction") else "")
              + (f", budget {r['budget_points']:g} on val ({len(r['fp32_nodes'])} kept {r.get('fallback', 'fp32').upper()})"
                 if r.get("budget_points") is not None else ""))
         secs = "—" if r["calibrate_seconds"] is None else f"{r['calibrate_seconds']}{' (stats cached)' if r['stats_from_cache'] else ''}"
-        lines.append(f"| {m} | {r['num_images']} | {secs} |"
+        if r.get("plan_reused_from"):
+            secs += f" (plan of {r['plan_reused_from']})"
+        lines.append(f"| {m} | {r['num_images'] if r['num_images'] is not None else '—'} | {secs} |"
                      + "".join(f" {100 * r[k]['miou']:.2f} | {r[k]['drop_points']:+.2f} | "
                                f"{100 * r[k]['pixel_agreement']:.3f} |" if k in r else " — | — | — |" for k in keys))
     runs = sorted(res.get("runs", {}).items(), key=_order)
