@@ -230,6 +230,14 @@ def train(cfg: TrainConfig) -> dict:
         state = {k: v for k, v in state.items() if k not in fresh}
         fit_state_dict(model, state, cfg.init, ignore_missing=("aux_head.", *sorted(fresh)),
                        hint=_mismatch_hint(init_payload["meta"], model, info, "--init"))
+    backbone_info = None
+    if cfg.backbone_weights:
+        from .interop.imagenet import read_imagenet_backbone
+
+        bstate, backbone_info = read_imagenet_backbone(cfg.backbone_weights)
+        fit_state_dict(model, bstate, cfg.backbone_weights, ignore_missing=("ppm.", "head.", "aux_head."),
+                       hint=f"the file's ResNet does not match --backbone {cfg.backbone}"
+                            f"{' with --deep-stem' if cfg.deep_stem else ''}")
     model.to(device)
     new_params = {id(p) for m in model.new_modules for p in m.parameters()}
     groups = [
@@ -293,6 +301,7 @@ def train(cfg: TrainConfig) -> dict:
         "dataset": {"name": info.name, "path": str(cfg.data), "train_split": cfg.train_split, "val_split": cfg.val_split},
         "train_config": asdict(cfg),
         "autocast": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else None,
+        "backbone_weights": backbone_info,
         "versions": versions(),
     }
 

@@ -3,6 +3,7 @@ before importing it or allocating anything."""
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 from .errors import UserError
@@ -50,6 +51,7 @@ class TrainConfig:
     threads: int | None = None
     seed: int = 0
     init: str | None = None
+    backbone_weights: str | None = None
     resume: str | None = None
     amp: str = "auto"
     device: str = "auto"
@@ -113,6 +115,12 @@ class TrainConfig:
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
             raise UserError(f"--workers must be >= 0 (0 loads data in the main process), got {self.workers!r}")
         positive("threads", self.threads, allow_none=True)
+        if self.backbone_weights is not None:
+            if self.init or self.resume:
+                raise UserError("--backbone-weights starts a new model from ImageNet weights; it cannot be combined "
+                                "with --init or --resume (their checkpoints already hold a backbone)")
+            if not os.path.isfile(self.backbone_weights):
+                raise UserError(f"{self.backbone_weights}: --backbone-weights file not found")
         if self.amp not in AUTO_ON_OFF:
             raise UserError(f"--amp must be auto, on or off, got {self.amp!r}")
         self.device = check_device(self.device)

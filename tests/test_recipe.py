@@ -177,3 +177,76 @@ def test_cutmix_option_is_checked_before_training():
     TrainConfig(data="synthetic", cutmix=1.0).validate()
     with pytest.raises(UserError, match="--cutmix must be <= 1"):
         TrainConfig(data="synthetic", cutmix=1.5).validate()
+
+
+def _torchvision_resnet(path: Path, backbone: str = "resnet18", seed: int = 3) -> dict:
+    """A state dict in torchvision's ResNet layout (conv1, bn1, layerN, fc), from our backbone."""
+    import torch
+
+    from pspnet_deploy.model import PSPNet
+
+    torch.manual_seed(seed)
+    m = PSPNet(num_classes=5, backbone=backbone, head_channels=32)
+    state = {}
+    for k, v in m.state_dict().items():
+        if k.startswith("backbone."):
+            k = k[len("backbone."):].replace("stem.0.", "conv1.").replace("stem.1.", "bn1.")
+            state[k] = v.clone()
+    state["fc.weight"], state["fc.bias"] = torch.randn(1000, 512), torch.randn(1000)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
+    return state
+
+
+def test_backbone_weights_start_the_backbone(tmp_path):
+    """pspnet-train --backbone-weights: a torchvision-layout ResNet file becomes the backbone (the
+    classifier dropped, the PSPNet head new) and the checkpoint records which file it was."""
+    import torch
+
+    from pspnet_deploy.checkpoint import load_checkpoint
+    from pspnet_deploy.train import TrainConfig, train
+    from pspnet_deploy.utils import sha256_file
+
+    src = _torchvision_resnet(tmp_path / "resnet18.pth")
+    cfg = TrainConfig(data="synthetic", out=str(tmp_path / "run"), backbone="resnet18", head_channels=32, epochs=1,
+                      batch_size=2, crop=[96, 96], lr=1e-9, max_steps_per_epoch=1, val_split=None, workers=0,
+                      threads=1, progress=False, backbone_weights=str(tmp_path / "resnet18.pth"))
+    train(cfg)
+    ck = load_checkpoint(tmp_path / "run" / "last.pt")
+    sd = ck["state_dict"]
+    for theirs, ours in [("conv1.weight", "backbone.stem.0.weight"), ("layer4.1.conv2.weight", "backbone.layer4.1.conv2.weight"),
+                         ("layer2.0.downsample.0.weight", "backbone.layer2.0.downsample.0.weight")]:
+        assert torch.allclose(sd[ours].float(), src[theirs], atol=1e-5), ours
+    fresh = _torchvision_resnet(tmp_path / "other.pth", seed=4)  # a different file gives different weights
+    assert not torch.allclose(fresh["conv1.weight"], src["conv1.weight"])
+    info = ck["meta"]["backbone_weights"]
+    assert info["sha256"] == sha256_file(tmp_path / "resnet18.pth") and info["dropped"] == 2
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("with_init", "--backbone-weights starts a new model from ImageNet weights; it cannot be combined with --init"),
+    ("missing", "--backbone-weights file not found"),
+    ("not_resnet", "not a torchvision/timm ResNet state dict"),
+    ("other_depth", "weights do not fit the model"),
+])
+def test_backbone_weights_bad_input_is_one_line(tmp_path, case, needle):
+    import torch
+
+    from conftest import run_cli
+
+    path = tmp_path / "w.pth"
+    extra = []
+    if case == "with_init":
+        _torchvision_resnet(path)
+        extra = ["--init", str(path)]
+    elif case == "not_resnet":
+        torch.save({"encoder.weight": torch.zeros(3)}, path)
+    elif case == "other_depth":
+        _torchvision_resnet(path, backbone="resnet34")
+    out = tmp_path / "run"
+    r = run_cli("pspnet_deploy.cli.train", "--data", "synthetic", "--out", out, "--epochs", "1", "--batch-size", "2",
+                "--crop", "96", "96", "--max-steps-per-epoch", "1", "--val-split", "", "--no-progress",
+                "--backbone-weights", path, *extra)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pspnet-train: error: ") and needle in lines[0], r.stderr
+    assert not out.exists()

@@ -57,6 +57,9 @@ def build_parser():
     p.add_argument("--init", default=None, help="start from this checkpoint's weights and architecture (a pspnet-train or pspnet-convert "
                         "checkpoint; --backbone/--deep-stem/--bins/--head-channels are taken from it, --output-stride "
                         "still applies, classifiers are re-initialised when the class count differs)")
+    p.add_argument("--backbone-weights", default=None, metavar="FILE",
+                   help="start the backbone from ImageNet-pretrained ResNet weights (a torchvision or timm state "
+                        "dict, loaded without running code); the paper's recipe, with --head-lr-mult 10")
     p.add_argument("--resume", default=None, help="continue exactly from a last.pt")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda")
     p.add_argument("--amp", default=d.amp, choices=AUTO_ON_OFF,
@@ -74,10 +77,11 @@ def main(argv=None) -> int:
                       head_lr_mult=a.head_lr_mult, momentum=a.momentum, weight_decay=a.weight_decay, power=a.power,
                       warmup_iters=a.warmup_iters, aux_weight=a.aux_weight, crop=list(a.crop),
                       input_size=list(a.input_size) if a.input_size else None, scale=list(a.scale), rotate=a.rotate,
-                      blur_prob=a.blur_prob, color_jitter=a.color_jitter, cutmix=a.cutmix, class_weights=a.class_weights, val_every=a.val_every,
+                      blur_prob=a.blur_prob, color_jitter=a.color_jitter, cutmix=a.cutmix,
+                      class_weights=a.class_weights, val_every=a.val_every,
                       val_limit=a.val_limit, max_steps_per_epoch=a.max_steps_per_epoch, workers=a.workers,
-                      threads=a.threads, seed=a.seed, init=a.init, resume=a.resume, device=a.device, amp=a.amp,
-                      progress=not a.no_progress)
+                      threads=a.threads, seed=a.seed, init=a.init, backbone_weights=a.backbone_weights, resume=a.resume,
+                      device=a.device, amp=a.amp, progress=not a.no_progress)
     cfg.validate()  # before torch is imported or anything allocated
     from ..train import train
 
