@@ -3,13 +3,13 @@
 # held-out run's selected checkpoint on ALL of CamVid train (0006R0 added: a third drive), for a fixed
 # number of epochs with no selection (the last epoch is released); val is measured once at the end,
 # reported and never selected on. Then output stride 8 at 320x320 crops, as in stage 2, and the release.
-#   INIT    the held-out run's best.pt (default runs/ref4/os16/best.pt)
-#   RECIPE  the options the held-out comparison chose (default: ref4's)
+#   INIT    the held-out run's best.pt (default runs/ref3/os16/best.pt: stage 1, the best held-out recipe so far)
+#   RECIPE  the options the held-out comparison chose (default: stage 1's)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 T=${PSPNET_TRAIN:-.venv/bin/pspnet-train}
-INIT=${INIT:-runs/ref4/os16/best.pt}
-RECIPE=${RECIPE:---class-weights sqrt-median-freq --color-jitter 0.4 --cutmix 0.5 --weight-decay 5e-4}
+INIT=${INIT:-runs/ref3/os16/best.pt}
+RECIPE=${RECIPE:---class-weights sqrt-median-freq --color-jitter 0.3}
 COMMON="--data ../shared/data/camvid --train-split train --val-split val --val-every 1000 --backbone resnet18
   --batch-size 4 --head-lr-mult 1 --workers 1 --threads ${THREADS:-2} $RECIPE"
 # stage A: output stride 16, all of train, restarted from the held-out model
