@@ -578,6 +578,10 @@ def test_bias_correction_with_a_table_needs_images(trained_fp32, image_folder, t
         "pspnet-calibrate: error: --bias-correction measures each convolution's error on calibration images; "
         "pass --data DIR as well as --calib-table"]
     assert not out.exists()
+    r = _cli([trained_fp32, "--calib-table", first.with_suffix(".calib.json"), "--bias-correction", "--data", image_folder,
+              "--num-images", "12", "--cache-dir", tmp_path / "c", "--output", out], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "bias correction: 5 convolutions" in r.stdout and out.is_file()
 
 
 def test_fallback_fp16_keeps_the_planted_node_as_an_fp16_island(planted_fp32, tmp_path):

@@ -121,7 +121,11 @@ def format_report(rep: dict) -> str:
                      f"(drop {rep['drop_points']:.2f} points"
                      + (f", budget {rep['budget_points']:g})" if rep.get("budget_points") is not None else ")"))
     if rep.get("fp32_nodes"):
-        lines.append(f"  kept in FP32 for the budget: {', '.join(rep['fp32_nodes'])}")
+        fb = "FP16 islands" if rep.get("qdq", {}).get("fp16_weighted_ops") else "FP32"
+        lines.append(f"  kept in {fb} for the budget: {', '.join(rep['fp32_nodes'])}")
+    if rep.get("bias_correction"):
+        lines.append(f"  bias correction: {rep['bias_correction']['corrected']} convolutions (largest shift "
+                     f"{rep['bias_correction']['max_shift_rel']:.3g} of their mean |bias|)")
     if rep.get("sensitivity"):
         lines.append(f"  sensitivity report: {rep['sensitivity']['files']['md']}")
     if rep.get("parser_check") is not None:
