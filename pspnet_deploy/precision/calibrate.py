@@ -303,6 +303,7 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
                 corrections[m] = correct_biases(qm, pm, iter_batches(calib.array, src.batch, limit=BIAS_CORRECTION_IMAGES),
                                                 threads=threads, progress=progress,
                                                 total=min(calib.num_images, BIAS_CORRECTION_IMAGES))
+                corrections[path.name] = corrections[m]  # per file: the report names the one kept
                 onnx.save(qm, str(path))
             kept = sorted(set(fp32_nodes) | set(keep_fp32))
             if fallback == "fp16" and only is None and kept:
@@ -366,7 +367,7 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
             report["drop_points"] = 100 * (fp32_miou - int8_miou)
         report["fp32_nodes"] = fp32_nodes
         if bias_correction:
-            report["bias_correction"] = corrections.get(chosen)
+            report["bias_correction"] = corrections.get(Path(final).name)
         if parser_check:
             report["parser_check"] = _parser_check(final)
         qm = onnx.load(str(final))
