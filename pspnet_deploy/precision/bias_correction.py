@@ -83,8 +83,8 @@ def correct_biases(qdq_model, fp32_model, batches: Iterable[tuple[np.ndarray, in
     counts: dict[str, int] = {}
 
     def update(name: str, values: np.ndarray) -> None:
-        v = np.asarray(values, np.float64)
-        s = v.sum(axis=tuple(k for k in range(v.ndim) if k != 1))
+        v = np.asarray(values)
+        s = v.sum(axis=tuple(k for k in range(v.ndim) if k != 1), dtype=np.float64)  # no float64 copy of v
         sums[name] = sums.get(name, 0.0) + s
         counts[name] = counts.get(name, 0) + v.size // v.shape[1]
 

@@ -273,7 +273,7 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
                                          min_images=min_images)
         corrections: dict[str, dict] = {}
 
-        def meta_for(m: str, fp32_nodes: list[str]) -> dict:
+        def meta_for(m: str, fp32_nodes: list[str], correction: dict | None) -> dict:
             meta = dict(src.meta)
             meta.update({
                 "precision": "int8", "calibration_method": m, "calibration_images_hash": calib_info.get("hash"),
@@ -284,8 +284,8 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
                                 "placement": placement, "backend": backend, "fp32_nodes": list(fp32_nodes),
                                 "fallback_precision": fallback,
                                 "static_pool_nodes_fp32": list(pool_nodes), "budget_points": max_miou_drop,
-                                "bias_correction": ({k: v for k, v in corrections[m].items() if k != "shifts"}
-                                                    if m in corrections else False)},
+                                "bias_correction": ({k: v for k, v in correction.items() if k != "shifts"}
+                                                    if correction is not None else False)},
                 "quantization": {"format": "QDQ", "activations": "int8 symmetric per-tensor",
                                  "weights": "int8 symmetric per-channel", "bias": "fp32", "zero_point": 0},
             })
@@ -298,20 +298,20 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
                 quantize_modelopt(prepped, calib.array, m, excl, path)
             else:
                 quantize_qdq(prepped, amax_by_method[m], path, placement, excl, only=only, work=work)
-            if bias_correction and only is None:
-                qm = onnx.load(str(path))
-                corrections[m] = correct_biases(qm, pm, iter_batches(calib.array, src.batch, limit=BIAS_CORRECTION_IMAGES),
-                                                threads=threads, progress=progress,
-                                                total=min(calib.num_images, BIAS_CORRECTION_IMAGES))
-                corrections[path.name] = corrections[m]  # per file: the report names the one kept
-                onnx.save(qm, str(path))
+            if only is not None:  # probes are only run, never kept
+                return path
+            qm = onnx.load(str(path))  # one load and save per kept file: correction, islands, metadata
+            correction = None
+            if bias_correction:
+                correction = correct_biases(qm, pm, iter_batches(calib.array, src.batch, limit=BIAS_CORRECTION_IMAGES),
+                                            threads=threads, progress=progress,
+                                            total=min(calib.num_images, BIAS_CORRECTION_IMAGES))
+                corrections[path.name] = correction  # the report names the kept file's
             kept = sorted(set(fp32_nodes) | set(keep_fp32))
-            if fallback == "fp16" and only is None and kept:
-                qm = onnx.load(str(path))
+            if fallback == "fp16" and kept:
                 fp16_islands(qm, kept)
-                onnx.save(qm, str(path))
-            if only is None:  # probes are only run, never kept
-                _finish_model(path, meta_for(m, list(fp32_nodes)))
+            _stamp_metadata(qm, meta_for(m, list(fp32_nodes), correction))
+            onnx.save(qm, str(path))
             return path
 
         candidates = {m: build(m, list(keep_fp32), f"int8-{m}") for m in method_list}
@@ -384,15 +384,13 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
     return report
 
 
-def _finish_model(qpath: Path, meta: dict) -> None:
-    """Stamp the pspnet metadata onto a quantized file in place (and check the graph)."""
+def _stamp_metadata(m, meta: dict) -> None:
+    """Replace a quantized model's pspnet metadata (in place) and check the graph."""
     import onnx
 
-    m = onnx.load(str(qpath))
     del m.metadata_props[:]
     write_onnx_metadata(m, meta)
     onnx.checker.check_model(m)
-    onnx.save(m, str(qpath))
 
 
 def _parser_check(path: Path) -> dict | None:
