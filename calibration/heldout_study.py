@@ -98,6 +98,7 @@ def main(argv=None) -> int:
     import onnxruntime
     import torch
 
+    from pspnet_deploy.card import read_card
     from pspnet_deploy.checkpoint import load_checkpoint
     from pspnet_deploy.data import open_dataset
     from pspnet_deploy.export import export_onnx
@@ -148,23 +149,37 @@ def main(argv=None) -> int:
         print(f"FP32 {key}: mIoU {100 * res['fp32'][key]['miou']:.2f} ({res['fp32'][key]['num_images']} images)",
               flush=True)
     save()
+
+    def measure(name: str, path: Path, row: dict) -> None:
+        """Evaluate one INT8 file on every split, against FP32's labels, and record it as ``name``."""
+        for key, ds in evals.items():
+            s, _ = _eval(path, ds, a.eval_limit, a.threads, ref[key], f"{name} {key}")
+            s["drop_points"] = 100 * (res["fp32"][key]["miou"] - s["miou"])
+            row[key] = s
+            took = f"  (calibrate {row['calibrate_seconds']} s)" if row.get("calibrate_seconds") is not None else ""
+            print(f"{name:<18} {key}: mIoU {100 * s['miou']:.2f} drop {s['drop_points']:+.2f} points, "
+                  f"agreement {100 * s['pixel_agreement']:.3f} %{took}", flush=True)
+        res["runs"][name] = row
+        save()
+
+    def measured(name: str) -> bool:  # by an earlier run (delete OUT/results.json to measure again)
+        return name in res["runs"] and all(k in res["runs"][name] for k in evals)
+
     for n in [int(x) for x in a.num_images.split(",")]:
         for spec in a.methods.split(","):
             sp = parse_spec(spec)
             name = f"{sp['name']}-{n}"
             path = out / f"model.int8.{name}.onnx"
-            if name in res["runs"] and all(k in res["runs"][name] for k in evals):
-                continue  # measured by an earlier run (delete OUT/results.json to measure again)
+            if measured(name):
+                continue
             extra: dict = {}
-            reused = None
-            if sp["budget"] is not None:
-                plan = res["runs"].get(name.replace("+fp16", "")) if sp["fallback"] == "fp16" else None
-                if plan is not None:  # the same plan as the FP32-fallback run, its nodes as FP16 islands
-                    extra = {"keep_fp32": plan["fp32_nodes"]}
-                    reused = name.replace("+fp16", "")
-                else:
-                    extra = {"max_miou_drop": sp["budget"], "eval_split": "val", "evaluator": onnx_miou,
-                             "eval_limit": a.eval_limit}
+            reused = name.replace("+fp16", "") if sp["budget"] is not None and sp["fallback"] == "fp16" else None
+            if reused in res["runs"]:  # the same plan as the FP32-fallback run, its nodes as FP16 islands
+                extra = {"keep_fp32": res["runs"][reused]["fp32_nodes"]}
+            elif sp["budget"] is not None:
+                reused = None
+                extra = {"max_miou_drop": sp["budget"], "eval_split": "val", "evaluator": onnx_miou,
+                         "eval_limit": a.eval_limit}
             t0 = time.time()
             try:
                 rep = calibrate_onnx(fp32, path, a.data, split=a.calib_split, num_images=n, method=sp["method"],
@@ -174,38 +189,22 @@ def main(argv=None) -> int:
             except UserError as e:  # e.g. a budget no plan meets: say so, measure the rest
                 print(f"{name}: {e}", flush=True)
                 continue
-            method, pct, bc = sp["method"], sp["percentile"], sp["bias_correction"]
-            row = {"method": method, "bias_correction": bc, "percentile": pct, "num_images": rep["images"]["count"],
-                   "budget_points": sp["budget"], "fallback": sp["fallback"], "fp32_nodes": rep["fp32_nodes"],
-                   "plan_reused_from": reused,
-                   "calibrate_seconds": round(time.time() - t0, 1),
-                   "stats_from_cache": bool(rep.get("cache", {}).get("stats_hit"))}
-            for key, ds in evals.items():
-                s, _ = _eval(path, ds, a.eval_limit, a.threads, ref[key], f"{name} {key}")
-                s["drop_points"] = 100 * (res["fp32"][key]["miou"] - s["miou"])
-                row[key] = s
-                print(f"{name:<18} {key}: mIoU {100 * s['miou']:.2f} drop {s['drop_points']:+.2f} points, "
-                      f"agreement {100 * s['pixel_agreement']:.3f} %  (calibrate {row['calibrate_seconds']} s)",
-                      flush=True)
-            res["runs"][name] = row
-            save()
+            measure(name, path, {
+                "method": sp["method"], "bias_correction": sp["bias_correction"], "percentile": sp["percentile"],
+                "num_images": rep["images"]["count"], "budget_points": sp["budget"], "fallback": sp["fallback"],
+                "fp32_nodes": rep["fp32_nodes"], "plan_reused_from": reused,
+                "calibrate_seconds": round(time.time() - t0, 1),
+                "stats_from_cache": bool(rep.get("cache", {}).get("stats_hit"))})
     for item in a.extra:  # files made elsewhere (QAT): evaluated like the calibrated ones
         name, _, path = item.partition("=")
         if not path or not Path(path).is_file():
             raise SystemExit(f"--extra {item!r}: give NAME=PATH of an existing INT8 ONNX")
-        from pspnet_deploy.card import read_card
-
+        if measured(name) and res["runs"][name].get("extra") == str(path):
+            continue
         cal = read_card(path).meta.get("calibration") or {}
-        row = {"method": name, "extra": str(path), "num_images": cal.get("num_images"), "calibrate_seconds": None,
-               "stats_from_cache": False, "fp32_nodes": cal.get("fp32_nodes", [])}
-        for key, ds in evals.items():
-            s, _ = _eval(Path(path), ds, a.eval_limit, a.threads, ref[key], f"{name} {key}")
-            s["drop_points"] = 100 * (res["fp32"][key]["miou"] - s["miou"])
-            row[key] = s
-            print(f"{name:<18} {key}: mIoU {100 * s['miou']:.2f} drop {s['drop_points']:+.2f} points, "
-                  f"agreement {100 * s['pixel_agreement']:.3f} %", flush=True)
-        res["runs"][name] = row
-        save()
+        measure(name, Path(path), {"method": name, "extra": str(path), "num_images": cal.get("num_images"),
+                                   "calibrate_seconds": None, "stats_from_cache": False,
+                                   "fp32_nodes": cal.get("fp32_nodes", [])})
     return 0
 
 
