@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from conftest import THREADS, TINY_SIZE, make_tiny_model, run_cli, tiny_meta
-from pspnet_deploy.bench import (MemoryProbe, latency_stats, parse_model_arg, pixel_agreement, run_bench,
+from pspnet_deploy.bench import (latency_stats, parse_model_arg, pixel_agreement, run_bench,
                                  throughput_ips)
 from pspnet_deploy.errors import UserError
+from pspnet_deploy.memory import MemoryProbe
 from pspnet_deploy.report import CSV_COLUMNS
 
 BINS = (1, 2, 4)  # divide the 8x12 feature map: the static pooling is plain AveragePool (no FLOPs of its own)
