@@ -1,4 +1,5 @@
-"""Whole-image and sliding-window inference for any runner, with optional horizontal-flip averaging.
+"""Whole-image and sliding-window inference for any runner, with optional horizontal-flip averaging
+and multi-scale testing.
 
 Sliding window (``mode="slide"``): the window is the model's fixed input size; windows overlap by
 ``1 - stride`` (stride 2/3 of the window by default), their logits are averaged where they overlap;
@@ -9,6 +10,11 @@ Scale: the image is *not* resized to the model size first. Training crops random
 images rescaled by 0.5-2.0 around their own resolution (:mod:`pspnet_deploy.data.transforms`), so
 windows cut at the image's own resolution show objects at the scale the model learnt; ``scale``
 rescales the image first when that is wanted (very large images, multi-scale testing).
+
+Multi-scale testing (the PSPNet paper's evaluation: scales 0.5-1.75 and flip): ``scales`` runs the
+sliding window on the image rescaled by each factor, brings each result back to the image's size
+and averages the logits over scales (and flips), as mmsegmentation's test-time augmentation does.
+It needs slide mode: a static-shape model sees every scale through windows of its own input size.
 
 A runner whose ``output_kind`` is ``"labels"`` has no logits to average: its windows vote
 (one-hot counts), which gives the same label map wherever windows agree.
@@ -101,33 +107,63 @@ def slide_logits(runner, image_rgb: np.ndarray, stride_frac: float = 2 / 3, scal
     return scores
 
 
+PAPER_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+
+def check_scales(scales, mode: str) -> tuple[float, ...]:
+    """The scales as a tuple of positive floats; more than ``(1.0,)`` needs slide mode."""
+    scales = tuple(float(s) for s in scales)
+    if not scales or any(not (0 < s <= 4) for s in scales):
+        raise UserError(f"test scales must be in (0, 4], got {list(scales)}; the paper's are "
+                        f"{' '.join(f'{s:g}' for s in PAPER_SCALES)}")
+    if len(set(scales)) != len(scales):
+        raise UserError(f"test scales repeat: {list(scales)}; give each scale once")
+    if mode == "whole" and scales != (1.0,):
+        raise UserError("multi-scale testing needs --mode slide (a fixed-size model sees each scale through "
+                        "windows of its input size); add --mode slide")
+    return scales
+
+
 def predict_scores(runner, image_rgb: np.ndarray, mode: str = "whole", flip: bool = False,
-                   stride: float = 2 / 3, scale: float = 1.0) -> np.ndarray:
-    """CxHxW scores at the image's size, optionally averaged with the horizontally flipped image."""
+                   stride: float = 2 / 3, scales=(1.0,)) -> np.ndarray:
+    """CxHxW scores at the image's size: logits averaged over ``scales`` and, with ``flip``, mirror images."""
     img = ensure_rgb(image_rgb)
-    if mode == "whole":
-        fn = lambda im: whole_logits(runner, im)  # noqa: E731
-    elif mode == "slide":
-        fn = lambda im: slide_logits(runner, im, stride, scale)  # noqa: E731
-    else:
+    if mode not in ("whole", "slide"):
         raise UserError(f"inference mode must be 'whole' or 'slide', got {mode!r}")
-    scores = fn(img)
-    if flip:
-        scores = scores + fn(np.ascontiguousarray(img[:, ::-1]))[:, :, ::-1]
-        scores *= 0.5
-    return scores
+    scales = check_scales(scales, mode)
+    views = [img, np.ascontiguousarray(img[:, ::-1])] if flip else [img]
+    total = None
+    for scale in scales:
+        for i, view in enumerate(views):
+            s = whole_logits(runner, view) if mode == "whole" else slide_logits(runner, view, stride, scale)
+            if i:
+                s = s[:, :, ::-1]
+            total = s.copy() if total is None else total + s
+    if len(scales) * len(views) > 1:
+        total *= 1.0 / (len(scales) * len(views))
+    return total
 
 
 def make_predictor(mode: str = "whole", flip: bool = False, stride: float = 2 / 3,
-                   scale: float = 1.0) -> Callable[[object, np.ndarray], np.ndarray]:
+                   scales=(1.0,)) -> Callable[[object, np.ndarray], np.ndarray]:
     """``predict(runner, image_rgb) -> HxW label map (int64) at the image's size``."""
     if mode not in ("whole", "slide"):
         raise UserError(f"inference mode must be 'whole' or 'slide', got {mode!r}")
     if not (0 < stride <= 1):
         raise UserError(f"sliding-window stride must be a fraction in (0, 1] of the window, got {stride}")
+    scales = check_scales(scales, mode)
 
     def predict(runner, image_rgb: np.ndarray) -> np.ndarray:
-        return predict_scores(runner, image_rgb, mode=mode, flip=flip, stride=stride, scale=scale).argmax(0)
+        return predict_scores(runner, image_rgb, mode=mode, flip=flip, stride=stride, scales=scales).argmax(0)
 
-    predict.mode, predict.flip, predict.stride, predict.scale = mode, flip, stride, scale  # type: ignore[attr-defined]
+    predict.mode, predict.flip, predict.stride, predict.scales = mode, flip, stride, scales  # type: ignore[attr-defined]
     return predict
+
+
+def describe(mode: str, flip: bool, scales=(1.0,)) -> str:
+    """How a prediction was made, for summary lines: 'slide + flip, scales 0.5 1 1.5'."""
+    text = mode + (" + flip" if flip else "")
+    scales = tuple(scales)
+    if scales != (1.0,):
+        text += f", scales {' '.join(f'{s:g}' for s in scales)}"
+    return text

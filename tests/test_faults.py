@@ -120,6 +120,8 @@ CASES = [
     ("eval-size-too-small", "eval", f"{{ck}} --data synthetic --input-size 7 7 --limit 1 {T}", "too small"),
     ("eval-size-memory", "eval", "{ck} --data synthetic --input-size 8000 8000 --batch-size 64", "memory"),
     ("eval-size-too-large", "eval", "{ck} --data synthetic --input-size 40000 40000", "too large"),
+    ("eval-scales-whole", "eval", "{ck} --data synthetic --mode whole --scales 0.5 1", "add --mode slide"),
+    ("eval-scales-zero", "eval", "{ck} --data synthetic --scales 0 1", "in (0, 4]"),
     ("eval-text-pt", "eval", "{d}/text.pt --data synthetic", "not a PyTorch file"),
     ("eval-random-pt", "eval", "{d}/random.pt --data synthetic", "not a PyTorch file"),
     ("eval-evil-pt", "eval", "{d}/evil.pt --data synthetic", "never contains"),

@@ -82,6 +82,22 @@ def test_predict_cli_slide_mode_in_a_subprocess(onnx_model, images, tmp_path):
     assert (out / "color" / "a_rgb.png").is_file() and not (out / "overlay").exists()
 
 
+def test_predict_multi_scale_matches_the_predictor(onnx_model, images, tmp_path, capsys):
+    """--scales (implies slide): the written labels are make_predictor's multi-scale argmax."""
+    from pspnet_deploy.cli.common import run
+    from pspnet_deploy.cli.predict import main
+    from pspnet_deploy.runners import load_runner
+    from pspnet_deploy.sliding import make_predictor
+
+    out = tmp_path / "ms"
+    assert run("pspnet-predict", main, [str(onnx_model), str(images / "a_rgb.png"), "--output", str(out),
+                                        "--scales", "0.75", "1.25", "--threads", "1"]) == 0
+    assert "(slide, scales 0.75 1.25)" in capsys.readouterr().out
+    with load_runner(str(onnx_model), threads=1) as r:
+        want = make_predictor("slide", scales=(0.75, 1.25))(r, read_png(images / "a_rgb.png")[..., :3])
+    assert np.array_equal(read_png(out / "labels" / "a_rgb.png"), want)
+
+
 def make_video(path: Path, rng, frames: int = 5, size=(96, 64), fourcc="mp4v") -> list[np.ndarray]:
     w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 10.0, size)
     assert w.isOpened()

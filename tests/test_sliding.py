@@ -180,3 +180,55 @@ def test_eval_cli_slide_and_flip_on_synthetic(tmp_path, capsys):
         assert results[mode]["num_images"] == 2
     total = sum(map(sum, results["slide"]["confusion_matrix"]))
     assert total == sum(map(sum, results["whole"]["confusion_matrix"])) > 0  # every labelled pixel, both modes
+
+
+def test_multi_scale_averages_each_scale_and_its_mirror(torch_runner, rng):
+    """--scales: logits of the sliding window at each rescaled image, back at full size, averaged with mirrors."""
+    from pspnet_deploy.sliding import make_predictor, predict_scores, slide_logits
+
+    img = smooth_image(rng, 70, 100)
+    scales = (0.5, 1.0, 1.5)
+    got = predict_scores(torch_runner, img, mode="slide", flip=True, scales=scales)
+    mirror = np.ascontiguousarray(img[:, ::-1])
+    parts = [slide_logits(torch_runner, img, scale=s) for s in scales]
+    parts += [slide_logits(torch_runner, mirror, scale=s)[:, :, ::-1] for s in scales]
+    assert got.shape == parts[0].shape == (torch_runner.num_classes, 70, 100)
+    np.testing.assert_allclose(got, sum(parts) / len(parts), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(got, predict_scores(torch_runner, img, mode="slide", flip=True), atol=1e-3)  # scales count
+    labels = make_predictor("slide", flip=True, scales=scales)(torch_runner, img)
+    assert np.array_equal(labels, got.argmax(0))
+
+
+def test_scales_are_checked(torch_runner):
+    from pspnet_deploy.errors import UserError
+    from pspnet_deploy.sliding import check_scales, describe, make_predictor
+
+    with pytest.raises(UserError, match="needs --mode slide"):
+        make_predictor("whole", scales=(0.5, 1.0))
+    with pytest.raises(UserError, match=r"in \(0, 4\]"):
+        check_scales((0.0, 1.0), "slide")
+    with pytest.raises(UserError, match="repeat"):
+        check_scales((1.0, 1.0), "slide")
+    assert check_scales([1], "whole") == (1.0,)
+    assert describe("slide", True, (0.5, 1.0, 1.75)) == "slide + flip, scales 0.5 1 1.75"
+    assert describe("whole", False) == "whole"
+
+
+def test_eval_cli_scales_imply_slide(tmp_path, capsys):
+    from conftest import make_tiny_model, tiny_meta
+    from pspnet_deploy.checkpoint import save_checkpoint
+    from pspnet_deploy.cli.common import run
+    from pspnet_deploy.cli.eval import main
+    from pspnet_deploy.data import open_dataset
+
+    info = open_dataset("synthetic", "val").info
+    meta = tiny_meta()
+    meta.update(classes=info.classes, palette=info.palette)
+    ckpt = tmp_path / "syn.pt"
+    save_checkpoint(ckpt, make_tiny_model(num_classes=info.num_classes), meta)
+    out = tmp_path / "ms.json"
+    args = [str(ckpt), "--data", "synthetic", "--limit", "2", "--scales", "0.75", "1", "--no-progress", "--json", str(out)]
+    assert run("pspnet-eval", main, args) == 0, capsys.readouterr().err
+    assert "slide, scales 0.75 1" in capsys.readouterr().out
+    data = __import__("json").loads(out.read_text())["data"]
+    assert data["mode"] == "slide" and data["scales"] == [0.75, 1.0] and data["flip"] is False

@@ -21,8 +21,12 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch / onnxruntime")
-    p.add_argument("--mode", choices=["whole", "slide"], default="whole", help="whole image or sliding window")
+    p.add_argument("--mode", choices=["whole", "slide"], default=None,
+                   help="whole image or sliding window (default: whole; slide with --scales)")
     p.add_argument("--flip", action="store_true", help="average with the horizontally flipped prediction")
+    p.add_argument("--scales", type=float, nargs="+", default=None, metavar="S",
+                   help="multi-scale testing: average the sliding-window logits of the image rescaled by each "
+                        "factor (the paper's: 0.5 0.75 1 1.25 1.5 1.75); implies --mode slide")
     p.add_argument("--stride", type=float, default=2 / 3, help="sliding-window stride as a fraction of the window")
     p.add_argument("--json", default=None, help="write the results here as JSON")
     p.add_argument("--no-progress", action="store_true")
@@ -44,6 +48,10 @@ def main(argv=None) -> int:
         raise UserError(f"--threads must be at least 1, got {a.threads}")
     if not 0 < a.stride <= 1:
         raise UserError(f"--stride must be in (0, 1], got {a.stride}")
+    from ..sliding import check_scales, describe
+
+    a.mode = a.mode or ("slide" if a.scales else "whole")
+    scales = check_scales(a.scales or (1.0,), a.mode)
     check_device(a.device, allow_auto=False)
     size = size_arg(a.input_size, batch=a.batch_size)
     if size is not None and SUFFIX_KINDS.get(Path(a.model).suffix.lower()) != "torch":
@@ -66,12 +74,12 @@ def main(argv=None) -> int:
         if a.mode == "slide" or a.flip:
             from ..sliding import make_predictor
 
-            predict = make_predictor(mode=a.mode, flip=a.flip, stride=a.stride)
+            predict = make_predictor(mode=a.mode, flip=a.flip, stride=a.stride, scales=scales)
         res = evaluate(runner, ds, limit=a.limit, batch_size=a.batch_size, progress=not a.no_progress, predict=predict)
         res["model"] = runner.describe()
-    res["data"] = {"path": str(a.data), "split": a.split, "mode": a.mode, "flip": a.flip}
-    print(format_table(res, f"{a.model} on {a.data} [{a.split}], {res['num_images']} images, {a.mode}"
-                            f"{' + flip' if a.flip else ''}"))
+    res["data"] = {"path": str(a.data), "split": a.split, "mode": a.mode, "flip": a.flip, "scales": list(scales)}
+    print(format_table(res, f"{a.model} on {a.data} [{a.split}], {res['num_images']} images, "
+                            f"{describe(a.mode, a.flip, scales)}"))
     if a.json:
         atomic_write_json(a.json, res)
     return 0
