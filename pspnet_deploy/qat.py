@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -38,7 +39,7 @@ from torch.nn.utils import parametrize
 
 from .errors import UserError
 from .machine import bf16_choice, cpu_has_bf16
-from .utils import atomic_path, say, sha256_file
+from .utils import atomic_path, check_output_file, say, sha256_file
 
 __all__ = ["QATConfig", "QATPlan", "plan_from_qdq", "QATModel", "fake_quant", "run_qat"]
 
@@ -271,10 +272,14 @@ def _state_path(output: Path) -> Path:
 def run_qat(checkpoint: str | Path, output: str | Path, cfg: QATConfig, *, calib_table: str | Path | None = None,
             calib_split: str = "train", num_images: int | None = None, method: str | None = None,
             input_size: tuple[int, int] | None = None, resume: str | Path | None = None,
-            cache_dir: str | Path | None = None, parser_check: bool = True, min_images: int | None = None) -> dict:
+            cache_dir: str | Path | None = None, parser_check: bool = True, min_images: int | None = None,
+            fp32_checkpoint: str | Path | None = None) -> dict:
     """Calibrate (or reuse ``calib_table``), fine-tune with the calibrated file's fake quantization,
     write ``output`` (Q/DQ INT8 ONNX) and its ``.calib.json``. Training state is saved after each
-    epoch to ``OUTPUT.qat-state.pt``; ``resume`` continues from such a file exactly."""
+    epoch to ``OUTPUT.qat-state.pt``; ``resume`` continues from such a file exactly.
+    ``fp32_checkpoint``: also keep the fine-tuned weights as a plain FP32 checkpoint (the one the
+    INT8 file was exported from; metadata ``qat.from_checkpoint_sha256``), e.g. to measure what QAT
+    costs against its own weights rather than against the original model."""
     from torch.utils.data import DataLoader
 
     from .checkpoint import load_model, save_checkpoint
@@ -293,6 +298,10 @@ def run_qat(checkpoint: str | Path, output: str | Path, cfg: QATConfig, *, calib
         raise UserError(f"{output}: output must be an .onnx file (e.g. model.qat.int8.onnx)")
     if cfg.epochs <= 0 or cfg.batch_size <= 0 or cfg.lr <= 0:
         raise UserError("--epochs, --batch-size and --lr must be positive")
+    if fp32_checkpoint is not None:
+        fp32_checkpoint = check_output_file(fp32_checkpoint, "--fp32-checkpoint")
+        if fp32_checkpoint.suffix.lower() != ".pt":
+            raise UserError(f"{fp32_checkpoint}: --fp32-checkpoint must be a .pt file (e.g. model.qat.fp32.pt)")
     use_bf16 = bf16_choice(cfg.bf16, "--bf16")
     has_bf16 = cpu_has_bf16()
     if cfg.threads:
@@ -438,6 +447,10 @@ def run_qat(checkpoint: str | Path, output: str | Path, cfg: QATConfig, *, calib
                       "cpu_has_bf16": has_bf16, "source_checkpoint_sha256": src_sha,
                       "calibration": report["calibration"], "final_loss": history[-1]["loss"] if history else None}
         _stamp_qat(output, qat_record, meta)
+        if fp32_checkpoint is not None:
+            with atomic_path(fp32_checkpoint, ".pt") as tmp:
+                shutil.copyfile(tuned, tmp)
+            report["fp32_checkpoint"] = str(fp32_checkpoint)
         report.update({"qdq": rep["qdq"], "table": rep["table"], "parser_check": rep.get("parser_check"),
                        "fp32_nodes": plan.fp32_nodes, "placement": plan.placement, "ranges": learned,
                        "quantized_weights": len(plan.weights), "quantized_activations": len(learned)})

@@ -176,7 +176,7 @@ def test_qat_resume_is_exact(work, full_run):
                     cache_dir=work / "cache")
     assert first["output"] is None and not out.exists() and first["stopped_after_epoch"] == 1
     state = out.with_suffix(".qat-state.pt")
-    rep = run_qat(work / "tiny.pt", out, _cfg(), resume=state)
+    rep = run_qat(work / "tiny.pt", out, _cfg(), resume=state, fp32_checkpoint=work / "resumed" / "tuned.pt")
     full_state = torch.load(full_run[1].with_suffix(".qat-state.pt"), weights_only=True)
     res_state = torch.load(state, weights_only=True)
     assert res_state["step"] == full_state["step"] == 2 * STEPS
@@ -186,6 +186,32 @@ def test_qat_resume_is_exact(work, full_run):
     a = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(out)).graph.initializer}
     b = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(full_run[1])).graph.initializer}
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    _check_fp32_checkpoint(work, rep, out)
+
+
+def _check_fp32_checkpoint(work, rep, out):
+    """--fp32-checkpoint keeps the very weights the INT8 file was made from: exporting it again gives the
+    FP32 ONNX whose sha256 the INT8 file's calibration table records."""
+    from pspnet_deploy.checkpoint import load_model
+    from pspnet_deploy.export import export_onnx
+    from pspnet_deploy.precision.table import table_path_for
+    from pspnet_deploy.utils import sha256_file
+
+    tuned = Path(rep["fp32_checkpoint"])
+    net, meta = load_model(tuned)
+    assert meta["qat"]["from_checkpoint_sha256"] == sha256_file(work / "tiny.pt")
+    orig, _ = load_model(work / "tiny.pt")
+    before, after = orig.state_dict(), net.state_dict()
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+    # the ONNX records its checkpoint's file name; pspnet-qat exported the weights as qat.pt
+    same_name = work / "again" / "qat.pt"
+    same_name.parent.mkdir()
+    same_name.write_bytes(tuned.read_bytes())
+    again = work / "again" / "again.fp32.onnx"
+    export_onnx(same_name, again, input_size=tuple(rep["input_size"]), num_verify=1, progress=False)
+    table = json.loads(table_path_for(out).read_text())
+    assert table["source_onnx_sha256"] == sha256_file(again)
+    assert not list(tuned.parent.glob(".*tmp*"))
 
 
 def test_bf16_feature_detection_and_refusal(work, tmp_path):

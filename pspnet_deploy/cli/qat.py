@@ -23,6 +23,9 @@ def build_parser():
     p.add_argument("--split", default="train", help="training split (split expressions allowed, e.g. 'train!0006R0')")
     p.add_argument("--output", "-o", required=True, help="INT8 ONNX to write (e.g. export/NAME/model.qat.int8.onnx)")
     p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--fp32-checkpoint", default=None, metavar="FILE",
+                   help="also write the fine-tuned weights as a plain FP32 checkpoint (.pt), to compare QAT's INT8 "
+                        "file against its own weights")
     p.add_argument("--calib-table", default=None,
                    help="start from the ranges (and FP32 nodes, placement) of a pspnet-calibrate .calib.json")
     p.add_argument("--calib-split", default=None, help="split to calibrate on (default: --split)")
@@ -58,7 +61,7 @@ def main(argv=None) -> int:
                     threads=a.threads, bf16=a.bf16, stop_after_epochs=a.stop_after_epochs, progress=not a.no_progress)
     rep = run_qat(a.checkpoint, a.output, cfg, calib_table=a.calib_table, calib_split=a.calib_split or a.split,
                   num_images=a.num_images, method=a.method, input_size=tuple(a.input_size) if a.input_size else None,
-                  resume=a.resume, cache_dir=a.cache_dir)
+                  resume=a.resume, cache_dir=a.cache_dir, fp32_checkpoint=a.fp32_checkpoint)
     if rep.get("output") is None:
         print(f"stopped after epoch {rep['stopped_after_epoch']}; continue with --resume {rep['state']}")
     else:
@@ -67,7 +70,8 @@ def main(argv=None) -> int:
               f"INT8 weighted ops, {rep['quantized_activations']} learned activation ranges, zero points 0: "
               f"{q['all_zero_points_zero']}); table {rep['table']}; BF16 autocast "
               f"{'on' if rep['bf16']['used'] else 'off'} (CPU BF16: {rep['bf16']['cpu_has_bf16']}, ISA "
-              f"{rep['bf16']['isa']})" + ("; TensorRT parser check: ok" if rep.get("parser_check") else ""))
+              f"{rep['bf16']['isa']})" + ("; TensorRT parser check: ok" if rep.get("parser_check") else "")
+              + (f"; fine-tuned FP32 weights {rep['fp32_checkpoint']}" if rep.get("fp32_checkpoint") else ""))
     if a.json:
         atomic_write_json(a.json, jsonable(rep))
     return 0
