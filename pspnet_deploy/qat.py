@@ -340,7 +340,7 @@ def run_qat(checkpoint: str | Path, output: str | Path, cfg: QATConfig, *, calib
                 tbl = read_calibration_table(calib_table)
                 rep = calibrate_onnx(fp32, calibrated, table=calib_table, force=True, progress=False,
                                      placement=tbl.get("placement") or "trt", keep_fp32=tbl.get("fp32_nodes") or (),
-                                     threads=cfg.threads, parser_check=False)
+                                     bias_correction=False, fallback="fp32", threads=cfg.threads, parser_check=False)
             else:
                 rep = calibrate_onnx(fp32, calibrated, cfg.data, split=calib_split,
                                      num_images=num_images or DEFAULT_NUM_IMAGES, method=method or DEFAULT_METHOD,
@@ -441,7 +441,8 @@ def run_qat(checkpoint: str | Path, output: str | Path, cfg: QATConfig, *, calib
         tbl_path = work / "qat.calib.json"
         tbl_path.write_text(json.dumps(tbl))
         rep = calibrate_onnx(tuned_onnx, output, table=tbl_path, progress=False, placement=plan.placement,
-                             keep_fp32=plan.fp32_nodes, threads=cfg.threads, parser_check=parser_check)
+                             keep_fp32=plan.fp32_nodes, bias_correction=False, fallback="fp32", threads=cfg.threads,
+                             parser_check=parser_check)
         qat_record = {"epochs": len(history), "steps": step, "data": str(cfg.data), "split": cfg.split,
                       "lr": cfg.lr, "batch_size": cfg.batch_size, "crop": list(crop), "bf16": use_bf16,
                       "cpu_has_bf16": has_bf16, "source_checkpoint_sha256": src_sha,

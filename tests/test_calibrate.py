@@ -582,6 +582,15 @@ def test_bias_correction_with_a_table_needs_images(trained_fp32, image_folder, t
               "--num-images", "12", "--cache-dir", tmp_path / "c", "--output", out], tmp_path)
     assert r.returncode == 0, r.stderr
     assert "bias correction: 5 convolutions" in r.stdout and out.is_file()
+    # that table records the correction: reusing it asks for images again, or an explicit --no-bias-correction
+    again = tmp_path / "c.int8.onnx"
+    r = _cli([trained_fp32, "--calib-table", out.with_suffix(".calib.json"), "--output", again], tmp_path)
+    assert r.returncode == 2 and not again.exists()
+    assert "made with --bias-correction" in r.stderr and "--no-bias-correction" in r.stderr
+    r = _cli([trained_fp32, "--calib-table", out.with_suffix(".calib.json"), "--no-bias-correction", "--output", again],
+             tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "bias correction" not in r.stdout and again.is_file()
 
 
 def test_fallback_fp16_keeps_the_planted_node_as_an_fp16_island(planted_fp32, tmp_path):
@@ -617,6 +626,25 @@ def test_fallback_fp16_keeps_the_planted_node_as_an_fp16_island(planted_fp32, tm
     cmp = compare_outputs(a, b)
     assert cmp["argmax_agreement"] >= 0.999 and cmp["cosine"] > 0.99999, cmp
     assert not np.array_equal(a, b)  # the island did change precision
+
+    # the table carries the plan: reusing it without options gives the same file; --fallback overrides
+    from onnx import numpy_helper
+
+    table = files["fp16"].with_suffix(".calib.json")
+    tj = __import__("json").loads(table.read_text())
+    assert tj["fp32_nodes"] == [planted] and tj["fallback"] == "fp16" and tj["bias_correction"] is False
+    same = tmp_path / "same.int8.onnx"
+    rep = calibrate_onnx(planted_fp32, same, None, table=table, progress=False, threads=THREADS)
+    assert rep["from_table"] == {"fp32_nodes": [planted], "fallback": "fp16", "bias_correction": False}
+    assert rep["qdq"]["fp16_weighted_ops"] == [planted]
+    ms = onnx.load(str(same))
+    assert [(n.op_type, list(n.input)) for n in ms.graph.node] == [(n.op_type, list(n.input)) for n in m.graph.node]
+    for i, j in zip(ms.graph.initializer, m.graph.initializer):
+        assert i.name == j.name and np.array_equal(numpy_helper.to_array(i), numpy_helper.to_array(j)), i.name
+    rep = calibrate_onnx(planted_fp32, tmp_path / "over.int8.onnx", None, table=table, fallback="fp32",
+                         progress=False, threads=THREADS)
+    assert rep["fp32_nodes"] == [planted] and not rep["qdq"]["fp16_weighted_ops"]
+    assert rep["qdq"]["int8_weighted_ops"] == 4
 
 
 def test_fallback_is_refused_for_modelopt(trained_fp32, tmp_path):

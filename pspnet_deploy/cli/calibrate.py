@@ -1,6 +1,7 @@
 """pspnet-calibrate: FP32 ONNX -> explicit Q/DQ INT8 ONNX (TensorRT's format), by calibration."""
 from __future__ import annotations
 
+import argparse
 import sys
 
 from .common import make_parser, run
@@ -45,13 +46,17 @@ def build_parser():
                         "Runtime's default, inputs and outputs of every quantizable op (faster on ORT CPU)")
     p.add_argument("--backend", default="ort", choices=["ort", "modelopt"],
                    help="ort: onnxruntime quantize_static; modelopt: NVIDIA ModelOpt if installed")
-    p.add_argument("--fallback", default="fp32", choices=list(FALLBACKS),
+    p.add_argument("--fallback", default=None, choices=list(FALLBACKS),
                    help="precision of the nodes kept out of INT8 by --max-miou-drop: fp32, or fp16 islands (Casts "
-                        "around them), which strongly typed TensorRT runs in FP16")
-    p.add_argument("--bias-correction", action="store_true",
+                        "around them), which strongly typed TensorRT runs in FP16 (default: fp32, or the "
+                        "--calib-table's)")
+    p.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=None,
                    help="take each quantized convolution's mean output shift (measured on the calibration images) "
-                        "out of its FP32 bias; the file format is unchanged")
-    p.add_argument("--calib-table", default=None, help="reuse the ranges of an earlier .calib.json (no images needed)")
+                        "out of its FP32 bias; the file format is unchanged (default: off, or as the --calib-table "
+                        "was made)")
+    p.add_argument("--calib-table", default=None,
+                   help="reuse an earlier .calib.json: its ranges (no images needed) and its plan (FP32 nodes, "
+                        "fallback precision, bias correction)")
     p.add_argument("--cache-dir", default="calibration/cache",
                    help="where the preprocessed calibration tensor (.npy) and statistics are cached")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime CPU threads")
@@ -122,7 +127,8 @@ def format_report(rep: dict) -> str:
                      + (f", budget {rep['budget_points']:g})" if rep.get("budget_points") is not None else ")"))
     if rep.get("fp32_nodes"):
         fb = "FP16 islands" if rep.get("qdq", {}).get("fp16_weighted_ops") else "FP32"
-        lines.append(f"  kept in {fb} for the budget: {', '.join(rep['fp32_nodes'])}")
+        why = "the budget" if rep.get("sensitivity") else "the table's plan"
+        lines.append(f"  kept in {fb} for {why}: {', '.join(rep['fp32_nodes'])}")
     if rep.get("bias_correction"):
         lines.append(f"  bias correction: {rep['bias_correction']['corrected']} convolutions (largest shift "
                      f"{rep['bias_correction']['max_shift_rel']:.3g} of their mean |bias|)")

@@ -40,7 +40,7 @@ from .qdq import (FALLBACKS, MODELOPT_DEFAULT_METHOD, PLACEMENT_OPS, PLACEMENTS,
                   tensors_to_calibrate)
 from .ranges import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHOD_PREFERENCE, METHODS, amax_from_stats, collect_statistics
 from .sensitivity import search_mixed_precision, write_sensitivity_report
-from .table import make_table, read_calibration_table, table_path_for
+from .table import make_table, read_calibration_table, table_path_for, table_plan
 
 __all__ = ["SourceModel", "inspect_fp32_onnx", "calibrate_onnx", "Evaluator"]
 
@@ -134,7 +134,7 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
                    percentile: float = DEFAULT_PERCENTILE, placement: str = "trt", backend: str = "ort",
                    table: str | Path | None = None, min_images: int = MIN_CALIB_IMAGES, sensitivity_images: int = 16,
                    max_fp32_nodes: int | None = None, threads: int | None = None,
-                   keep_fp32: Sequence[str] = (), bias_correction: bool = False, fallback: str = "fp32",
+                   keep_fp32: Sequence[str] = (), bias_correction: bool | None = None, fallback: str | None = None,
                    parser_check: bool = True, evaluator: Evaluator | None = None) -> dict:
     """Calibrate ``fp32_onnx`` and write the Q/DQ INT8 model to ``output`` (plus ``.calib.json``).
 
@@ -143,7 +143,9 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
     tried, the best mIoU on ``eval_split`` kept). ``max_miou_drop``: allowed INT8 - FP32 mIoU loss
     in *points* (0.5 = half a point); over it, the most sensitive nodes stay FP32 (sensitivity
     report beside the output) or, if ``max_fp32_nodes`` of them do not suffice, UserError and no
-    model. ``table``: reuse the ranges of an earlier ``.calib.json`` instead of images.
+    model. ``table``: reuse the ranges of an earlier ``.calib.json`` instead of images, and its plan
+    (:func:`~.table.table_plan`): its FP32 nodes are kept too, and ``fallback`` / ``bias_correction``
+    left as None take the table's (None without a table: FP32 fallback, no correction).
     ``keep_fp32``: node names kept FP32 from the start (a plan decided before, e.g. the FP32 nodes
     of the calibrated file that quantization-aware training starts from).
     ``bias_correction``: take each quantized convolution's mean output shift out of its FP32 bias,
@@ -168,9 +170,9 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
         raise UserError(f"unknown placement {placement!r}; choose from {', '.join(PLACEMENTS)}")
     if backend not in ("ort", "modelopt"):
         raise UserError(f"unknown backend {backend!r}; choose ort or modelopt")
-    if fallback not in FALLBACKS:
+    if fallback is not None and fallback not in FALLBACKS:
         raise UserError(f"unknown fallback precision {fallback!r}; choose from {', '.join(FALLBACKS)}")
-    if fallback != "fp32" and backend != "ort":
+    if fallback not in (None, "fp32") and backend != "ort":
         raise UserError("--fallback fp16 works on the files of --backend ort; ModelOpt's keep their nodes FP32")
     if max_miou_drop is not None and not (0 <= float(max_miou_drop) < 100):
         raise UserError(f"--max-miou-drop is in mIoU points (0.5 = half a point) and must be in [0, 100), "
@@ -201,9 +203,21 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
         method = reuse["method"]
     elif data is None:
         raise UserError("no calibration data; pass --data DIR (dataset, folder of images or synthetic)")
+    # a reused table brings its plan (FP32 nodes, their precision, bias correction) unless told otherwise
+    plan = table_plan(reuse) if reuse is not None else {"fp32_nodes": [], "fallback": "fp32", "bias_correction": False}
+    if fallback is None:
+        fallback = plan["fallback"]
+    if fallback != "fp32" and backend != "ort":
+        raise UserError("--fallback fp16 works on the files of --backend ort; ModelOpt's keep their nodes FP32")
+    if bias_correction is None:
+        bias_correction = plan["bias_correction"]
+        if bias_correction and data is None:
+            raise UserError(f"{table}: the table was made with --bias-correction, which measures each convolution's "
+                            f"error on images: pass --data DIR as well, or --no-bias-correction")
     if bias_correction and data is None:
         raise UserError("--bias-correction measures each convolution's error on calibration images; pass --data DIR "
                         "as well as --calib-table")
+    keep_fp32 = list(dict.fromkeys(list(plan["fp32_nodes"]) + list(keep_fp32)))
     if bias_correction and backend != "ort":
         raise UserError("--bias-correction works on the files of --backend ort; ModelOpt's have their own layout")
     if needs_eval and eval_spec is None:
@@ -241,6 +255,15 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
         units = quantizable_units(pm, placement, exclude_base)
         report["static_pool_nodes"] = pool_nodes
         report["units"] = len(units)
+        names = {n.name for n in pm.graph.node}
+        unknown = [n for n in keep_fp32 if n not in names]
+        if unknown:
+            where = f"{table} keeps" if reuse is not None and unknown[0] in plan["fp32_nodes"] else "keep_fp32 names"
+            raise UserError(f"{where} node {unknown[0]!r}, which {src.path.name} does not have "
+                            f"({len(unknown)} unknown); node names are those of the FP32 file's graph")
+        if reuse is not None:
+            report["from_table"] = {"fp32_nodes": plan["fp32_nodes"], "fallback": fallback,
+                                    "bias_correction": bool(bias_correction)}
 
         calib = None
         if reuse is None:
@@ -373,7 +396,8 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
         qm = onnx.load(str(final))
         report["qdq"] = qdq_summary(qm)
         ranges = amax_by_method[chosen] if backend == "ort" else ranges_from_qdq(qm)  # what the file uses
-        tbl = make_table(chosen, ranges, calib_info, src, placement, percentile, fp32_nodes, pool_nodes)
+        tbl = make_table(chosen, ranges, calib_info, src, placement, percentile, fp32_nodes, pool_nodes,
+                         fallback=fallback, bias_correction=bool(bias_correction))
         tpath = table_path_for(output)
         with atomic_path(output) as tmp:
             onnx.save(qm, str(tmp))
