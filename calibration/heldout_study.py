@@ -106,6 +106,7 @@ def main(argv=None) -> int:
     from pspnet_deploy.evaluate import onnx_miou
     from pspnet_deploy.machine import cpu_info
     from pspnet_deploy.precision.calibrate import calibrate_onnx
+    from pspnet_deploy.utils import sha256_file
 
     a = parse_args(argv)
     out = Path(a.out)
@@ -115,7 +116,12 @@ def main(argv=None) -> int:
     train_split = (meta.get("dataset") or {}).get("train_split") or "unknown (not recorded)"
     res_path = out / "results.json"
     res = json.loads(res_path.read_text()) if res_path.is_file() else {}
-    res.update({"checkpoint": str(a.checkpoint), "checkpoint_train_split": train_split, "data": a.data,
+    sha = sha256_file(a.checkpoint)
+    if res.get("checkpoint_sha256") not in (None, sha):
+        raise SystemExit(f"{res_path} holds runs of another checkpoint (sha256 {res['checkpoint_sha256'][:12]}…, "
+                         f"{a.checkpoint} is {sha[:12]}…): its rows would mix two models; use another --out")
+    res.update({"checkpoint": str(a.checkpoint), "checkpoint_sha256": sha, "checkpoint_train_split": train_split,
+                "data": a.data,
                 "calib_split": a.calib_split, "eval_split": a.eval_split, "input_size": list(a.input_size),
                 "placement": a.placement,
                 "machine": {**cpu_info(), "python": platform.python_version(),
@@ -232,6 +238,7 @@ def _order(kv) -> tuple:
 def to_markdown(res: dict) -> str:
     keys = [k for k in ("heldout", "val") if k in res.get("fp32", {})]
     lines = [f"# Calibration methods x images on unseen frames ({res['checkpoint']})", "",
+             *([f"Checkpoint sha256 `{res['checkpoint_sha256']}`.", ""] if res.get("checkpoint_sha256") else []),
              f"Calibrated on `{res['calib_split']}`, evaluated on `{res['eval_split']}` (heldout)"
              + (" and `val`" if "val" in keys else "") + f" at {res['input_size'][0]}x{res['input_size'][1]}, "
              f"ONNX Runtime CPU, {res['placement']} placement. Checkpoint trained on: "

@@ -43,7 +43,9 @@ def main(argv=None) -> int:
     m = res["machine"]
     lines = [
         "# INT8 accuracy of the reference model: FP32, PTQ, budget, FP16 islands, bias correction, QAT", "",
-        f"Checkpoint `{res['checkpoint']}` (trained on `{res['checkpoint_train_split']}`), exported at "
+        f"Checkpoint `{res['checkpoint']}`"
+        + (f" (sha256 `{res['checkpoint_sha256'][:12]}…`)" if res.get("checkpoint_sha256") else "")
+        + f" (trained on `{res['checkpoint_train_split']}`), exported at "
         f"{res['input_size'][0]}x{res['input_size'][1]}, {res['placement']} Q/DQ placement (the TensorRT file), "
         f"run with ONNX Runtime {m['onnxruntime']} on the CPU ({m['cpu']}"
         + (f", {' '.join(m['isa'])}" if m.get("isa") else "") + f"; {m['threads']} threads; torch {m['torch']}). "
