@@ -39,7 +39,8 @@ $BIN/pspnet-calibrate "$EXP/model.fp32.onnx" --data "$DATA" --split train --num-
 # the same ranges with ONNX Runtime's Q/DQ placement (what its CPU kernels run in INT8)
 $BIN/pspnet-calibrate "$EXP/model.fp32.onnx" --calib-table "$EXP/model.int8.calib.json" --placement ort \
     --threads 2 --no-progress --output "$EXP/model.int8-ort.onnx" --json "$REC/calibration_int8_ort.json"
-cp "$EXP"/model.int8.sensitivity.* "$REC"/ 2>/dev/null || true
+rm -f "$REC"/model.int8.sensitivity.*  # a report of an earlier model would read as this one's
+cp "$EXP"/model.int8.sensitivity.* "$REC"/ 2>/dev/null || true  # only when the budget needed a search
 
 # 4. one benchmark run, side by side: latency (model and end-to-end scopes) and val accuracy
 $BIN/pspnet-bench --model "$CKPT:torch-fp32" --model "$EXP/model.fp32.onnx:ort-fp32" \
