@@ -339,8 +339,7 @@ def run_qat(checkpoint: str | Path, output: str | Path, cfg: QATConfig, *, calib
             if calib_table is not None:
                 tbl = read_calibration_table(calib_table)
                 rep = calibrate_onnx(fp32, calibrated, table=calib_table, force=True, progress=False,
-                                     placement=tbl.get("placement") or "trt", keep_fp32=tbl.get("fp32_nodes") or (),
-                                     bias_correction=False, fallback="fp32", threads=cfg.threads, parser_check=False)
+                                     placement=tbl.get("placement") or "trt", bias_correction=False, fallback="fp32", threads=cfg.threads, parser_check=False)
             else:
                 rep = calibrate_onnx(fp32, calibrated, cfg.data, split=calib_split,
                                      num_images=num_images or DEFAULT_NUM_IMAGES, method=method or DEFAULT_METHOD,

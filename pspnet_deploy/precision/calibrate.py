@@ -170,8 +170,7 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
         raise UserError(f"unknown placement {placement!r}; choose from {', '.join(PLACEMENTS)}")
     if backend not in ("ort", "modelopt"):
         raise UserError(f"unknown backend {backend!r}; choose ort or modelopt")
-    if fallback is not None and fallback not in FALLBACKS:
-        raise UserError(f"unknown fallback precision {fallback!r}; choose from {', '.join(FALLBACKS)}")
+    # (a table's own fallback never meets ModelOpt: check_modelopt refuses tables)
     if fallback not in (None, "fp32") and backend != "ort":
         raise UserError("--fallback fp16 works on the files of --backend ort; ModelOpt's keep their nodes FP32")
     if max_miou_drop is not None and not (0 <= float(max_miou_drop) < 100):
@@ -204,19 +203,19 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
     elif data is None:
         raise UserError("no calibration data; pass --data DIR (dataset, folder of images or synthetic)")
     # a reused table brings its plan (FP32 nodes, their precision, bias correction) unless told otherwise
-    plan = table_plan(reuse) if reuse is not None else {"fp32_nodes": [], "fallback": "fp32", "bias_correction": False}
+    plan = table_plan(reuse or {})
     if fallback is None:
         fallback = plan["fallback"]
-    if fallback != "fp32" and backend != "ort":
-        raise UserError("--fallback fp16 works on the files of --backend ort; ModelOpt's keep their nodes FP32")
-    if bias_correction is None:
+    if fallback not in FALLBACKS:
+        raise UserError(f"unknown fallback precision {fallback!r}; choose from {', '.join(FALLBACKS)}")
+    correction_from_table = bias_correction is None
+    if correction_from_table:
         bias_correction = plan["bias_correction"]
-        if bias_correction and data is None:
-            raise UserError(f"{table}: the table was made with --bias-correction, which measures each convolution's "
-                            f"error on images: pass --data DIR as well, or --no-bias-correction")
     if bias_correction and data is None:
-        raise UserError("--bias-correction measures each convolution's error on calibration images; pass --data DIR "
-                        "as well as --calib-table")
+        raise UserError(f"{table}: the table was made with --bias-correction, which measures each convolution's "
+                        f"error on images: pass --data DIR as well, or --no-bias-correction" if correction_from_table
+                        else "--bias-correction measures each convolution's error on calibration images; pass "
+                             "--data DIR as well as --calib-table")
     keep_fp32 = list(dict.fromkeys(list(plan["fp32_nodes"]) + list(keep_fp32)))
     if bias_correction and backend != "ort":
         raise UserError("--bias-correction works on the files of --backend ort; ModelOpt's have their own layout")
