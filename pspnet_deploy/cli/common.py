@@ -55,3 +55,25 @@ def size_arg(values, what: str = "--input-size", batch: int = 1) -> tuple[int, i
     from ..utils import check_input_size
 
     return check_input_size(values, what, batch=batch)
+
+
+def add_window_args(p: argparse.ArgumentParser) -> None:
+    """How a prediction is made (pspnet-eval, pspnet-predict): --mode, --flip, --scales, --stride."""
+    p.add_argument("--mode", choices=["whole", "slide"], default=None,
+                   help="whole image or sliding window (default: whole; slide with --scales)")
+    p.add_argument("--flip", action="store_true", help="average with the horizontally flipped prediction")
+    p.add_argument("--scales", type=float, nargs="+", default=None, metavar="S",
+                   help="multi-scale testing: average the sliding-window logits of the image rescaled by each "
+                        "factor (the paper's: 0.5 0.75 1 1.25 1.5 1.75); implies --mode slide")
+    p.add_argument("--stride", type=float, default=2 / 3, help="sliding-window stride as a fraction of the window")
+
+
+def check_window_args(a: argparse.Namespace) -> None:
+    """Check :func:`add_window_args`' options in place (no torch import): ``a.mode`` becomes slide when
+    --scales is given and whole otherwise, ``a.scales`` a checked tuple (``(1.0,)`` without --scales)."""
+    from ..sliding import check_scales
+
+    if not 0 < a.stride <= 1:
+        raise UserError(f"--stride must be in (0, 1], got {a.stride}")
+    a.mode = a.mode or ("slide" if a.scales else "whole")
+    a.scales = check_scales(a.scales or (1.0,), a.mode)

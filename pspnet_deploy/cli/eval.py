@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from ..utils import atomic_write_json
-from .common import make_parser, run, size_arg
+from .common import add_window_args, check_window_args, make_parser, run, size_arg
 
 PROG = "pspnet-eval"
 
@@ -21,13 +21,7 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch / onnxruntime")
-    p.add_argument("--mode", choices=["whole", "slide"], default=None,
-                   help="whole image or sliding window (default: whole; slide with --scales)")
-    p.add_argument("--flip", action="store_true", help="average with the horizontally flipped prediction")
-    p.add_argument("--scales", type=float, nargs="+", default=None, metavar="S",
-                   help="multi-scale testing: average the sliding-window logits of the image rescaled by each "
-                        "factor (the paper's: 0.5 0.75 1 1.25 1.5 1.75); implies --mode slide")
-    p.add_argument("--stride", type=float, default=2 / 3, help="sliding-window stride as a fraction of the window")
+    add_window_args(p)
     p.add_argument("--json", default=None, help="write the results here as JSON")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -36,6 +30,7 @@ def build_parser():
 def main(argv=None) -> int:
     from ..card import SUFFIX_KINDS
     from ..errors import UserError
+    from ..sliding import describe
     from ..utils import check_device, check_output_file
 
     a = build_parser().parse_args(argv)
@@ -46,12 +41,7 @@ def main(argv=None) -> int:
         raise UserError(f"--batch-size must be at least 1, got {a.batch_size}")
     if a.threads is not None and a.threads < 1:
         raise UserError(f"--threads must be at least 1, got {a.threads}")
-    if not 0 < a.stride <= 1:
-        raise UserError(f"--stride must be in (0, 1], got {a.stride}")
-    from ..sliding import check_scales, describe
-
-    a.mode = a.mode or ("slide" if a.scales else "whole")
-    scales = check_scales(a.scales or (1.0,), a.mode)
+    check_window_args(a)
     check_device(a.device, allow_auto=False)
     size = size_arg(a.input_size, batch=a.batch_size)
     if size is not None and SUFFIX_KINDS.get(Path(a.model).suffix.lower()) != "torch":
@@ -74,12 +64,12 @@ def main(argv=None) -> int:
         if a.mode == "slide" or a.flip:
             from ..sliding import make_predictor
 
-            predict = make_predictor(mode=a.mode, flip=a.flip, stride=a.stride, scales=scales)
+            predict = make_predictor(mode=a.mode, flip=a.flip, stride=a.stride, scales=a.scales)
         res = evaluate(runner, ds, limit=a.limit, batch_size=a.batch_size, progress=not a.no_progress, predict=predict)
         res["model"] = runner.describe()
-    res["data"] = {"path": str(a.data), "split": a.split, "mode": a.mode, "flip": a.flip, "scales": list(scales)}
+    res["data"] = {"path": str(a.data), "split": a.split, "mode": a.mode, "flip": a.flip, "scales": list(a.scales)}
     print(format_table(res, f"{a.model} on {a.data} [{a.split}], {res['num_images']} images, "
-                            f"{describe(a.mode, a.flip, scales)}"))
+                            f"{describe(a.mode, a.flip, a.scales)}"))
     if a.json:
         atomic_write_json(a.json, res)
     return 0

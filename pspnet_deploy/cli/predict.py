@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .common import make_parser, run
+from .common import add_window_args, check_window_args, make_parser, run
 
 PROG = "pspnet-predict"
 
@@ -17,13 +17,7 @@ def build_parser():
     p.add_argument("model", help="checkpoint (.pt), ONNX (.onnx) or TensorRT engine (.engine)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders of images, or video files")
     p.add_argument("--output", "-o", required=True, help="output folder")
-    p.add_argument("--mode", choices=["whole", "slide"], default=None,
-                   help="whole image or sliding window (default: whole; slide with --scales)")
-    p.add_argument("--flip", action="store_true", help="average with the horizontally flipped prediction")
-    p.add_argument("--scales", type=float, nargs="+", default=None, metavar="S",
-                   help="multi-scale testing: average the sliding-window logits of the image rescaled by each "
-                        "factor (the paper's: 0.5 0.75 1 1.25 1.5 1.75); implies --mode slide")
-    p.add_argument("--stride", type=float, default=2 / 3, help="sliding-window stride as a fraction of the window")
+    add_window_args(p)
     p.add_argument("--overlay", action="store_true", help="also write the colour mask blended over the image")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colour mask (0..1)")
     p.add_argument("--video-frames", action="store_true", help="for videos, also write per-frame label PNGs")
@@ -38,21 +32,17 @@ def build_parser():
 def main(argv=None) -> int:
     from ..card import SUFFIX_KINDS
     from ..errors import UserError
+    from ..sliding import describe
     from ..utils import check_device, check_output_dir
 
     a = build_parser().parse_args(argv)
     if a.threads is not None and a.threads < 1:
         raise UserError(f"--threads must be at least 1, got {a.threads}")
-    if not 0 < a.stride <= 1:
-        raise UserError(f"--stride must be in (0, 1], got {a.stride}")
     if not 0.0 <= a.alpha <= 1.0:
         raise UserError(f"--alpha must be between 0 and 1, got {a.alpha}")
     if a.max_frames is not None and a.max_frames <= 0:
         raise UserError(f"--max-frames must be positive, got {a.max_frames}")
-    from ..sliding import check_scales, describe
-
-    a.mode = a.mode or ("slide" if a.scales else "whole")
-    scales = check_scales(a.scales or (1.0,), a.mode)
+    check_window_args(a)
     check_device(a.device, allow_auto=False)
     check_output_dir(a.output, "--output folder")
     if a.cuda_graph and SUFFIX_KINDS.get(Path(str(a.model)).suffix.lower()) != "tensorrt":
@@ -67,12 +57,13 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(a.threads)
     with load_runner(model, RunnerOptions(device=a.device, threads=a.threads or None, cuda_graph=a.cuda_graph)) as runner:
-        res = Predictor(runner, a.output, mode=a.mode, flip=a.flip, stride=a.stride, scales=scales, overlay=a.overlay, alpha=a.alpha,
-                        video_frames=a.video_frames, max_frames=a.max_frames, progress=a.progress).run(a.inputs)
+        res = Predictor(runner, a.output, mode=a.mode, flip=a.flip, stride=a.stride, scales=a.scales,
+                        overlay=a.overlay, alpha=a.alpha, video_frames=a.video_frames, max_frames=a.max_frames,
+                        progress=a.progress).run(a.inputs)
     parts = [f"{res.images} image{'s' if res.images != 1 else ''}"]
     if res.videos:
         parts.append(f"{res.videos} video{'s' if res.videos != 1 else ''} ({res.frames} frames)")
-    print(f"{PROG}: segmented {', '.join(parts)} with {runner.backend} ({describe(a.mode, a.flip, scales)}); "
+    print(f"{PROG}: segmented {', '.join(parts)} with {runner.backend} ({describe(a.mode, a.flip, a.scales)}); "
           f"wrote {len(res.files)} files under {a.output}")
     return 0
 
