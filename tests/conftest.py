@@ -46,6 +46,26 @@ def tiny_meta(input_size=TINY_SIZE) -> dict:
             "dataset": {"name": "tiny", "path": "none"}}
 
 
+def synthetic_meta() -> dict:
+    """:func:`tiny_meta` with the classes and palette of the ``synthetic`` dataset (evaluable on it)."""
+    from pspnet_deploy.data.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE
+
+    meta = tiny_meta()
+    meta.update(classes=list(SYNTHETIC_CLASSES), palette=[list(c) for c in SYNTHETIC_PALETTE])
+    return meta
+
+
+@pytest.fixture(scope="session")
+def synthetic_checkpoint(tmp_path_factory) -> Path:
+    """The tiny PSPNet saved with :func:`synthetic_meta` (untrained; read-only for the tests)."""
+    from pspnet_deploy.checkpoint import save_checkpoint
+    from pspnet_deploy.data.synthetic import SYNTHETIC_CLASSES
+
+    path = tmp_path_factory.mktemp("synckpt") / "syn.pt"
+    save_checkpoint(path, make_tiny_model(num_classes=len(SYNTHETIC_CLASSES)), synthetic_meta())
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     from pspnet_deploy.checkpoint import save_checkpoint

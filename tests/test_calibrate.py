@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import THREADS, TINY_SIZE, make_tiny_model, run_cli, tiny_meta
+from conftest import THREADS, TINY_SIZE, make_tiny_model, run_cli, synthetic_meta
 
 from pspnet_deploy.evaluate import onnx_miou
 
@@ -24,14 +24,6 @@ H, W = TINY_SIZE
 #: stated agreement thresholds for INT8 vs FP32 on the trained tiny net (synthetic val)
 MIN_ARGMAX_AGREEMENT = 0.98
 MIN_COSINE = 0.999
-
-
-def _synthetic_meta() -> dict:
-    from pspnet_deploy.data.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE
-
-    meta = tiny_meta()
-    meta.update(classes=list(SYNTHETIC_CLASSES), palette=[list(c) for c in SYNTHETIC_PALETTE])
-    return meta
 
 
 # ----------------------------------------------------------------------------------------------
@@ -47,7 +39,7 @@ def pspnet_fp32(tmp_path_factory) -> Path:
 
     d = tmp_path_factory.mktemp("pspnet")
     ckpt = d / "tiny.pt"
-    save_checkpoint(ckpt, make_tiny_model(num_classes=5), _synthetic_meta())
+    save_checkpoint(ckpt, make_tiny_model(num_classes=5), synthetic_meta())
     out = d / "model.fp32.onnx"
     export_onnx(ckpt, out, verify=False, progress=False, threads=THREADS)
     return out
@@ -83,7 +75,7 @@ def _export_tiny(net: nn.Module, path: Path) -> Path:
         torch.onnx.export(net, (torch.zeros(1, 3, H, W),), str(path), dynamo=False, opset_version=17,
                           input_names=["input"], output_names=["logits"])
     m = onnx.load(str(path))
-    meta = _synthetic_meta()
+    meta = synthetic_meta()
     meta.update(precision="fp32", output_kind="logits", input_size=[H, W])
     write_onnx_metadata(m, meta)
     onnx.save(m, str(path))

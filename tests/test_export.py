@@ -13,7 +13,7 @@ import onnx
 import pytest
 import torch
 
-from conftest import THREADS, make_tiny_model, run_cli, tiny_meta
+from conftest import THREADS, run_cli, tiny_meta
 
 from pspnet_deploy.compare import (DEFAULT_TOLERANCES, Comparison, check, compare_outputs, parity_report_path,
                                    parse_tolerances, tolerances_for)
@@ -340,18 +340,6 @@ def _one_line_error(p, needle):
     lines = [x for x in p.stderr.strip().splitlines() if x.strip()]
     assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
     assert needle in lines[0], lines[0]
-
-
-@pytest.fixture(scope="module")
-def synthetic_checkpoint(tmp_path_factory) -> Path:
-    from pspnet_deploy.checkpoint import save_checkpoint
-    from pspnet_deploy.data.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE
-
-    meta = tiny_meta()
-    meta.update(classes=list(SYNTHETIC_CLASSES), palette=[list(c) for c in SYNTHETIC_PALETTE])
-    path = tmp_path_factory.mktemp("synckpt") / "syn.pt"
-    save_checkpoint(path, make_tiny_model(num_classes=len(SYNTHETIC_CLASSES)), meta)
-    return path
 
 
 def test_cli_export_real_images_then_eval(synthetic_checkpoint, tmp_path):

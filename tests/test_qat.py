@@ -13,17 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_tiny_model, tiny_meta
+from conftest import make_tiny_model, synthetic_meta
 
 STEPS = 2  # per epoch
-
-
-def _synthetic_meta() -> dict:
-    from pspnet_deploy.data.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE
-
-    meta = tiny_meta()
-    meta.update(classes=list(SYNTHETIC_CLASSES), palette=[list(c) for c in SYNTHETIC_PALETTE])
-    return meta
 
 
 def _cfg(**kw):
@@ -40,7 +32,7 @@ def work(tmp_path_factory):
     from pspnet_deploy.checkpoint import save_checkpoint
 
     d = tmp_path_factory.mktemp("qat")
-    save_checkpoint(d / "tiny.pt", make_tiny_model(num_classes=5), _synthetic_meta())
+    save_checkpoint(d / "tiny.pt", make_tiny_model(num_classes=5), synthetic_meta())
     return d
 
 

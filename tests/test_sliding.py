@@ -156,19 +156,11 @@ def test_bad_arguments_and_image_conversions(torch_runner):
     assert labels.shape == (10, 12)
 
 
-def test_eval_cli_slide_and_flip_on_synthetic(tmp_path, capsys):
+def test_eval_cli_slide_and_flip_on_synthetic(synthetic_checkpoint, tmp_path, capsys):
     """pspnet-eval --mode slide --flip goes through make_predictor; labels come back at image size."""
-    from conftest import make_tiny_model, tiny_meta
-    from pspnet_deploy.checkpoint import save_checkpoint
     from pspnet_deploy.cli.common import run
     from pspnet_deploy.cli.eval import main
-    from pspnet_deploy.data import open_dataset
-
-    info = open_dataset("synthetic", "val").info
-    meta = tiny_meta()
-    meta.update(classes=info.classes, palette=info.palette)
-    ckpt = tmp_path / "syn.pt"
-    save_checkpoint(ckpt, make_tiny_model(num_classes=info.num_classes), meta)
+    ckpt = synthetic_checkpoint
     results = {}
     for mode in ("whole", "slide"):
         out = tmp_path / f"{mode}.json"
@@ -214,18 +206,10 @@ def test_scales_are_checked(torch_runner):
     assert describe("whole", False) == "whole"
 
 
-def test_eval_cli_scales_imply_slide(tmp_path, capsys):
-    from conftest import make_tiny_model, tiny_meta
-    from pspnet_deploy.checkpoint import save_checkpoint
+def test_eval_cli_scales_imply_slide(synthetic_checkpoint, tmp_path, capsys):
     from pspnet_deploy.cli.common import run
     from pspnet_deploy.cli.eval import main
-    from pspnet_deploy.data import open_dataset
-
-    info = open_dataset("synthetic", "val").info
-    meta = tiny_meta()
-    meta.update(classes=info.classes, palette=info.palette)
-    ckpt = tmp_path / "syn.pt"
-    save_checkpoint(ckpt, make_tiny_model(num_classes=info.num_classes), meta)
+    ckpt = synthetic_checkpoint
     out = tmp_path / "ms.json"
     args = [str(ckpt), "--data", "synthetic", "--limit", "2", "--scales", "0.75", "1", "--no-progress", "--json", str(out)]
     assert run("pspnet-eval", main, args) == 0, capsys.readouterr().err
