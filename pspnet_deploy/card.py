@@ -83,6 +83,88 @@ def sidecar_path(model_path: str | Path) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
+# artefact names: every file name a stage derives from another lives here
+# --------------------------------------------------------------------------------------------
+
+def strip_precision(stem: str) -> str:
+    """``model.fp16`` -> ``model`` (a trailing ``.<precision>`` of :data:`PRECISIONS`)."""
+    for p in PRECISIONS:
+        if stem.endswith("." + p):
+            return stem[: -len(p) - 1]
+    return stem
+
+
+def variant_path(onnx_path: str | Path, precision: str) -> Path:
+    """Where the ``precision`` variant of an ONNX goes: ``model.fp32.onnx`` -> ``model.int8.onnx``."""
+    p = Path(onnx_path)
+    return p.with_name(f"{strip_precision(p.stem)}.{precision}.onnx")
+
+
+def default_engine_path(onnx_path: str | Path, precision: str, suffix: str = ".engine") -> Path:
+    """``<name>.<precision><suffix>`` next to the ONNX (``.engine``; ``.xml`` for an OpenVINO IR)."""
+    p = Path(onnx_path)
+    return p.with_name(f"{strip_precision(p.stem)}.{precision}{suffix}")
+
+
+def ir_weights_path(xml_path: str | Path) -> Path:
+    """An OpenVINO IR's weights beside it: ``model.int8.xml`` -> ``model.int8.bin``."""
+    return Path(xml_path).with_suffix(".bin")
+
+
+def parity_report_path(onnx_path: str | Path) -> Path:
+    """``model.fp32.onnx`` -> ``model.fp32.parity.json`` (beside the model)."""
+    return Path(onnx_path).with_suffix(".parity.json")
+
+
+def failed_report_path(onnx_path: str | Path) -> Path:
+    """``model.fp32.onnx`` -> ``model.fp32.parity-failed.json``: the figures of a failed parity gate
+    (no model is written then, and a report named like a good one's would contradict the old model)."""
+    return Path(onnx_path).with_suffix(".parity-failed.json")
+
+
+def table_path_for(output: str | Path) -> Path:
+    """The calibration table of an INT8 ONNX: ``model.int8.onnx`` -> ``model.int8.calib.json``."""
+    return Path(output).with_suffix(".calib.json")
+
+
+def sensitivity_report_paths(output: str | Path) -> dict[str, Path]:
+    """The accuracy-budget report of an INT8 ONNX: ``m.int8.onnx`` -> ``m.int8.sensitivity.{json,md,png}``."""
+    base = Path(output).with_suffix("")
+    return {k: base.with_name(f"{base.name}.sensitivity.{k}") for k in ("json", "md", "png")}
+
+
+def qat_state_path(output: str | Path) -> Path:
+    """pspnet-qat's resumable state beside its output: ``m.int8.onnx`` -> ``m.int8.qat-state.pt``."""
+    return Path(output).with_suffix(".qat-state.pt")
+
+
+def model_files(path: str | Path) -> list[Path]:
+    """Every file a model consists of, the model file first: an ONNX's external data, a compiled
+    model's sidecar and the weights file it names (an IR's ``.bin``). Best effort and cheap (no
+    validation: a file that cannot be read is just itself here; its reader says what is wrong)."""
+    p = Path(path)
+    out = [p]
+    kind = SUFFIX_KINDS.get(p.suffix.lower())
+    if kind == "onnx" and p.is_file():
+        try:
+            import onnx
+
+            m = onnx.load(str(p), load_external_data=False)
+            for t in m.graph.initializer:
+                if t.data_location == onnx.TensorProto.EXTERNAL:
+                    for kv in t.external_data:
+                        if kv.key == "location" and (p.parent / kv.value) not in out:
+                            out.append(p.parent / kv.value)
+        except Exception:  # noqa: BLE001 - not readable: the model's reader will say so
+            pass
+    elif kind in SIDECAR_KINDS:
+        out.append(sidecar_path(p))
+        if kind == "openvino":
+            out.append(ir_weights_path(p))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
 # the card
 # --------------------------------------------------------------------------------------------
 
@@ -134,6 +216,29 @@ class ModelCard:
         """True when the file fixes the spatial input size (ONNX / engines, not checkpoints)."""
         return bool(self.inputs) and len(self.inputs[0]["shape"]) == 4 and \
             all(isinstance(d, int) and d > 0 for d in self.inputs[0]["shape"][2:])
+
+    @property
+    def min_side(self) -> int | None:
+        """The smallest input side this model takes (its feature map must hold the largest pyramid
+        bin; :func:`pspnet_deploy.geometry.min_input_size`), None when the file has no model config."""
+        if not isinstance(self.model, dict) or not self.model:
+            return None
+        from .geometry import min_input_size
+
+        return min_input_size(self.model.get("bins", (1, 2, 3, 6)), self.model.get("output_stride", 8))
+
+    def check_size(self, size=None, what: str = "--input-size", batch: int = 1, training: bool = False
+                   ) -> tuple[int, int]:
+        """The (H, W) a run of this model uses: ``size`` when given, else the file's own, within the
+        one set of bounds (:func:`pspnet_deploy.utils.check_input_size`: the model's minimum side,
+        the maximum side and the memory rule, times ``batch``)."""
+        from .utils import check_input_size
+
+        eff = size if size is not None else self.input_size
+        if eff is None:
+            raise UserError(f"{self.path}: the file records no input size; pass --input-size H W")
+        return check_input_size(eff, what if size is not None else f"{self.path}: stored input size", batch=batch,
+                                training=training, min_side=self.min_side)
 
     def preprocessing(self) -> Preprocess:
         """The :class:`Preprocess` of this file at its input size."""
@@ -253,6 +358,35 @@ def card_from_meta(meta: dict, path: str | Path = "<in memory>", kind: str = "to
 # readers, one per format
 # --------------------------------------------------------------------------------------------
 
+def safe_torch_load(path: str | Path, what: str = "checkpoint", hint: str = "pass a .pt written by pspnet-train or "
+                    "pspnet-convert", map_location="cpu", mmap: bool = False):
+    """``torch.load`` restricted to tensors and plain data (never running code from the file), with
+    one-line refusals: missing, not the zip archive ``torch.save`` writes, holding Python objects,
+    corrupt. PyTorch's own refusal advises ``weights_only=False``; these messages never do."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: {what} not found")
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{path}: cannot read {what}: not a PyTorch file ({path.stat().st_size} bytes, not the "
+                        f"zip archive torch.save writes); {hint}")
+    try:
+        if mmap:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UserError(f"{path}: refused: the file holds Python objects a {what} never contains (loading them "
+                        f"could run code from the file); {hint}") from e
+    except Exception as e:  # noqa: BLE001 - any failure to parse a foreign file is bad input, not a bug
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{path}: cannot read {what} (corrupt, truncated or not a PyTorch file: "
+                        f"{type(e).__name__}: {msg[:160]})") from e
+
+
 def read_checkpoint_payload(path: str | Path, map_location="cpu", mmap: bool = False) -> dict:
     """A checkpoint's payload (``meta`` JSON-decoded), never running code from the file.
 
@@ -263,30 +397,11 @@ def read_checkpoint_payload(path: str | Path, map_location="cpu", mmap: bool = F
     number, missing or corrupt metadata, no state_dict of named tensors, a training state that is
     not a mapping. ``mmap=True`` maps the tensors instead of reading them (what :func:`read_card` uses).
     """
-    import pickle
-    import zipfile
-
     import torch
 
     FORMAT, VERSION = CHECKPOINT_FORMAT, CHECKPOINT_VERSION
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: checkpoint not found")
-    if not zipfile.is_zipfile(path):
-        raise UserError(f"{path}: cannot read checkpoint: not a PyTorch file ({path.stat().st_size} bytes, not the "
-                        f"zip archive torch.save writes); pass a .pt written by pspnet-train or pspnet-convert")
-    try:
-        if mmap:
-            payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        else:
-            payload = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise UserError(f"{path}: refused: the file holds Python objects a checkpoint never contains (loading them "
-                        f"could run code from the file); use a .pt written by pspnet-train or pspnet-convert") from e
-    except Exception as e:  # noqa: BLE001 - any failure to parse a foreign file is bad input, not a bug
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"{path}: cannot read checkpoint (corrupt, truncated or not a PyTorch file: "
-                        f"{type(e).__name__}: {msg[:160]})") from e
+    payload = safe_torch_load(path, map_location=map_location, mmap=mmap)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path}: not a pspnet-deploy checkpoint (no '{FORMAT}' header); train one with pspnet-train "
                         f"or convert one with pspnet-convert")
@@ -311,7 +426,22 @@ def read_checkpoint_payload(path: str | Path, map_location="cpu", mmap: bool = F
     ts = payload.get("train_state")
     if ts is not None and not isinstance(ts, dict):
         raise UserError(f"{path}: checkpoint's training state is corrupt; resume from another last.pt")
+    if not mmap:  # the weights are in memory: a broken model is refused here, never scored
+        check_finite_weights(state, path)
     return payload
+
+
+def check_finite_weights(state: dict, path) -> None:
+    """UserError naming the first floating tensor of ``state`` that holds NaN or Inf (a diverged
+    training run, a damaged file): such a model would export, evaluate and deploy as garbage."""
+    import torch
+
+    for name, t in state.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise UserError(f"{path}: weight {name} holds {bad} NaN/Inf value{'s' if bad != 1 else ''} of {t.numel()}; "
+                            f"the model is broken (diverged training or a damaged file): use an earlier checkpoint "
+                            f"or retrain")
 
 
 def _read_torch(path: Path) -> ModelCard:

@@ -24,6 +24,8 @@ from typing import Mapping
 
 import numpy as np
 
+from .card import failed_report_path, parity_report_path  # the artefact names' owner
+
 __all__ = ["DEFAULT_TOLERANCES", "TOLERANCE_KEYS", "Comparison", "check", "compare_outputs", "parse_tolerances",
            "tolerances_for", "format_metrics", "parity_report_path", "write_parity_report"]
 
@@ -251,11 +253,6 @@ def format_metrics(m: Mapping) -> str:
     return ", ".join(parts)
 
 
-def parity_report_path(onnx_path: str | Path) -> Path:
-    """``model.fp32.onnx`` -> ``model.fp32.parity.json`` (beside the model)."""
-    return Path(onnx_path).with_suffix(".parity.json")
-
-
 def write_parity_report(report: dict, out_path: str | Path, t0: float) -> None:
     """Add the written model's hash, size and the elapsed time to ``report``; write it beside the model."""
     from .utils import atomic_write_json, jsonable, sha256_file
@@ -266,12 +263,6 @@ def write_parity_report(report: dict, out_path: str | Path, t0: float) -> None:
     report["time_s"] = round(time.time() - t0, 2)
     atomic_write_json(parity_report_path(out_path), jsonable(report))
     failed_report_path(out_path).unlink(missing_ok=True)
-
-
-def failed_report_path(onnx_path: str | Path) -> Path:
-    """``model.fp32.onnx`` -> ``model.fp32.parity-failed.json``: the figures of a failed parity gate
-    (no model is written then, and a report named like a good one's would contradict the old model)."""
-    return Path(onnx_path).with_suffix(".parity-failed.json")
 
 
 def parity_failure(report: dict, out_path: str | Path, t0: float, message: str):

@@ -37,9 +37,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .card import qat_state_path, safe_torch_load
+from .train_config import QATConfig  # noqa: F401 - re-exported (checked before torch is imported)
 from .errors import UserError
 from .machine import bf16_choice, cpu_has_bf16
-from .utils import atomic_path, check_output_file, say, sha256_file
+from .utils import atomic_path, check_output_file, say, sha256_file, work_dir
 
 __all__ = ["QATConfig", "QATPlan", "plan_from_qdq", "QATModel", "fake_quant", "run_qat"]
 
@@ -235,30 +237,6 @@ class _Shared(nn.Module):
         return self._q(x)
 
 
-@dataclass
-class QATConfig:
-    data: str = "synthetic"
-    split: str = "train"
-    epochs: int = 1
-    batch_size: int = 4
-    lr: float = 1e-4
-    range_lr: float | None = None  # default: lr
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    power: float = 0.9
-    crop: list | None = None  # default: the export input size
-    scale: list = field(default_factory=lambda: [0.75, 1.5])
-    rotate: float = 5.0
-    blur_prob: float = 0.0
-    max_steps_per_epoch: int | None = None
-    seed: int = 0
-    threads: int | None = None
-    bf16: str = "auto"  # auto | on | off
-    workers: int = 0
-    stop_after_epochs: int | None = None  # end this invocation after N more epochs (state saved; --resume later)
-    progress: bool = True
-
-
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
@@ -266,7 +244,7 @@ def _seed_all(seed: int) -> None:
 
 
 def _state_path(output: Path) -> Path:
-    return output.with_suffix(".qat-state.pt")
+    return qat_state_path(output)
 
 
 def run_qat(checkpoint: str | Path, output: str | Path, cfg: QATConfig, *, calib_table: str | Path | None = None,
@@ -310,13 +288,12 @@ def run_qat(checkpoint: str | Path, output: str | Path, cfg: QATConfig, *, calib
     src_sha = meta.pop("sha256", None) or sha256_file(checkpoint)
     pre = Preprocess.from_dict(meta["preprocess"])
     size = tuple(input_size) if input_size else tuple(pre.input_size)
-    output.parent.mkdir(parents=True, exist_ok=True)
     state = None
     if resume is not None:
         resume = Path(resume)
         if not resume.is_file():
             raise UserError(f"{resume}: QAT state not found (written as OUT.qat-state.pt after each epoch)")
-        state = torch.load(resume, map_location="cpu", weights_only=True)
+        state = safe_torch_load(resume, "QAT state", "pass the OUT.qat-state.pt pspnet-qat wrote")
         if not isinstance(state, dict) or state.get("format") != "pspnet-deploy/qat-state":
             raise UserError(f"{resume}: not a pspnet-qat state file")
         if state["checkpoint_sha256"] != src_sha:
@@ -329,8 +306,7 @@ def run_qat(checkpoint: str | Path, output: str | Path, cfg: QATConfig, *, calib
     report: dict = {"checkpoint": str(checkpoint), "checkpoint_sha256": src_sha, "output": str(output),
                     "input_size": list(size), "bf16": {"cpu_has_bf16": has_bf16, "used": use_bf16,
                                                        "isa": torch.backends.cpu.get_cpu_capability()}}
-    with tempfile.TemporaryDirectory(prefix=".qat-", dir=output.parent) as work_s:
-        work = Path(work_s)
+    with work_dir(output) as work:
         fp32 = work / "model.fp32.onnx"
         if state is None:
             say(cfg.progress, f"QAT: exporting {Path(checkpoint).name} at {size[0]}x{size[1]} and calibrating")
@@ -338,7 +314,7 @@ def run_qat(checkpoint: str | Path, output: str | Path, cfg: QATConfig, *, calib
             calibrated = work / "calibrated.int8.onnx"
             if calib_table is not None:
                 tbl = read_calibration_table(calib_table)
-                rep = calibrate_onnx(fp32, calibrated, table=calib_table, force=True, progress=False,
+                rep = calibrate_onnx(fp32, calibrated, table=calib_table, force=True, progress=False, method=method,
                                      placement=tbl.get("placement") or "trt", bias_correction=False, fallback="fp32", threads=cfg.threads, parser_check=False)
             else:
                 rep = calibrate_onnx(fp32, calibrated, cfg.data, split=calib_split,
@@ -360,12 +336,12 @@ def run_qat(checkpoint: str | Path, output: str | Path, cfg: QATConfig, *, calib
             raise UserError(f"{cfg.data} [{cfg.split}]: {len(ds)} images are fewer than one batch of {cfg.batch_size}")
         if ds.info.num_classes != len(meta["classes"]):
             raise UserError(f"model predicts {len(meta['classes'])} classes but {cfg.data} has {ds.info.num_classes}")
-        from .train import _Augmented  # the seeded (seed, epoch, index) augmentation wrapper pspnet-train uses
+        from .train import SeededAugment  # the seeded (seed, epoch, index) augmentation wrapper pspnet-train uses
 
         crop = tuple(cfg.crop) if cfg.crop else size
         transform = TrainTransform(crop, pre, tuple(cfg.scale), cfg.rotate, True, cfg.blur_prob, ds.info.ignore_index,
                                    cfg.seed)
-        aug = _Augmented(ds, transform, cfg.seed)
+        aug = SeededAugment(ds, transform, cfg.seed)
         steps = len(ds) // cfg.batch_size
         steps = min(steps, cfg.max_steps_per_epoch) if cfg.max_steps_per_epoch else steps
         total = steps * cfg.epochs

@@ -42,6 +42,8 @@ CSV_COLUMNS = ["model", "path", "backend", "precision", "precision_used", "devic
 
 PLOT_PARETO = "latency_vs_miou.png"
 PLOT_DISTRIBUTION = "latency_distribution.png"
+#: every file a report folder gets (declared to the run's file plan before a benchmark starts)
+REPORT_FILES = ("report.json", "report.md", "report.csv", PLOT_PARETO, PLOT_DISTRIBUTION)
 
 
 def _png_bytes(fig) -> bytes:

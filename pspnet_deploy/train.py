@@ -32,7 +32,7 @@ from .train_config import CLASS_WEIGHTS, TrainConfig  # noqa: F401 - TrainConfig
 from .utils import check_output_dir, torch_device, versions
 
 
-class _Augmented(torch.utils.data.Dataset):
+class SeededAugment(torch.utils.data.Dataset):
     """Applies the training transform with randomness seeded by (seed, epoch, index): identical
     across worker counts and after a resume."""
 
@@ -252,7 +252,7 @@ def train(cfg: TrainConfig) -> dict:
 
     transform = TrainTransform(tuple(cfg.crop), preprocess, tuple(cfg.scale), cfg.rotate, True, cfg.blur_prob,
                                info.ignore_index, cfg.seed, color_jitter=cfg.color_jitter)
-    aug = _Augmented(train_ds, transform, cfg.seed)
+    aug = SeededAugment(train_ds, transform, cfg.seed)
     sampler = DistributedSampler(aug, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
     loader = DataLoader(aug, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True,
                         worker_init_fn=_worker_init, pin_memory=device.type == "cuda")

@@ -16,6 +16,41 @@ BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 CLASS_WEIGHTS = ("none", "median-freq", "sqrt-median-freq")
 
 
+def positive(name: str, v, allow_none: bool = False) -> None:
+    """``--name`` must be a whole number >= 1 (or None when ``allow_none``)."""
+    if v is None and allow_none:
+        return
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise UserError(f"--{name} must be a positive whole number, got {v!r}")
+
+
+def number(name: str, v, lo=None, hi=None, lo_open: bool = False) -> None:
+    """``--name`` must be a finite number in [lo, hi] (``lo_open``: > lo)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+        raise UserError(f"--{name} must be a finite number, got {v!r}")
+    if lo is not None and (v <= lo if lo_open else v < lo):
+        raise UserError(f"--{name} must be {'>' if lo_open else '>='} {lo:g}, got {v:g}")
+    if hi is not None and v > hi:
+        raise UserError(f"--{name} must be <= {hi:g}, got {v:g}")
+
+
+def workers(v) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise UserError(f"--workers must be >= 0 (0 loads data in the main process), got {v!r}")
+
+
+def check_augmentation(cfg) -> None:
+    """The augmentation options train and QAT share: --scale MIN MAX, --rotate, --blur-prob."""
+    if len(cfg.scale) != 2:
+        raise UserError(f"--scale takes MIN MAX, got {list(cfg.scale)}")
+    for v in cfg.scale:
+        number("scale", v, lo=0, lo_open=True, hi=16)
+    if cfg.scale[0] > cfg.scale[1]:
+        raise UserError(f"--scale takes MIN MAX with MIN <= MAX, got {cfg.scale[0]:g} {cfg.scale[1]:g}")
+    number("rotate", cfg.rotate, lo=0, hi=180)
+    number("blur-prob", cfg.blur_prob, lo=0, hi=1)
+
+
 @dataclass
 class TrainConfig:
     data: str = "synthetic"
@@ -59,20 +94,6 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Every argument in range, in one place; UserError names the option and the rule."""
-        def positive(name, v, allow_none=False):
-            if v is None and allow_none:
-                return
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise UserError(f"--{name} must be a positive whole number, got {v!r}")
-
-        def number(name, v, lo=None, hi=None, lo_open=False):
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-                raise UserError(f"--{name} must be a finite number, got {v!r}")
-            if lo is not None and (v <= lo if lo_open else v < lo):
-                raise UserError(f"--{name} must be {'>' if lo_open else '>='} {lo:g}, got {v:g}")
-            if hi is not None and v > hi:
-                raise UserError(f"--{name} must be <= {hi:g}, got {v:g}")
-
         if self.backbone not in BACKBONES:
             raise UserError(f"--backbone must be one of {', '.join(BACKBONES)}, got {self.backbone!r}")
         if self.output_stride not in (8, 16):
@@ -95,14 +116,7 @@ class TrainConfig:
         number("aux-weight", self.aux_weight, lo=0)
         if isinstance(self.warmup_iters, bool) or not isinstance(self.warmup_iters, int) or self.warmup_iters < 0:
             raise UserError(f"--warmup-iters must be >= 0, got {self.warmup_iters!r}")
-        if len(self.scale) != 2:
-            raise UserError(f"--scale takes MIN MAX, got {list(self.scale)}")
-        for v in self.scale:
-            number("scale", v, lo=0, lo_open=True, hi=16)
-        if self.scale[0] > self.scale[1]:
-            raise UserError(f"--scale takes MIN MAX with MIN <= MAX, got {self.scale[0]:g} {self.scale[1]:g}")
-        number("rotate", self.rotate, lo=0, hi=180)
-        number("blur-prob", self.blur_prob, lo=0, hi=1)
+        check_augmentation(self)
         number("color-jitter", self.color_jitter, lo=0)
         if self.color_jitter >= 1:
             raise UserError(f"--color-jitter must be in [0, 1), got {self.color_jitter:g}")
@@ -112,8 +126,7 @@ class TrainConfig:
         positive("val-every", self.val_every)
         positive("val-limit", self.val_limit, allow_none=True)
         positive("max-steps-per-epoch", self.max_steps_per_epoch, allow_none=True)
-        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
-            raise UserError(f"--workers must be >= 0 (0 loads data in the main process), got {self.workers!r}")
+        workers(self.workers)
         positive("threads", self.threads, allow_none=True)
         if self.backbone_weights is not None:
             if self.init or self.resume:
@@ -128,4 +141,50 @@ class TrainConfig:
         check_input_size(self.crop, "--crop", batch=self.batch_size, training=True, min_side=need)
         if self.input_size is not None:
             check_input_size(self.input_size, "--input-size", min_side=need)
+        return self
+
+
+@dataclass
+class QATConfig:
+    """pspnet-qat's fine-tuning options (the export size and the start ranges are run_qat's arguments)."""
+
+    data: str = "synthetic"
+    split: str = "train"
+    epochs: int = 1
+    batch_size: int = 4
+    lr: float = 1e-4
+    range_lr: float | None = None  # default: lr
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    power: float = 0.9
+    crop: list | None = None  # default: the export input size
+    scale: list = field(default_factory=lambda: [0.75, 1.5])
+    rotate: float = 5.0
+    blur_prob: float = 0.0
+    max_steps_per_epoch: int | None = None
+    seed: int = 0
+    threads: int | None = None
+    bf16: str = "auto"  # auto | on | off
+    workers: int = 0
+    stop_after_epochs: int | None = None  # end this invocation after N more epochs (state saved; --resume later)
+    progress: bool = True
+
+    def validate(self) -> "QATConfig":
+        """The same rules as :meth:`TrainConfig.validate` for the options the two share, in one place
+        (sizes are checked against the checkpoint by the caller: :meth:`pspnet_deploy.card.ModelCard.check_size`)."""
+        positive("epochs", self.epochs)
+        positive("batch-size", self.batch_size)
+        number("lr", self.lr, lo=0, lo_open=True)
+        if self.range_lr is not None:
+            number("range-lr", self.range_lr, lo=0, lo_open=True)
+        number("momentum", self.momentum, lo=0, hi=1)
+        number("weight-decay", self.weight_decay, lo=0)
+        number("power", self.power, lo=0)
+        check_augmentation(self)
+        positive("max-steps-per-epoch", self.max_steps_per_epoch, allow_none=True)
+        positive("stop-after-epochs", self.stop_after_epochs, allow_none=True)
+        positive("threads", self.threads, allow_none=True)
+        workers(self.workers)
+        if self.bf16 not in AUTO_ON_OFF:
+            raise UserError(f"--bf16 must be auto, on or off, got {self.bf16!r}")
         return self

@@ -63,6 +63,26 @@ def safe_name(name: str) -> str:
     return out
 
 
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+def model_name(model_path: str | Path, name: str | None = None) -> str:
+    """The repository name of a model: ``name`` exactly as given (refused, not rewritten, when it is
+    not a plain folder name Triton accepts), else ``pspnet_<file stem>`` made safe."""
+    if name is None:
+        return safe_name(f"pspnet_{Path(model_path).stem.replace('.', '_')}")
+    if not _NAME_RE.match(name) or name in (".", ".."):
+        raise UserError(f"--name {name!r} is not a plain model name (letters, digits, '_', '.', '-'; no '/' or leading "
+                        f"'.'); Triton serves the folder under this name, so choose one like pspnet_camvid")
+    return name
+
+
+def model_dirs(repo_dir: str | Path, name: str, version: int = 1) -> tuple[Path, Path]:
+    """(``<repo>/<name>``, ``<repo>/<name>/<version>``): the folders a repository write fills and replaces."""
+    model_dir = Path(repo_dir) / name
+    return model_dir, model_dir / str(version)
+
+
 def _model_info(path: Path) -> dict:
     """IO, card facts, external data files and batch limits of the model, from its card."""
     card = read_card(path)
@@ -196,9 +216,7 @@ def write_triton_repo(model_path: str | Path, repo_dir: str | Path, name: str | 
                 dims = dims[1:]
             tensors[section].append({"name": t["name"], "data_type": _dtype(path, t), "dims": dims})
     meta = info["meta"]
-    if name is None:
-        name = f"pspnet_{path.stem.replace('.', '_')}"
-    name = safe_name(name)
+    name = model_name(path, name)
     params, comments = None, None
     if kind == "openvino":
         if str(performance_hint).upper() not in ("LATENCY", "THROUGHPUT"):
@@ -215,8 +233,7 @@ def write_triton_repo(model_path: str | Path, repo_dir: str | Path, name: str | 
                             "the CPU plugin runs float layers in BF16 by default")
     text = render_config(name, kind, tensors["inputs"], tensors["outputs"], mb, instances, KINDS[ik],
                          dynamic_batching, params, comments)
-    model_dir = Path(repo_dir) / name
-    vdir = model_dir / str(version)
+    model_dir, vdir = model_dirs(repo_dir, name, version)
     if vdir.exists() and not force:
         raise UserError(f"{vdir}: version {version} of model {name!r} exists; pass --force to replace it or "
                         f"--version {version + 1}")

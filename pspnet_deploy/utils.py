@@ -204,10 +204,13 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     created are removed again. A full disk while writing becomes a one-line UserError. Stale
     temporary files of killed writers in the folder are cleaned first.
     """
+    from .runfiles import guard_write
+
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise UserError(f"{path}: is a folder; give a file path")
+    guard_write(path)  # never onto an input of the running command (its file plan)
     created: list[Path] = []
     try:
         created = mkdirs(parent)
@@ -238,6 +241,37 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
                 tmp_path.unlink()
             except OSError:
                 pass
+            rmdirs_if_empty(created)
+
+
+@contextmanager
+def work_dir(beside: str | Path) -> Iterator[Path]:
+    """A scratch folder next to the output ``beside`` (intermediate models of calibration, QAT),
+    named like every temporary file (:func:`tmp_name`), so a killed run's folder is removed by the
+    next write in that folder; removed on exit, and a full disk inside it is the one-line error."""
+    import shutil
+
+    beside = Path(beside)
+    parent = beside.parent if str(beside.parent) else Path(".")
+    created: list[Path] = []
+    try:
+        created = mkdirs(parent)
+        clean_stale_tmp(parent)
+        work = Path(tempfile.mkdtemp(prefix=tmp_name(beside)[0], suffix=".work", dir=parent))
+    except OSError as e:
+        rmdirs_if_empty(created)
+        raise output_error(beside, e) from e
+    ok = False
+    try:
+        yield work
+        ok = True
+    except OSError as e:
+        if e.errno in _NO_SPACE or e.errno == errno.EROFS:
+            raise output_error(beside, e) from e
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if not ok:
             rmdirs_if_empty(created)
 
 

@@ -180,3 +180,13 @@ def fake_engine():
         return eng
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _no_file_plan_left():
+    """A command's file plan (pspnet_deploy.runfiles) guards writes until the command ends; tests
+    that call a CLI's ``main`` in-process end it here, so the next test's fixtures may write freely."""
+    yield
+    from pspnet_deploy.runfiles import reset
+
+    reset()

@@ -14,7 +14,7 @@ PKG = ROOT / "pspnet_deploy"
 #: tier of each module or package (first matching prefix wins); a module may import its own tier and below
 TIERS = [
     (0, ("errors", "utils", "compare", "metrics", "data", "model", "card", "checkpoint", "onnx_graph", "ort_session",
-         "parser_check", "flops", "geometry", "machine", "memory")),
+         "parser_check", "flops", "geometry", "machine", "memory", "runfiles")),
     (1, ("precision",)),
     (2, ("export", "interop")),
     (3, ("engine",)),

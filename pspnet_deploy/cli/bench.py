@@ -43,7 +43,8 @@ def build_parser():
 def main(argv=None) -> int:
     from ..errors import UserError
 
-    from ..utils import check_device, check_output_dir
+    from ..runfiles import RunFiles
+    from ..utils import check_device
 
     a = build_parser().parse_args(argv)
     if a.peak_size <= 0:
@@ -61,7 +62,13 @@ def main(argv=None) -> int:
     check_device(a.device, allow_auto=False)
     input_size = size_arg(a.input_size, batch=max(a.batch))
     image_size = size_arg(a.image_size, "--image-size", batch=max(a.batch))
-    check_output_dir(a.out, "--out folder")
+    from ..bench import parse_model_arg
+    from ..report import REPORT_FILES
+
+    files = RunFiles().read_dir(a.data, "--data dataset")
+    for m in a.model:
+        files.read_model(parse_model_arg(m).path)
+    files.write_dir(a.out, "--out folder", files=REPORT_FILES).check()
     from ..bench import run_bench
 
     rep = run_bench(a.model, a.out, labels=a.label, input_size=input_size, batches=a.batch,

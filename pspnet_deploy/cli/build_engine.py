@@ -139,6 +139,24 @@ def build(onnx, engine=None, opts=None, log=lambda m: print(f"{PROG}: {m}", file
     return build_engine(plan, opts=opts, log=log, env=env, command=command, wrote=wrote)
 
 
+def declare_files(a, plan, outputs) -> None:
+    """The build's file plan (:class:`pspnet_deploy.runfiles.RunFiles`): the ONNX (and its data), the
+    calibration images, the variant ONNX a conversion writes, and ``outputs`` ((path, what) pairs:
+    the engine or IR files, the timing cache)."""
+    from ..card import table_path_for
+    from ..runfiles import RunFiles
+
+    files = RunFiles().read_model(plan.source_onnx, "ONNX").read_dir(getattr(a, "calib_data", None),
+                                                                        "--calib-data dataset")
+    if plan.convert:
+        files.write(plan.build_onnx, f"{plan.convert.upper()} ONNX the build writes first")
+        if plan.convert == "int8":
+            files.also_writes(table_path_for(plan.build_onnx), "its calibration table")
+    for path, what in outputs:
+        files.write(path, what)
+    files.check()
+
+
 def main_openvino(a, parser) -> int:
     from ..engine.openvino import OVBuildOptions, build_openvino, plan_openvino_build
 
@@ -153,6 +171,8 @@ def main_openvino(a, parser) -> int:
     opts = OVBuildOptions(precision="bf16" if a.bf16 else "int8" if a.int8 else None, calib_data=a.calib_data,
                           calib_split=a.calib_split, calib_images=a.calib_images, calib_method=a.calib_method)
     plan = plan_openvino_build(a.onnx, opts, a.engine)
+    # the IR, its weights and its sidecar are one unit
+    declare_files(a, plan, [(plan.xml_path, "IR"), (plan.bin_path, "IR weights"), (plan.sidecar_path, "IR sidecar")])
     if a.dry_run:
         steps = [f"write the INT8 ONNX {plan.build_onnx}"] if plan.convert else []
         steps.append(f"convert {plan.build_onnx} to the OpenVINO IR {plan.xml_path} + {plan.bin_path.name} "
@@ -185,6 +205,8 @@ def main(argv=None) -> int:
         check_output_file(a.timing_cache, "--timing-cache file")
     opts = options_from_args(a)
     plan = plan_build(a.onnx, opts, a.engine)
+    declare_files(a, plan, [(plan.engine_path, "engine"), (plan.sidecar_path, "engine sidecar")]
+                  + ([(a.timing_cache, "--timing-cache")] if a.timing_cache else []))
     if a.dry_run:
         steps = []
         if plan.convert:

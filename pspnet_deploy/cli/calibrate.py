@@ -73,7 +73,9 @@ def main(argv=None) -> int:
     from ..errors import UserError
     from ..evaluate import onnx_miou
     from ..precision.calibrate import calibrate_onnx
-    from ..utils import atomic_write_json, check_output_dir, check_output_file, jsonable
+    from ..card import sensitivity_report_paths, table_path_for
+    from ..runfiles import RunFiles
+    from ..utils import atomic_write_json, jsonable
 
     a = build_parser().parse_args(argv)
     if a.num_images <= 0:
@@ -88,10 +90,12 @@ def main(argv=None) -> int:
         raise UserError(f"--threads must be at least 1, got {a.threads}")
     if not str(a.output).lower().endswith(".onnx"):
         raise UserError(f"{a.output}: --output must be an .onnx file path")
-    check_output_file(a.output, "--output ONNX")
-    check_output_dir(a.cache_dir, "--cache-dir")
-    if a.json:
-        check_output_file(a.json, "--json report")
+    files = RunFiles().read_model(a.model, "FP32 ONNX").read_dir(a.data, "--data dataset")
+    files.read_dir(a.eval_data, "--eval-data dataset").read(a.calib_table, "--calib-table")
+    files.write(a.output, "--output ONNX").also_writes(table_path_for(a.output), "calibration table")
+    for kind, path in sensitivity_report_paths(a.output).items():
+        files.also_writes(path, f"sensitivity report (.{kind})")
+    files.write(a.json, "--json report").write_dir(a.cache_dir, "--cache-dir").check()
     rep = calibrate_onnx(a.model, a.output, a.data, split=a.split, num_images=a.num_images, method=a.method,
                          max_miou_drop=a.max_miou_drop, eval_split=a.eval_split, eval_limit=a.eval_limit,
                          cache_dir=a.cache_dir, force=a.force, progress=not a.no_progress, eval_data=a.eval_data,

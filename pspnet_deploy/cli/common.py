@@ -31,6 +31,8 @@ def run(prog: str, main: Callable[[Sequence[str] | None], int | None], argv: Seq
     if not debug and not sys.warnoptions and not os.environ.get("PYTHONWARNINGS"):
         # library warnings (torch, onnx, ...) are for developers: --debug or PYTHONWARNINGS shows them
         warnings.simplefilter("ignore")
+    from ..runfiles import reset
+
     try:
         return int(main(args) or 0)
     except UserError as e:
@@ -48,6 +50,8 @@ def run(prog: str, main: Callable[[Sequence[str] | None], int | None], argv: Seq
             print(f"{prog}: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
                   f"(run with --debug for the traceback)", file=sys.stderr)
         return 1
+    finally:
+        reset()  # the command's file plan ends with it
 
 
 def size_arg(values, what: str = "--input-size", batch: int = 1) -> tuple[int, int] | None:

@@ -31,7 +31,8 @@ def main(argv=None) -> int:
     from ..card import SUFFIX_KINDS
     from ..errors import UserError
     from ..sliding import describe
-    from ..utils import check_device, check_output_file
+    from ..runfiles import RunFiles
+    from ..utils import check_device
 
     a = build_parser().parse_args(argv)
     # cheap checks before torch is imported or a model loaded
@@ -46,8 +47,7 @@ def main(argv=None) -> int:
     size = size_arg(a.input_size, batch=a.batch_size)
     if size is not None and SUFFIX_KINDS.get(Path(a.model).suffix.lower()) != "torch":
         raise UserError("--input-size applies to .pt checkpoints only; ONNX and engine sizes are fixed at export")
-    if a.json:
-        check_output_file(a.json, "--json report")
+    RunFiles().read_model(a.model).read_dir(a.data, "--data dataset").write(a.json, "--json report").check()
 
     import torch
 

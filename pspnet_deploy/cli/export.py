@@ -63,7 +63,9 @@ def main(argv=None) -> int:
     from ..compare import parse_tolerances
     from ..errors import UserError
     from ..export import _validate, default_output_path
-    from ..utils import atomic_write_json, check_output_file, check_writable, jsonable
+    from ..card import failed_report_path, parity_report_path
+    from ..runfiles import RunFiles
+    from ..utils import atomic_write_json, check_writable, jsonable
 
     a = build_parser().parse_args(argv)
     # cheap checks first: a bad argument should not wait for torch to import
@@ -73,10 +75,17 @@ def main(argv=None) -> int:
         raise UserError(f"--threads must be at least 1, got {a.threads}")
     if not Path(a.checkpoint).is_file():
         raise UserError(f"{a.checkpoint}: checkpoint not found")
-    size_arg(a.input_size, batch=a.dynamic_batch[2] if a.dynamic_batch else a.batch)
-    check_writable(default_output_path(a.checkpoint, a.onnx or None, "fp16" if a.fp16 else "fp32"), "an .onnx file path")
-    if a.json:
-        check_output_file(a.json, "--json report")
+    size_arg(a.input_size)  # the argument's own form first (no checkpoint read for a typo)
+    from ..card import read_card
+
+    # the size the export runs at (given, else the checkpoint's) within the model's bounds and memory, times the
+    # largest batch: the parity gate and FP16 ranges run the model on a batch of that size
+    read_card(a.checkpoint, kind="torch").check_size(a.input_size, batch=a.dynamic_batch[2] if a.dynamic_batch else a.batch)
+    out = default_output_path(a.checkpoint, a.onnx or None, "fp16" if a.fp16 else "fp32")
+    check_writable(out, "an .onnx file path")
+    files = RunFiles().read_model(a.checkpoint, "checkpoint").read_dir(a.verify_data, "--verify-data dataset")
+    files.write(out, "--onnx output").also_writes(parity_report_path(out), "parity report")
+    files.also_writes(failed_report_path(out), "failed-parity report").write(a.json, "--json report").check()
 
     import torch
 

@@ -33,7 +33,8 @@ def main(argv=None) -> int:
     from ..card import SUFFIX_KINDS
     from ..errors import UserError
     from ..sliding import describe
-    from ..utils import check_device, check_output_dir
+    from ..runfiles import RunFiles
+    from ..utils import check_device
 
     a = build_parser().parse_args(argv)
     if a.threads is not None and a.threads < 1:
@@ -44,7 +45,10 @@ def main(argv=None) -> int:
         raise UserError(f"--max-frames must be positive, got {a.max_frames}")
     check_window_args(a)
     check_device(a.device, allow_auto=False)
-    check_output_dir(a.output, "--output folder")
+    files = RunFiles().read_model(a.model)
+    for i in a.inputs:
+        files.read_dir(i, "input folder") if Path(i).is_dir() else files.read(i, "input")
+    files.write_dir(a.output, "--output folder").check()
     if a.cuda_graph and SUFFIX_KINDS.get(Path(str(a.model)).suffix.lower()) != "tensorrt":
         raise UserError("--cuda-graph applies to TensorRT engines (.engine) only")
     from ..predict import Predictor, collect_inputs

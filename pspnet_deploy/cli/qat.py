@@ -30,7 +30,9 @@ def build_parser():
                    help="start from the ranges (and FP32 nodes, placement) of a pspnet-calibrate .calib.json")
     p.add_argument("--calib-split", default=None, help="split to calibrate on (default: --split)")
     p.add_argument("--num-images", type=int, default=DEFAULT_NUM_IMAGES, help="calibration images")
-    p.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS), help="calibration method for the start ranges")
+    p.add_argument("--method", default=None, choices=list(METHODS),
+                   help=f"calibration method for the start ranges (default {DEFAULT_METHOD}; with --calib-table, the "
+                        f"table's)")
     p.add_argument("--input-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                    help="export size (default: the checkpoint's)")
     p.add_argument("--batch-size", type=int, default=4)
@@ -52,13 +54,47 @@ def build_parser():
 
 
 def main(argv=None) -> int:
-    from ..qat import QATConfig, run_qat
+    from pathlib import Path
+
+    from ..card import qat_state_path, read_card, table_path_for
+    from ..errors import UserError
+    from ..runfiles import RunFiles
+    from ..train_config import QATConfig, positive
     from ..utils import atomic_write_json, jsonable
 
     a = build_parser().parse_args(argv)
     cfg = QATConfig(data=a.data, split=a.split, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, range_lr=a.range_lr,
                     crop=list(a.crop) if a.crop else None, max_steps_per_epoch=a.max_steps_per_epoch, seed=a.seed,
                     threads=a.threads, bf16=a.bf16, stop_after_epochs=a.stop_after_epochs, progress=not a.no_progress)
+    # the checks pspnet-train, pspnet-export and pspnet-calibrate make, before torch is imported or work starts
+    cfg.validate()
+    positive("num-images", a.num_images)
+    if not str(a.output).lower().endswith(".onnx"):
+        raise UserError(f"{a.output}: --output must be an .onnx file path (e.g. model.qat.int8.onnx)")
+    if a.fp32_checkpoint is not None and not str(a.fp32_checkpoint).lower().endswith(".pt"):
+        raise UserError(f"{a.fp32_checkpoint}: --fp32-checkpoint must be a .pt file (e.g. model.qat.fp32.pt)")
+    if a.calib_table is not None and a.method is not None:
+        from ..precision.table import read_calibration_table
+
+        made_with = read_calibration_table(a.calib_table).get("method")
+        if made_with != a.method:
+            raise UserError(f"{a.calib_table}: the table's ranges were made with --method {made_with}, not {a.method}; "
+                            f"drop --method to reuse them, or drop --calib-table to calibrate with {a.method}")
+    card = read_card(a.checkpoint, kind="torch")
+    size = card.check_size(a.input_size)  # the export size: the model's bounds and memory
+    card.check_size(a.crop or size, "--crop" if a.crop else "training crop (the export size)", batch=a.batch_size,
+                    training=True)
+    state = qat_state_path(a.output)
+    files = RunFiles().read_model(a.checkpoint, "checkpoint").read_dir(a.data, "--data dataset")
+    files.read(a.calib_table, "--calib-table")
+    if a.resume is not None and Path(a.resume).resolve() != state.resolve():
+        files.read(a.resume, "--resume state")  # (OUT's own state is continued, and rewritten, by design)
+    files.write(a.output, "--output ONNX").also_writes(table_path_for(a.output), "calibration table")
+    files.also_writes(state, "QAT state").write(a.fp32_checkpoint, "--fp32-checkpoint").write(a.json, "--json report")
+    files.write_dir(a.cache_dir, "--cache-dir").check()
+
+    from ..qat import run_qat
+
     rep = run_qat(a.checkpoint, a.output, cfg, calib_table=a.calib_table, calib_split=a.calib_split or a.split,
                   num_images=a.num_images, method=a.method, input_size=tuple(a.input_size) if a.input_size else None,
                   resume=a.resume, cache_dir=a.cache_dir, fp32_checkpoint=a.fp32_checkpoint)

@@ -69,6 +69,23 @@ def build_parser():
     return p
 
 
+def declare_files(cfg) -> None:
+    """The run's file plan: the starting weights and the dataset are inputs, ``OUT/best.pt``,
+    ``last.pt`` and ``history.json`` outputs (a --resume from OUT's own checkpoints continues the
+    run that wrote them, so those are rewritten by design)."""
+    import os
+
+    from ..runfiles import RunFiles
+
+    files = RunFiles().read_model(cfg.init, "--init checkpoint").read(cfg.backbone_weights, "--backbone-weights file")
+    if cfg.resume is not None:
+        out, res = os.path.realpath(cfg.out), os.path.realpath(cfg.resume)
+        if not res.startswith(out + os.sep):
+            files.read_model(cfg.resume, "--resume checkpoint")
+    files.read_dir(cfg.data, "--data dataset")
+    files.write_dir(cfg.out, "--out folder", files=("best.pt", "last.pt", "history.json")).check()
+
+
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     cfg = TrainConfig(data=a.data, train_split=a.train_split, val_split=a.val_split or None, out=a.out,
@@ -83,6 +100,7 @@ def main(argv=None) -> int:
                       threads=a.threads, seed=a.seed, init=a.init, backbone_weights=a.backbone_weights, resume=a.resume,
                       device=a.device, amp=a.amp, progress=not a.no_progress)
     cfg.validate()  # before torch is imported or anything allocated
+    declare_files(cfg)
     from ..train import train
 
     res = train(cfg)

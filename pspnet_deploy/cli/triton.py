@@ -35,12 +35,15 @@ def build_parser():
 
 
 def main(argv=None) -> int:
-    from ..triton import write_triton_repo
-
-    from ..utils import check_output_dir
+    from ..runfiles import RunFiles
+    from ..triton import model_dirs, model_name, write_triton_repo
 
     a = build_parser().parse_args(argv)
-    check_output_dir(a.repo, "--repo folder")
+    model_dir, vdir = model_dirs(a.repo, model_name(a.model, a.name), a.version)
+    files = RunFiles().read_model(a.model).write_dir(a.repo, "--repo folder")
+    files.write_dir(vdir, "model version folder", replaces=True)  # --force replaces it whole
+    files.also_writes(model_dir / "config.pbtxt", "config.pbtxt").also_writes(model_dir / "pspnet.json", "pspnet.json")
+    files.check()
     res = write_triton_repo(a.model, a.repo, name=a.name, max_batch=a.max_batch, instances=a.instances, kind=a.kind,
                             instance_kind=a.instance_kind, version=a.version,
                             dynamic_batching=not a.no_dynamic_batching, force=a.force,

@@ -35,12 +35,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..card import ModelCard, read_card, read_sidecar_json, sidecar_path
+from ..card import ModelCard, default_engine_path, ir_weights_path, read_card, read_sidecar_json, sidecar_path
 from ..errors import UserError
 from ..machine import ISA_FEATURES, cpu_flags, cpu_has_bf16, cpu_has_vnni, cpu_model_name
 from ..precision.ranges import DEFAULT_METHOD
 from ..utils import atomic_write_json, sha256_file
-from .plan import _strip_precision, check_calibration_options, source_onnx, variant_path
+from .plan import check_calibration_options, source_onnx, variant_path
 from .sidecar import PROG, check_engine_file, rebuild_command, sidecar_sections
 
 BACKEND = "openvino"
@@ -139,12 +139,11 @@ def precision_note(requested: str, resolved: dict, native: dict) -> str | None:
 
 def default_ir_path(onnx_path: str | Path, precision: str) -> Path:
     """``<name>.<precision>.xml`` next to the ONNX."""
-    p = Path(onnx_path)
-    return p.with_name(f"{_strip_precision(p.stem)}.{precision}.xml")
+    return default_engine_path(onnx_path, precision, ".xml")
 
 
 def weights_path(xml_path: str | Path) -> Path:
-    return Path(xml_path).with_suffix(".bin")
+    return ir_weights_path(xml_path)
 
 
 @dataclass

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..card import PRECISIONS, SUFFIX_KINDS, ModelCard, read_card, sidecar_path
+from ..card import (PRECISIONS, SUFFIX_KINDS, ModelCard, default_engine_path, read_card, sidecar_path,
+                    variant_path)
 from ..errors import UserError
 from ..precision.ranges import DEFAULT_METHOD
 
@@ -35,25 +36,6 @@ def onnx_precision(path: str | Path) -> str:
 def export_batch_range(card: ModelCard) -> tuple[int, int, int]:
     """(min, opt, max) batch recorded by pspnet-export for a dynamic-batch ONNX, else (1, 8, 8)."""
     return tuple(card.batch_range) if card.batch_range else (1, DEFAULT_MAX_BATCH, DEFAULT_MAX_BATCH)
-
-
-def _strip_precision(stem: str) -> str:
-    for p in PRECISIONS:
-        if stem.endswith("." + p):
-            return stem[: -len(p) - 1]
-    return stem
-
-
-def variant_path(onnx_path: str | Path, precision: str) -> Path:
-    """Where the ``precision`` variant of an ONNX goes: ``model.fp32.onnx`` -> ``model.int8.onnx``."""
-    p = Path(onnx_path)
-    return p.with_name(f"{_strip_precision(p.stem)}.{precision}.onnx")
-
-
-def default_engine_path(onnx_path: str | Path, precision: str) -> Path:
-    """``<name>.<precision>.engine`` next to the ONNX."""
-    p = Path(onnx_path)
-    return p.with_name(f"{_strip_precision(p.stem)}.{precision}.engine")
 
 
 @dataclass

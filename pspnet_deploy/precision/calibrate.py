@@ -30,7 +30,7 @@ from ..data.preprocess import Preprocess
 from ..errors import UserError
 from ..onnx_graph import write_onnx_metadata
 from ..ort_session import make_session, ort_threads
-from ..utils import atomic_path, atomic_write_json, say, sha256_file
+from ..utils import atomic_path, atomic_write_json, say, sha256_file, work_dir
 from .batches import iter_batches
 from .bias_correction import correct_biases
 from .calib_data import DEFAULT_NUM_IMAGES, MIN_CALIB_IMAGES, is_image_folder, load_calibration_set
@@ -159,6 +159,7 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
     (see the module docstring). Returns a report dict (also the basis of the CLI's JSON).
     """
     t0 = time.time()
+    method_given = method
     if method is None:  # ModelOpt has no percentile: its default is the better of the two it has on held-out frames
         method = DEFAULT_METHOD if backend != "modelopt" else MODELOPT_DEFAULT_METHOD
     output = Path(output)
@@ -195,6 +196,10 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
     if reuse is not None:
         if method == "auto":
             raise UserError("--method auto calibrates with every method; it cannot reuse one --calib-table")
+        if method_given is not None and method_given != reuse.get("method"):
+            raise UserError(f"{table}: the table's ranges were made with --method {reuse.get('method')}, not "
+                            f"{method_given}; drop --method to reuse them, or drop --calib-table to calibrate with "
+                            f"{method_given}")
         if reuse.get("source_onnx_sha256") != src.sha256 and not force:
             raise UserError(f"{table}: calibration table was made for another model (sha256 "
                             f"{str(reuse.get('source_onnx_sha256'))[:12]}…, this one {src.sha256[:12]}…); "
@@ -241,9 +246,7 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
                             f"{eval_ds.info.num_classes}; evaluate on the dataset the model was trained for")
     report: dict = {"source_onnx": str(src.path), "source_onnx_sha256": src.sha256, "output": str(output),
                     "placement": placement, "backend": backend, "budget_points": max_miou_drop}
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".calib-", dir=output.parent) as work_s:
-        work = Path(work_s)
+    with work_dir(output) as work:
         import onnx
 
         say(progress, f"preparing {src.path.name} (shape inference, BatchNorm folding)")
@@ -370,8 +373,7 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: 
             limit = max_fp32_nodes if max_fp32_nodes is not None else max(1, len(units) // 4)
             search = search_mixed_precision(units, ref, probe, trial, fp32_miou, int8_miou, max_miou_drop, limit,
                                             progress=progress)
-            base = output.with_suffix("")
-            files = write_sensitivity_report(search, base, title=f"{src.path.name}: INT8 sensitivity ({chosen})",
+            files = write_sensitivity_report(search, output, title=f"{src.path.name}: INT8 sensitivity ({chosen})",
                                              budget_points=max_miou_drop, fp32_miou=fp32_miou)
             report["sensitivity"] = {"met": search["met"], "kept": search["kept"], "limit": search["limit"],
                                      "ranking": search["ranking"], "files": files,

@@ -114,13 +114,13 @@ def _jsonable_plan(p: dict) -> dict:
     return {k: v for k, v in p.items() if k != "path"}
 
 
-def write_sensitivity_report(search: dict, base: str | Path, title: str, budget_points: float,
+def write_sensitivity_report(search: dict, output: str | Path, title: str, budget_points: float,
                              fp32_miou: float) -> dict:
-    """Write ``<base>.sensitivity.json``, ``.md`` and ``.png``; returns their paths."""
-    base = Path(base)
-    files = {"json": str(base.with_name(base.name + ".sensitivity.json")),
-             "md": str(base.with_name(base.name + ".sensitivity.md")),
-             "png": str(base.with_name(base.name + ".sensitivity.png"))}
+    """Write the report of the INT8 file ``output`` (:func:`pspnet_deploy.card.sensitivity_report_paths`:
+    ``.sensitivity.json``, ``.md`` and ``.png``); returns their paths."""
+    from ..card import sensitivity_report_paths
+
+    files = {k: str(v) for k, v in sensitivity_report_paths(output).items()}
     kept = set(search["best"]["fp32_nodes"]) if search["met"] else set()
     doc = {"title": title, "budget_points": budget_points, "fp32_miou": fp32_miou, "int8_miou": search["int8_miou"],
            "met": search["met"], "limit": search["limit"], "kept_fp32": sorted(kept),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..card import table_path_for  # the artefact names' owner
 from ..errors import UserError
 from .ranges import NUM_BINS
 
@@ -16,11 +17,6 @@ __all__ = ["TABLE_FORMAT", "TABLE_VERSION", "table_path_for", "read_calibration_
 
 TABLE_FORMAT = "pspnet-deploy/calibration-table"
 TABLE_VERSION = 1
-
-
-def table_path_for(output: Path) -> Path:
-    """``model.int8.onnx`` -> ``model.int8.calib.json``."""
-    return output.with_suffix(".calib.json")
 
 
 def read_calibration_table(path: str | Path) -> dict:
