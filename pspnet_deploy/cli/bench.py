@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import make_parser, run, size_arg
+from .common import make_parser, refuse_ignored, run, size_arg
 
 PROG = "pspnet-bench"
 
@@ -46,7 +46,12 @@ def main(argv=None) -> int:
     from ..runfiles import RunFiles
     from ..utils import check_device
 
-    a = build_parser().parse_args(argv)
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    refuse_ignored(parser, a, [("limit", a.data is None, "without --data (it limits the accuracy images)"),
+                               ("split", a.data is None, "without --data"),
+                               ("image_size", a.data is not None, "with --data (end-to-end runs on its images)"),
+                               ("peak_size", a.no_peak, "with --no-peak")])
     if a.peak_size <= 0:
         raise UserError(f"--peak-size must be positive, got {a.peak_size}")
     if any(b < 1 for b in a.batch):
@@ -65,9 +70,14 @@ def main(argv=None) -> int:
     from ..bench import parse_model_arg
     from ..report import REPORT_FILES
 
+    from ..card import read_card
+
     files = RunFiles().read_dir(a.data, "--data dataset")
     for m in a.model:
-        files.read_model(parse_model_arg(m).path)
+        path = parse_model_arg(m).path
+        files.read_model(path)
+        card = read_card(path)  # each model at its size and the largest batch: within its bounds and memory
+        card.check_size(input_size if card.kind == "torch" else None, batch=max(a.batch))
     files.write_dir(a.out, "--out folder", files=REPORT_FILES).check()
     from ..bench import run_bench
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import make_parser, run
+from .common import make_parser, refuse_ignored, run
 
 PROG = "pspnet-calibrate"
 
@@ -77,7 +77,20 @@ def main(argv=None) -> int:
     from ..runfiles import RunFiles
     from ..utils import atomic_write_json, jsonable
 
-    a = build_parser().parse_args(argv)
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    measures = a.max_miou_drop is not None or a.method == "auto"
+    images = a.data is not None
+    refuse_ignored(parser, a, [
+        ("percentile", a.method not in ("percentile", "auto"), "unless --method percentile (or auto)"),
+        ("eval_data", not measures, "without --max-miou-drop or --method auto (nothing is evaluated)"),
+        ("eval_split", not measures, "without --max-miou-drop or --method auto (nothing is evaluated)"),
+        ("eval_limit", not measures, "without --max-miou-drop or --method auto (nothing is evaluated)"),
+        ("sensitivity_images", a.max_miou_drop is None, "without --max-miou-drop"),
+        ("max_fp32_nodes", a.max_miou_drop is None, "without --max-miou-drop"),
+        ("split", not images, "without --data (the ranges come from --calib-table)"),
+        ("num_images", not images, "without --data (the ranges come from --calib-table)"),
+        ("min_images", not images, "without --data (the ranges come from --calib-table)")])
     if a.num_images <= 0:
         raise UserError(f"--num-images must be positive, got {a.num_images}")
     if a.max_fp32_nodes is not None and a.max_fp32_nodes < 0:

@@ -54,6 +54,17 @@ def run(prog: str, main: Callable[[Sequence[str] | None], int | None], argv: Seq
         reset()  # the command's file plan ends with it
 
 
+def refuse_ignored(parser: argparse.ArgumentParser, a: argparse.Namespace, rules) -> None:
+    """Refuse an option that was set (away from its default) where it cannot take effect, instead of
+    silently ignoring it: ``rules`` are ``(dest, ignored, why)`` with ``ignored`` true when the run
+    would not use the option, and ``why`` completing "OPTION has no effect ...". """
+    for dest, ignored, why in rules:
+        if ignored and getattr(a, dest) != parser.get_default(dest):
+            flag = next((s for act in parser._actions if act.dest == dest for s in act.option_strings
+                         if s.startswith("--")), "--" + dest.replace("_", "-"))
+            raise UserError(f"{flag} has no effect {why}; drop it")
+
+
 def size_arg(values, what: str = "--input-size", batch: int = 1) -> tuple[int, int] | None:
     """An (H, W) argument within :func:`pspnet_deploy.utils.check_input_size`'s bounds (no torch import)."""
     from ..utils import check_input_size
@@ -72,12 +83,16 @@ def add_window_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stride", type=float, default=2 / 3, help="sliding-window stride as a fraction of the window")
 
 
-def check_window_args(a: argparse.Namespace) -> None:
+def check_window_args(a: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> None:
     """Check :func:`add_window_args`' options in place (no torch import): ``a.mode`` becomes slide when
-    --scales is given and whole otherwise, ``a.scales`` a checked tuple (``(1.0,)`` without --scales)."""
+    --scales is given and whole otherwise, ``a.scales`` a checked tuple (``(1.0,)`` without --scales).
+    With ``parser``: --stride set for a whole-image prediction is refused (it would be ignored)."""
     from ..sliding import check_scales
 
     if not 0 < a.stride <= 1:
         raise UserError(f"--stride must be in (0, 1], got {a.stride}")
+    if parser is not None:
+        refuse_ignored(parser, a, [("stride", (a.mode or ("slide" if a.scales else "whole")) == "whole",
+                                    "on a whole-image prediction (it sets the sliding-window step: add --mode slide)")])
     a.mode = a.mode or ("slide" if a.scales else "whole")
     a.scales = check_scales(a.scales or (1.0,), a.mode)

@@ -34,7 +34,8 @@ def main(argv=None) -> int:
     from ..runfiles import RunFiles
     from ..utils import check_device
 
-    a = build_parser().parse_args(argv)
+    parser = build_parser()
+    a = parser.parse_args(argv)
     # cheap checks before torch is imported or a model loaded
     if a.limit is not None and a.limit <= 0:
         raise UserError(f"--limit must be positive, got {a.limit}")
@@ -42,11 +43,14 @@ def main(argv=None) -> int:
         raise UserError(f"--batch-size must be at least 1, got {a.batch_size}")
     if a.threads is not None and a.threads < 1:
         raise UserError(f"--threads must be at least 1, got {a.threads}")
-    check_window_args(a)
+    check_window_args(a, parser)
     check_device(a.device, allow_auto=False)
     size = size_arg(a.input_size, batch=a.batch_size)
     if size is not None and SUFFIX_KINDS.get(Path(a.model).suffix.lower()) != "torch":
         raise UserError("--input-size applies to .pt checkpoints only; ONNX and engine sizes are fixed at export")
+    from ..card import read_card
+
+    read_card(a.model).check_size(size, batch=a.batch_size)  # its bounds and memory, times the batch
     RunFiles().read_model(a.model).read_dir(a.data, "--data dataset").write(a.json, "--json report").check()
 
     import torch

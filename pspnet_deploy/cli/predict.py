@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .common import add_window_args, check_window_args, make_parser, run
+from .common import add_window_args, check_window_args, make_parser, refuse_ignored, run
 
 PROG = "pspnet-predict"
 
@@ -36,14 +36,16 @@ def main(argv=None) -> int:
     from ..runfiles import RunFiles
     from ..utils import check_device
 
-    a = build_parser().parse_args(argv)
+    parser = build_parser()
+    a = parser.parse_args(argv)
     if a.threads is not None and a.threads < 1:
         raise UserError(f"--threads must be at least 1, got {a.threads}")
     if not 0.0 <= a.alpha <= 1.0:
         raise UserError(f"--alpha must be between 0 and 1, got {a.alpha}")
     if a.max_frames is not None and a.max_frames <= 0:
         raise UserError(f"--max-frames must be positive, got {a.max_frames}")
-    check_window_args(a)
+    check_window_args(a, parser)
+    refuse_ignored(parser, a, [("alpha", not a.overlay, "without --overlay (it is the overlay's opacity)")])
     check_device(a.device, allow_auto=False)
     files = RunFiles().read_model(a.model)
     for i in a.inputs:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from ..machine import AUTO_ON_OFF
-from .common import make_parser, run
+from .common import make_parser, refuse_ignored, run
 
 PROG = "pspnet-qat"
 
@@ -62,7 +62,10 @@ def main(argv=None) -> int:
     from ..train_config import QATConfig, positive
     from ..utils import atomic_write_json, jsonable
 
-    a = build_parser().parse_args(argv)
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    refuse_ignored(parser, a, [("calib_split", a.calib_table is not None, "with --calib-table (its ranges are reused)"),
+                               ("num_images", a.calib_table is not None, "with --calib-table (its ranges are reused)")])
     cfg = QATConfig(data=a.data, split=a.split, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, range_lr=a.range_lr,
                     crop=list(a.crop) if a.crop else None, max_steps_per_epoch=a.max_steps_per_epoch, seed=a.seed,
                     threads=a.threads, bf16=a.bf16, stop_after_epochs=a.stop_after_epochs, progress=not a.no_progress)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import make_parser, run
+from .common import make_parser, refuse_ignored, run
 
 PROG = "pspnet-triton"
 
@@ -38,7 +38,15 @@ def main(argv=None) -> int:
     from ..runfiles import RunFiles
     from ..triton import model_dirs, model_name, write_triton_repo
 
-    a = build_parser().parse_args(argv)
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    from pathlib import Path
+
+    from ..card import SUFFIX_KINDS
+
+    openvino = (a.kind or SUFFIX_KINDS.get(Path(a.model).suffix.lower())) == "openvino"
+    refuse_ignored(parser, a, [("performance_hint", not openvino, "unless the model is an OpenVINO IR"),
+                               ("streams", not openvino, "unless the model is an OpenVINO IR")])
     model_dir, vdir = model_dirs(a.repo, model_name(a.model, a.name), a.version)
     files = RunFiles().read_model(a.model).write_dir(a.repo, "--repo folder")
     files.write_dir(vdir, "model version folder", replaces=True)  # --force replaces it whole

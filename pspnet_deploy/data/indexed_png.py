@@ -45,6 +45,9 @@ def read_label_mask(path: str | Path) -> np.ndarray:
     palette = png_palette(data)
     if palette is None:
         return read_mask(path)
+    from .io import check_image_header
+
+    check_image_header(data, path, "mask")
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
         raise UserError(f"{path}: cannot decode mask (corrupt or not an image file)")

@@ -44,6 +44,34 @@ def ensure_rgb(image: np.ndarray, what: str = "image", order: str = "rgb") -> np
     return np.ascontiguousarray(img)
 
 
+#: the largest image any reader decodes: each side at most MAX_SIDE (the size rule of the README)
+#: and at most this many pixels; a larger one (a decompression bomb: a tiny file that inflates to
+#: gigabytes) is refused from its header, before a byte of pixels is decoded
+MAX_IMAGE_PIXELS = 16384 * 16384
+
+
+def check_image_header(data, path, what: str = "image") -> None:
+    """Refuse an encoded image whose header declares more pixels than :data:`MAX_IMAGE_PIXELS` (or a
+    side above the size limit), without decoding it. Formats the header reader does not know pass
+    (OpenCV's own limit then applies)."""
+    import io
+
+    from ..utils import MAX_SIDE
+
+    try:
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = None  # this check is the limit; PIL's own warning would be noise
+        with Image.open(io.BytesIO(data if isinstance(data, (bytes, bytearray)) else data.tobytes())) as im:
+            w, h = im.size
+    except Exception:  # noqa: BLE001 - unknown or damaged header: the decoder says what is wrong
+        return
+    if w * h > MAX_IMAGE_PIXELS or max(w, h) > MAX_SIDE:
+        raise UserError(f"{path}: {what} declares {w}x{h} = {w * h:,} pixels, more than the limit of "
+                        f"{MAX_IMAGE_PIXELS:,} pixels and {MAX_SIDE} per side (a decompression bomb or a huge "
+                        f"scan); refused before decoding: downscale or tile it first")
+
+
 def _decode(path: str | Path, what: str) -> np.ndarray:
     """The file's pixels as OpenCV decodes them (unchanged depth and channels); UserError if it cannot."""
     path = Path(path)
@@ -54,6 +82,7 @@ def _decode(path: str | Path, what: str) -> np.ndarray:
     data = np.fromfile(str(path), dtype=np.uint8)
     img = None
     if data.size:
+        check_image_header(data, path, what)
         with native_stderr_captured():  # libpng/libjpeg warnings: the one line below says it instead
             img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if img is None:
