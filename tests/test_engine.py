@@ -96,6 +96,25 @@ def test_plan_reads_precision_from_metadata_and_graph(work_onnx, tmp_path):
     assert onnx_precision(q) == "int8"
 
 
+def test_engine_modules_import_no_circle():
+    """No module of pspnet_deploy/engine imports (module level or in a function) one that imports
+    it back, directly or through others: the build writes and checks sidecars, the sidecar never
+    reaches for the build. The public names stay importable from the package."""
+    from test_layering import PKG, imports
+
+    from pspnet_deploy import engine
+
+    mods = {p.stem: p for p in (PKG / "engine").glob("*.py") if p.stem != "__init__"}
+    deps = {m: {t.split(".")[2] for t, _ in imports(p) if t.startswith("pspnet_deploy.engine.")} & set(mods)
+            for m, p in mods.items()}
+
+    def reaches(a, b, seen=()):
+        return any(d == b or (d not in seen and reaches(d, b, seen + (d,))) for d in deps[a])
+    circles = sorted(m for m in mods if reaches(m, m))
+    assert not circles, f"import circles through {circles}: {deps}"
+    assert all(hasattr(engine, n) for n in engine.__all__)
+
+
 # ---------------------------------------------------------------------------------- sidecar checks
 
 def test_sidecar_carries_what_the_runner_needs(work_onnx, tmp_path, fake_engine):

@@ -16,9 +16,9 @@ import numpy as np
 from ..card import read_card
 from ..errors import UserError
 from ..utils import atomic_write_bytes, atomic_write_json, sha256_file
-from .device import TensorRTUnavailable, cuda_device_info, parse_device, require_engine_support
+from .device import TensorRTUnavailable, cc_tuple, cuda_device_info, parse_device, require_engine_support
 from .plan import BuildOptions, BuildPlan, format_parser_errors, plan_build
-from .sidecar import cc_tuple, make_sidecar
+from .sidecar import check_engine_file, check_environment, make_sidecar, read_sidecar
 
 
 def tensorrt_version() -> tuple[str | None, str | None]:
@@ -82,6 +82,18 @@ def environment(device: str | int | None = 0) -> dict:
     gpu, gpu_err = cuda_device_info(idx)
     return {"tensorrt": trt_ver, "tensorrt_error": trt_err, "cuda_error": cuda_err, "gpu": gpu, "gpu_error": gpu_err,
             "device_index": idx}
+
+
+def check_engine(engine_path: str | Path, device: str | int | None = 0, env: dict | None = None,
+                 verify_hash: bool = True) -> tuple[dict, dict]:
+    """Sidecar first, then the file, then this machine (``env``, probed with :func:`environment` if
+    not given): (sidecar, env). Nothing touches TensorRT's runtime here."""
+    sidecar = read_sidecar(engine_path)
+    check_engine_file(engine_path, sidecar, verify_hash=verify_hash)
+    if env is None:
+        env = environment(device)
+    check_environment(sidecar, env, engine_path)
+    return sidecar, env
 
 
 def trt_module():

@@ -22,8 +22,9 @@ from typing import Callable
 import numpy as np
 
 from ..card import read_card
-from ..engine.build import cuda_check, cudart, engine_io, environment, np_dtype, trt_logger, trt_module, use_device
-from ..engine.sidecar import check_engine, rebuild_command
+from ..engine.build import (check_engine, cuda_check, cudart, engine_io, environment, np_dtype, trt_logger, trt_module,
+                            use_device)
+from ..engine.sidecar import rebuild_command
 from ..errors import UserError
 from .base import Runner, RunnerOptions
 
@@ -49,7 +50,7 @@ class _Pinned:
 class EngineSession:
     """A deserialised engine with its execution context, pinned host buffers, device buffers and a
     CUDA stream; optional CUDA graph per batch size. Made by :meth:`open` (or the runner) after
-    :func:`pspnet_deploy.engine.sidecar.check_engine` accepted the file."""
+    :func:`pspnet_deploy.engine.build.check_engine` accepted the file."""
 
     def __init__(self, engine_path: str | Path, sidecar: dict, device_index: int = 0, cuda_graph: bool = False,
                  verbose: bool = False):
