@@ -456,19 +456,21 @@ class _Context:
 
     def _do_execute_async_v3(self, stream_handle):
         cuda = sys.modules["cuda.bindings.runtime"]
-        work = self._run
         if cuda.capturing(stream_handle):
-            cuda.record(stream_handle, work)
+            if cuda.fail == "execute":
+                return False
+            shapes = {k: list(v) for k, v in self._shapes.items()}  # a graph is frozen at the capture's shapes
+            cuda.record(stream_handle, lambda: self._run(shapes), shapes)
             return True
-        return work()
+        return self._run(self._shapes)
 
-    def _run(self) -> bool:
-        if any(-1 in s for s in self._shapes.values()) or set(self._addresses) != {t["name"] for t in self._engine._tensors}:
+    def _run(self, shapes) -> bool:
+        if any(-1 in s for s in shapes.values()) or set(self._addresses) != {t["name"] for t in self._engine._tensors}:
             return False  # shapes or addresses missing: TensorRT refuses to enqueue
         cuda = sys.modules["cuda.bindings.runtime"]
         feeds = {}
         for t in self._engine._plan["inputs"]:
-            feeds[t["name"]] = cuda.view(self._addresses[t["name"]], self._shapes[t["name"]], _TRT_NP[t["dtype"]]).copy()
+            feeds[t["name"]] = cuda.view(self._addresses[t["name"]], shapes[t["name"]], _TRT_NP[t["dtype"]]).copy()
         outs = self._session.run(None, feeds)
         for t, value in zip(self._engine._plan["outputs"], outs):
             dst = cuda.view(self._addresses[t["name"]], value.shape, _TRT_NP[t["dtype"]])
@@ -523,13 +525,17 @@ def standin_tensorrt(version: str) -> types.ModuleType:
 class cudaError_t(enum.IntEnum):  # noqa: N801 - the bindings' names
     cudaSuccess = 0
     cudaErrorInvalidValue = 1
+    cudaErrorInvalidResourceHandle = 400
     cudaErrorStreamCaptureUnsupported = 900
 
 
 def standin_cudart() -> types.ModuleType:
     """``cuda.bindings.runtime`` for the calls the TensorRT runner makes, backed by host memory:
     every call returns ``(cudaError_t, *values)`` as the real bindings do; copies are bounds-checked
-    against the allocations; work enqueued on a capturing stream is recorded into a graph."""
+    against the allocations; work enqueued on a capturing stream is recorded into a graph, frozen at
+    the input shapes of its capture. Live graphs, graph execs and events are counted (``rt.graphs``,
+    ``rt.execs``, ``rt.events``) so leaks show; ``rt.fail`` makes a capture fail ("execute": the
+    enqueue during capture returns False; "instantiate": cudaGraphInstantiate fails)."""
     rt = types.ModuleType("cuda.bindings.runtime")
     mem: dict[int, np.ndarray] = {}  # base address -> buffer
     captures: dict[int, list] = {}
@@ -542,6 +548,9 @@ def standin_cudart() -> types.ModuleType:
                                                                       "cudaStreamCaptureModeRelaxed": 2})
     rt.devices = []
     rt.live = mem
+    rt.graphs, rt.execs, rt.events = set(), set(), set()
+    rt.fail = None
+    rt.captured = []  # the input shapes of every capture, in order
     counter = iter(range(1, 1 << 30))
 
     class Handle(int):
@@ -573,16 +582,48 @@ def standin_cudart() -> types.ModuleType:
         captures[int(stream)] = []
         return (ok,)
 
+    class Graph:
+        def __init__(self, work):
+            self.work = work
+
     def end(stream):
-        return ok, ("graph", captures.pop(int(stream)))
+        graph = Graph(captures.pop(int(stream)))
+        rt.graphs.add(graph)
+        return ok, graph
+
+    def instantiate(graph, flags):
+        if graph not in rt.graphs:
+            return cudaError_t.cudaErrorInvalidResourceHandle, None
+        if rt.fail == "instantiate":
+            return cudaError_t.cudaErrorStreamCaptureUnsupported, None
+        graph_exec = Graph(list(graph.work))
+        rt.execs.add(graph_exec)
+        return ok, graph_exec
+
+    def destroy(live):
+        def call(handle):
+            if handle not in live:
+                return (cudaError_t.cudaErrorInvalidResourceHandle,)
+            live.discard(handle)
+            return (ok,)
+        return call
 
     def launch(graph_exec, stream):
-        return (ok,) if all(work() for work in graph_exec[1]) else (cudaError_t.cudaErrorInvalidValue,)
+        if graph_exec not in rt.execs:
+            return (cudaError_t.cudaErrorInvalidResourceHandle,)
+        return (ok,) if all(work() for work in graph_exec.work) else (cudaError_t.cudaErrorInvalidValue,)
+
+    class Event(list):
+        __hash__ = object.__hash__
 
     def event_create():
-        return ok, [0.0]
+        event = Event([0.0])
+        rt.events.add(event)
+        return ok, event
 
     def event_record(event, stream):
+        if event not in rt.events:
+            return (cudaError_t.cudaErrorInvalidResourceHandle,)
         event[0] = time.perf_counter()
         return (ok,)
 
@@ -593,16 +634,21 @@ def standin_cudart() -> types.ModuleType:
     rt.cudaFree = rt.cudaFreeHost = free
     rt.cudaMemcpyAsync = copy
     rt.cudaStreamBeginCapture, rt.cudaStreamEndCapture = begin, end
-    rt.cudaGraphInstantiate = lambda graph, flags: (ok, ("exec", graph[1]))
+    rt.cudaGraphInstantiate = instantiate
     rt.cudaGraphLaunch = launch
-    rt.cudaGraphDestroy = rt.cudaGraphExecDestroy = lambda g: (ok,)
+    rt.cudaGraphDestroy, rt.cudaGraphExecDestroy = destroy(rt.graphs), destroy(rt.execs)
     rt.cudaEventCreate, rt.cudaEventRecord = event_create, event_record
-    rt.cudaEventSynchronize = rt.cudaEventDestroy = lambda event: (ok,)
+    rt.cudaEventSynchronize = lambda event: (ok,)
+    rt.cudaEventDestroy = destroy(rt.events)
     rt.cudaEventElapsedTime = lambda start, end: (ok, (end[0] - start[0]) * 1e3)
     rt.cudaGetErrorString = lambda err: (ok, cudaError_t(err).name.encode())
     # what the stand-in TensorRT reads and writes through
     rt.capturing = lambda stream: int(stream) in captures
-    rt.record = lambda stream, work: captures[int(stream)].append(work)
+
+    def record(stream, work, shapes):
+        captures[int(stream)].append(work)
+        rt.captured.append(shapes)
+    rt.record = record
 
     def view(ptr, shape, dtype):
         n = int(np.prod(shape)) * np.dtype(dtype).itemsize
@@ -693,8 +739,9 @@ def test_build_and_run_a_fixed_batch_engine(trt, onnx_b1, tmp_path, rng):
     with load_runner(sc["engine"]["path"], device="cuda:1", cuda_graph=True) as graph:
         np.testing.assert_array_equal(graph.infer(x), want)  # captured ...
         np.testing.assert_array_equal(graph.infer(x), want)  # ... and replayed
-        assert graph.session.cuda_graph and graph.session._graph is not None
-    assert not sys.modules["cuda.bindings.runtime"].live  # every allocation freed on close
+        assert graph.session.cuda_graph and list(graph.session._graphs) == [(1, 3, *TINY_SIZE)]
+    cuda = sys.modules["cuda.bindings.runtime"]
+    assert not cuda.live and not cuda.graphs and not cuda.execs and not cuda.events  # all freed on close
 
 
 def test_build_and_run_a_dynamic_batch_engine(trt, onnx_dyn, tmp_path, rng):
@@ -717,6 +764,74 @@ def test_build_and_run_a_dynamic_batch_engine(trt, onnx_dyn, tmp_path, rng):
         eng.batch_range = None  # past the runner's own check: set_input_shape's refusal is checked too
         with pytest.raises(UserError, match=r"TensorRT refused input shape \[1, 3, 64, 96\]"):
             eng.infer(x[:1])
+
+
+def test_cuda_graphs_are_captured_and_replayed_per_input_shape(trt, onnx_dyn, tmp_path, rng):
+    """With --cuda-graph on a dynamic-batch engine every input shape gets its own graph, and a graph
+    is only replayed at the shape it was captured at, also when a timer made for one batch size runs
+    after another was staged. The stand-in freezes a graph at its capture's shapes (as CUDA does),
+    so replaying a batch-3 graph for a batch of 1 would give a wrong answer here. It cannot catch
+    whether the real TensorRT can be captured at all, or the real graphs' speed."""
+    from pspnet_deploy.runners import load_runner
+
+    src = tmp_path / "dyn.fp32.onnx"
+    src.write_bytes(onnx_dyn.read_bytes())
+    sc = _build(src, tmp_path / "dyn.fp32.engine", "--batch", "1", "2", "3")
+    cuda = sys.modules["cuda.bindings.runtime"]
+    x = rng.standard_normal((3, 3, *TINY_SIZE)).astype(np.float32)
+    with load_runner(src, threads=THREADS) as ref, load_runner(sc["engine"]["path"], cuda_graph=True) as eng:
+        for n in (3, 1, 3, 2, 1):
+            np.testing.assert_array_equal(eng.infer(x[:n]), ref.infer(x[:n]))
+        assert sorted(eng.session._graphs) == [(n, 3, *TINY_SIZE) for n in (1, 2, 3)]  # one capture per shape
+        assert [s["input"][0] for s in cuda.captured] == [3, 1, 2]  # kept, not recaptured on every change
+        one, _ = eng.model_timer(x[:1])
+        three, _ = eng.model_timer(x[:3])  # stages batch 3 ...
+        one()  # ... then times batch 1: it must run at batch 1
+        assert eng.session._current_shape() == (1, 3, *TINY_SIZE) and len(eng.session._graphs) == 3
+        assert three() >= 0 and eng.session._current_shape()[0] == 3
+        assert len(cuda.execs) == len(cuda.graphs) == 3
+    assert not cuda.graphs and not cuda.execs and not cuda.live
+
+
+@pytest.mark.parametrize("fail", ["execute", "instantiate"])
+def test_a_failed_capture_leaks_no_graph_and_runs_plainly(trt, onnx_b1, tmp_path, rng, fail, capsys):
+    """A capture that fails (TensorRT's enqueue refused during capture, or cudaGraphInstantiate
+    failing) ends the capture, destroys the graph it made, warns once and runs without graphs. The
+    stand-in counts live graphs; it cannot make the real failures happen (which engines refuse
+    capture is the real library's business)."""
+    from pspnet_deploy.runners import load_runner
+
+    src = tmp_path / "tiny.fp32.onnx"
+    src.write_bytes(onnx_b1.read_bytes())
+    sc = _build(src, tmp_path / "tiny.fp32.engine")
+    cuda = sys.modules["cuda.bindings.runtime"]
+    cuda.fail = fail
+    x = rng.standard_normal((1, 3, *TINY_SIZE)).astype(np.float32)
+    with load_runner(src, threads=THREADS) as ref, load_runner(sc["engine"]["path"], cuda_graph=True) as eng:
+        np.testing.assert_array_equal(eng.infer(x), ref.infer(x))
+        assert not cuda.graphs and not cuda.execs and not cuda.capturing(eng.session.stream)
+        assert not eng.session.cuda_graph and not eng.session._graphs
+        np.testing.assert_array_equal(eng.infer(x), ref.infer(x))  # plain runs from now on
+    assert capsys.readouterr().err.count("CUDA graph capture failed") == 1
+
+
+def test_timed_calls_reuse_one_event_pair(trt, onnx_b1, tmp_path, rng):
+    """Every model timer of a session shares one CUDA event pair, destroyed at close: timing a
+    thousand calls (or making a timer per measurement) allocates no more events. Stand-in events;
+    the real events' resolution and clocks are not checked here."""
+    from pspnet_deploy.runners import load_runner
+
+    src = tmp_path / "tiny.fp32.onnx"
+    src.write_bytes(onnx_b1.read_bytes())
+    sc = _build(src, tmp_path / "tiny.fp32.engine")
+    cuda = sys.modules["cuda.bindings.runtime"]
+    x = rng.standard_normal((1, 3, *TINY_SIZE)).astype(np.float32)
+    with load_runner(sc["engine"]["path"]) as eng:
+        for _ in range(5):
+            call, _ = eng.model_timer(x)
+            assert call() >= 0 and call() >= 0
+        assert len(cuda.events) == 2
+    assert not cuda.events
 
 
 def test_legacy_fp16_flag_only_where_the_version_has_it(trt, onnx_b1, tmp_path):
