@@ -3,6 +3,7 @@ tests themselves are marked ``tensorrt`` and skip with a reason without TensorRT
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -196,7 +197,12 @@ def test_check_refuses_planted_mismatches(work_onnx, tmp_path, fake_engine):
 
     vc = fake_engine(tmp_path, work_onnx, ["--version-compatible", "--hardware-compatible"], name="vc.fp32.engine")
     check_engine(vc, env=trt_env(tensorrt="10.7.0"))  # version compatible: later TensorRT runs it
-    check_engine(vc, env=trt_env(tensorrt="11.1.0", gpu={"name": "NVIDIA L4", "compute_capability": "8.9"}))
+    check_engine(vc, env=trt_env(tensorrt="10.16.1", gpu={"name": "NVIDIA L4", "compute_capability": "8.9"}))
+    with pytest.raises(UserError) as e:  # version compatibility stops at the major version (support matrix)
+        check_engine(vc, env=trt_env(tensorrt="11.1.0"))
+    assert "\n" not in str(e.value) and re.search(
+        r"built with TensorRT 10\.3\.0 \(version compatible: later 10\.x versions run it\) but this is TensorRT "
+        r"11\.1\.0, a newer major version; rebuild here: pspnet-build-engine ", str(e.value))
     with pytest.raises(UserError, match="older TensorRT 10.0.1"):
         check_engine(vc, env=trt_env(tensorrt="10.0.1"))
     with pytest.raises(UserError, match="hardware-compatible for Ampere and newer GPUs"):

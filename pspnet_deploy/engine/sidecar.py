@@ -135,7 +135,9 @@ def check_environment(sidecar: dict, env: dict, engine_path: str | Path = "engin
                       warn=lambda msg: print(msg, file=sys.stderr)) -> None:
     """Refuse an engine built for another TensorRT version or GPU (one line, rebuild command included).
 
-    TensorRT: the same version, or with ``version_compatible`` any later one (TensorRT's rule).
+    TensorRT: the same version, or with ``version_compatible`` any later one of the same major version
+    (TensorRT's support matrix: version-compatible engines run on newer versions within their major
+    version; a major version removes APIs).
     GPU: the same compute capability, or with ``ampere_plus`` hardware compatibility any >= 8.0. A
     different GPU name with the same compute capability runs (TensorRT warns of speed); so do we.
     """
@@ -147,6 +149,9 @@ def check_environment(sidecar: dict, env: dict, engine_path: str | Path = "engin
         if _ver_tuple(here) < _ver_tuple(built):
             raise UserError(f"{engine_path}: built with TensorRT {built} (version compatible) but this is the older "
                             f"TensorRT {here}, which cannot run it; upgrade TensorRT or rebuild here: {cmd}")
+        if _ver_tuple(here)[0] != _ver_tuple(built)[0]:
+            raise UserError(f"{engine_path}: built with TensorRT {built} (version compatible: later {built.split('.')[0]}.x "
+                            f"versions run it) but this is TensorRT {here}, a newer major version; rebuild here: {cmd}")
     elif _ver_tuple(built) != _ver_tuple(here):
         raise UserError(f"{engine_path}: built with TensorRT {built} but this is TensorRT {here}; engines only run on "
                         f"the TensorRT version that built them: rebuild here: {cmd}")
