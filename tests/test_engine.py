@@ -194,7 +194,8 @@ def test_rebuild_command_keeps_every_option_the_parser_knows(work_onnx, tmp_path
     from pspnet_deploy.precision.ranges import DEFAULT_METHOD
 
     assert argv[4:] == ["--backend", "tensorrt", "--int8", "--calib-data", "synthetic", "--calib-split", "train",
-                        "--calib-images", str(DEFAULT_NUM_IMAGES), "--calib-method", DEFAULT_METHOD, "--device", "cuda:0"]
+                        "--calib-images", str(DEFAULT_NUM_IMAGES), "--calib-method", DEFAULT_METHOD,
+                        "--device", "cuda:0"]
     fp32 = fake_engine(tmp_path, work_onnx, [], name="plain.fp32.engine")  # no conversion: no calibration options
     assert shlex.split(read_sidecar(fp32)["build"]["command"])[4:] == ["--backend", "tensorrt", "--device", "cuda:0"]
     moved = tmp_path / "elsewhere.int8.engine"

@@ -150,8 +150,9 @@ def check_environment(sidecar: dict, env: dict, engine_path: str | Path = "engin
             raise UserError(f"{engine_path}: built with TensorRT {built} (version compatible) but this is the older "
                             f"TensorRT {here}, which cannot run it; upgrade TensorRT or rebuild here: {cmd}")
         if _ver_tuple(here)[0] != _ver_tuple(built)[0]:
-            raise UserError(f"{engine_path}: built with TensorRT {built} (version compatible: later {built.split('.')[0]}.x "
-                            f"versions run it) but this is TensorRT {here}, a newer major version; rebuild here: {cmd}")
+            major = built.split(".")[0]
+            raise UserError(f"{engine_path}: built with TensorRT {built} (version compatible: later {major}.x versions "
+                            f"run it) but this is TensorRT {here}, a newer major version; rebuild here: {cmd}")
     elif _ver_tuple(built) != _ver_tuple(here):
         raise UserError(f"{engine_path}: built with TensorRT {built} but this is TensorRT {here}; engines only run on "
                         f"the TensorRT version that built them: rebuild here: {cmd}")

@@ -50,7 +50,8 @@ class _Pinned:
 
 class EngineSession:
     """A deserialised engine with its execution context, pinned host buffers, device buffers and a
-    CUDA stream; optional CUDA graph per input shape; one reusable CUDA event pair for timing. Made by :meth:`open` (or the runner) after
+    CUDA stream; optional CUDA graph per input shape; one reusable CUDA event pair for timing. Made
+    by :meth:`open` (or the runner) after
     :func:`pspnet_deploy.engine.build.check_engine` accepted the file."""
 
     def __init__(self, engine_path: str | Path, sidecar: dict, device_index: int = 0, cuda_graph: bool = False,
@@ -163,8 +164,8 @@ class EngineSession:
         cuda_check(rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
         graph = graph_exec = None
         try:
-            cuda_check(rt.cudaStreamBeginCapture(self.stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
-                       "cudaStreamBeginCapture")
+            mode = rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+            cuda_check(rt.cudaStreamBeginCapture(self.stream, mode), "cudaStreamBeginCapture")
             try:
                 ok = self.context.execute_async_v3(int(self.stream))
             finally:  # end the capture whatever happened, or the stream stays unusable
