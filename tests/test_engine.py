@@ -369,6 +369,22 @@ def test_cli_dry_run_and_bad_input(work_onnx, tmp_path):
     assert run("pspnet-build-engine", main, [str(tmp_path / "none.onnx")]) == 2
 
 
+def test_cli_refuses_a_timing_cache_that_is_the_onnx_or_the_engine(work_onnx, tmp_path, capsys):
+    """The timing cache is read and rewritten: naming the ONNX or the engine is refused in one line,
+    before anything (TensorRT included) is touched, and nothing changes on disk."""
+    from pspnet_deploy.cli.build_engine import main
+    from pspnet_deploy.cli.common import run
+
+    before = work_onnx.read_bytes()
+    engine = tmp_path / "m.engine"
+    for cache, what in ((work_onnx, "ONNX"), (engine, "engine")):
+        assert run("pspnet-build-engine", main, [str(work_onnx), "--engine", str(engine), "--timing-cache",
+                                                 str(cache)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"pspnet-build-engine: error: {cache}: --timing-cache is the {what} ")
+    assert work_onnx.read_bytes() == before and not engine.exists()
+
+
 # ---------------------------------------------------------------------------------- TensorRT itself
 
 def _trt_skip_reason():

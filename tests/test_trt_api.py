@@ -12,15 +12,20 @@ each file this test generates a stand-in ``tensorrt`` module that accepts exactl
   value of that enum;
 - enum values are looked up by name and carry the listed integers (``NetworkDefinitionCreationFlag.
   STRONGLY_TYPED`` is 1 in 10.x and 0 in 11.x);
-- assigning a property that is not listed as settable raises AttributeError.
+- assigning a property that is not listed as settable raises AttributeError; assigning anything but
+  a value of its enum to an enum-typed property (named after its enum, or in ``PROPERTY_ENUMS``: the
+  dump gives properties no types) raises TypeError, as pybind11 does for an int.
 
 Behind that surface a small model of the library does what the code paths need: the "parser"
 reads the real ONNX (IO names, shapes, dtypes; a node from a foreign domain is an unsupported-node
 error), the builder serialises a description of the network and profile, the runtime loads it
 back (refusing a plan from another version), and ``execute_async_v3`` runs the ONNX with ONNX
-Runtime on the bytes at the tensor addresses the code set. CUDA (``cuda.bindings.runtime``) is
-modelled with host memory: allocations, bounds-checked copies, streams, events and stream capture
-into a replayable graph; the GPU query (``cuda_device_info``) is replaced by a fixed H100.
+Runtime on the bytes at the tensor addresses the code set (a version-compatible plan loads on a
+later release of its major version, with host code allowed), and a timing cache remembers which
+networks it timed. CUDA (``cuda.bindings.runtime``) is modelled with host memory: allocations,
+bounds-checked copies, streams, counted events and stream capture into a replayable graph frozen at
+its capture's input shapes (live graphs counted, captures can be made to fail); the GPU query
+(``cuda_device_info``) is replaced by a fixed H100.
 
 The real build (``pspnet_deploy.cli.build_engine.build`` -> ``engine.build._trt_build``) and the
 real runtime (``runners.trt_runner.EngineSession`` via ``load_runner``) run unchanged against it.
@@ -29,7 +34,8 @@ What this cannot catch: anything about the real library's behaviour (which kerne
 precision of FP16/INT8 engines, what the real ONNX parser supports and how it names errors, build
 failures, timing-cache contents, memory use), whether a property's getter returns what we assume,
 argument types other than TensorRT enums, and the real CUDA bindings (their calls are modelled
-here from cuda-bindings 12.9's runtime.pyx, not checked against it).
+here from cuda-bindings 12.9's runtime.pyx, not checked against it): whether a real engine can be
+captured into a CUDA graph, what a graph or an event costs, and real GPU timings.
 """
 from __future__ import annotations
 
