@@ -295,7 +295,7 @@ def run_bench(models: Sequence, out_dir: str | Path | None = None, *, labels: Se
               iterations: int | None = 50, duration: float | None = None, threads: int | None = None,
               scope: str = "both", data=None, split: str = "val", limit: int | None = None, device: str = "cpu",
               image_size: tuple[int, int] | None = None, peak: bool = True, peak_size: int = 2048,
-              keep_samples: bool = True, progress: bool = True, write: bool = True) -> dict:
+              keep_samples: bool = True, progress: bool = True, write: bool = True, cuda_graph: bool = False) -> dict:
     """Benchmark ``models`` and (unless ``write`` is False) write the reports into ``out_dir``.
 
     ``models``: paths, ``"path:label"`` strings, ``(path, label)`` pairs or :class:`ModelSpec`; the
@@ -303,7 +303,9 @@ def run_bench(models: Sequence, out_dir: str | Path | None = None, *, labels: Se
     such as ``"synthetic"``, or a dataset object; with it, mIoU / pixel accuracy / per-class IoU and
     agreement with the reference are measured on the first ``limit`` images of ``split``.
     ``image_size`` (H, W): size of the generated end-to-end images when there is no ``data``
-    (default: the reference model's input size). Returns the report dict (see :mod:`.report`).
+    (default: the reference model's input size). ``cuda_graph``: TensorRT engines replay each input
+    shape as a CUDA graph (the runners' option; other backends ignore it). Returns the report dict
+    (see :mod:`.report`).
     """
     from . import report as rep
 
@@ -422,7 +424,7 @@ def run_bench(models: Sequence, out_dir: str | Path | None = None, *, labels: Se
             memory.reset()
             rss_before = memory.rss_mb()
             t_load = time.perf_counter()
-            runner = _load(s, devices[mi], threads, input_size)
+            runner = _load(s, devices[mi], threads, input_size, cuda_graph)
             load_s = time.perf_counter() - t_load
             load_peak = memory.peak_mb()
             try:
@@ -520,7 +522,7 @@ def run_bench(models: Sequence, out_dir: str | Path | None = None, *, labels: Se
     report = {"format": "pspnet-deploy/bench", "version": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "environment": env,
               "settings": {"scopes": scopes, "batches": batches, "warmup": warmup, "iterations": iterations,
-                           "duration_s": duration, "threads": threads, "device": device,
+                           "duration_s": duration, "threads": threads, "device": device, "cuda_graph": bool(cuda_graph),
                            "input_size": list(input_size) if input_size else None,
                            "data": None if data is None else {"spec": str(data) if isinstance(data, (str, Path))
                                                               else type(data).__name__,
@@ -553,13 +555,14 @@ def model_device(spec: ModelSpec, device: str) -> str:
     return device
 
 
-def _load(spec: ModelSpec, device: str, threads: int | None, input_size):
+def _load(spec: ModelSpec, device: str, threads: int | None, input_size, cuda_graph: bool = False):
     from .runners import RunnerOptions, load_runner
 
     cpu = not str(device).startswith("cuda")
     return load_runner(spec.path, RunnerOptions(device=device, threads=threads or None,
                                                 input_size=tuple(input_size) if input_size else None,
-                                                providers=["CPUExecutionProvider"] if cpu else None))
+                                                providers=["CPUExecutionProvider"] if cpu else None,
+                                                cuda_graph=bool(cuda_graph)))
 
 
 def _short(classes) -> str:

@@ -175,7 +175,7 @@ def fake_engine():
               "outputs": [{"name": "logits", "shape": [1, 4, *TINY_SIZE], "dtype": "float32"}], "profile": None}
         eng.write_bytes(payload)
         sc = make_sidecar(plan, opts, env or ENV_H100, io, hashlib.sha256(payload).hexdigest(), len(payload), 12.5,
-                          sha256_file(onnx), command=command_line(a, plan.engine_path, parser))
+                          sha256_file(onnx), command=command_line(a, plan.engine_path, parser, plan))
         atomic_write_json(plan.sidecar_path, sc)
         return eng
 

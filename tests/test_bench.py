@@ -282,6 +282,7 @@ def test_library_run_without_data_model_scope_duration(models, tmp_path):
     assert (row["model"], again["model"]) == ("tiny_b1", "tiny_b1#2")  # repeated default labels are numbered
     assert again["speedup_vs_ref"] == pytest.approx(row["latency_ms"]["mean"] / again["latency_ms"]["mean"])
     assert row["scope"] == "model" and row["iterations"] >= 1 and row["fraction_of_fp32_peak"] is None
+    assert rep["settings"]["cuda_graph"] is False
     assert rep["models"][0].get("miou") is None
     assert (tmp_path / "b" / "report.json").is_file() and (tmp_path / "b" / "latency_distribution.png").is_file()
     assert not (tmp_path / "b" / "latency_vs_miou.png").exists()  # no accuracy: no Pareto picture
@@ -289,7 +290,8 @@ def test_library_run_without_data_model_scope_duration(models, tmp_path):
 
 # ----------------------------------------------------------------------------- bad input via the CLI
 
-@pytest.mark.parametrize("case", ["unknown_kind", "class_mismatch", "batch_too_large", "zero_iterations"])
+@pytest.mark.parametrize("case", ["unknown_kind", "class_mismatch", "batch_too_large", "zero_iterations",
+                                  "cuda_graph_without_engine"])
 def test_cli_bad_input_one_line_nonzero_nothing_written(models, tmp_path, case):
     out = tmp_path / "out"
     args = {
@@ -297,9 +299,11 @@ def test_cli_bad_input_one_line_nonzero_nothing_written(models, tmp_path, case):
         "class_mismatch": ["--model", models["pt"], "--model", models["other_classes"]],
         "batch_too_large": ["--model", models["onnx_b1"], "--batch", "1", "4"],
         "zero_iterations": ["--model", models["pt"], "--iterations", "0"],
+        "cuda_graph_without_engine": ["--model", models["pt"], "--model", models["onnx_b1"], "--cuda-graph"],
     }[case]
     expect = {"unknown_kind": "unknown model file type", "class_mismatch": "classes",
-              "batch_too_large": "fixed batch of 1", "zero_iterations": "--iterations must be at least 1"}[case]
+              "batch_too_large": "fixed batch of 1", "zero_iterations": "--iterations must be at least 1",
+              "cuda_graph_without_engine": "--cuda-graph applies to TensorRT engines (.engine) only"}[case]
     r = _cli(*args, "--out", out, "--iterations" if case != "zero_iterations" else "--warmup", "2", "--no-peak",
              timeout=120)
     assert r.returncode != 0

@@ -3,6 +3,7 @@ tests themselves are marked ``tensorrt`` and skip with a reason without TensorRT
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +97,25 @@ def test_plan_reads_precision_from_metadata_and_graph(work_onnx, tmp_path):
     assert onnx_precision(q) == "int8"
 
 
+def test_engine_modules_import_no_circle():
+    """No module of pspnet_deploy/engine imports (module level or in a function) one that imports
+    it back, directly or through others: the build writes and checks sidecars, the sidecar never
+    reaches for the build. The public names stay importable from the package."""
+    from test_layering import PKG, imports
+
+    from pspnet_deploy import engine
+
+    mods = {p.stem: p for p in (PKG / "engine").glob("*.py") if p.stem != "__init__"}
+    deps = {m: {t.split(".")[2] for t, _ in imports(p) if t.startswith("pspnet_deploy.engine.")} & set(mods)
+            for m, p in mods.items()}
+
+    def reaches(a, b, seen=()):
+        return any(d == b or (d not in seen and reaches(d, b, seen + (d,))) for d in deps[a])
+    circles = sorted(m for m in mods if reaches(m, m))
+    assert not circles, f"import circles through {circles}: {deps}"
+    assert all(hasattr(engine, n) for n in engine.__all__)
+
+
 # ---------------------------------------------------------------------------------- sidecar checks
 
 def test_sidecar_carries_what_the_runner_needs(work_onnx, tmp_path, fake_engine):
@@ -117,17 +137,43 @@ def test_sidecar_carries_what_the_runner_needs(work_onnx, tmp_path, fake_engine)
     assert sc["precision"] == "fp32" and sc["build"]["seconds"] == 12.5
     assert sc["io"]["inputs"][0]["shape"] == [1, 3, *TINY_SIZE]
     cmd = sc["build"]["command"]
-    assert cmd.startswith("pspnet-build-engine ") and "--workspace 2 --opt-level 4" in cmd
-    assert "--timing-cache" in cmd and "--version-compatible" in cmd
+    assert cmd.startswith("pspnet-build-engine ") and "--workspace 2.0 --opt-level 4" in cmd
+    assert f"--timing-cache {tmp_path / 't.cache'} --version-compatible" in cmd
+
+
+def test_sidecar_records_exact_workspace_and_absolute_paths(work_onnx, tmp_path, fake_engine, monkeypatch):
+    """A workspace of 0.1234567 GiB is 132560622 bytes: the sidecar keeps the bytes and the
+    command keeps the float exactly (``%g`` would round it to 0.123457); relative paths given on
+    the command line are recorded absolute, so the rebuild line works from any folder."""
+    import shlex
+
+    from pspnet_deploy.cli.build_engine import build_parser
+    from pspnet_deploy.engine import read_sidecar
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "calib").mkdir()
+    eng = fake_engine(tmp_path, work_onnx, ["--workspace", "0.1234567", "--timing-cache", "caches/t.cache", "--fp16",
+                                            "--calib-data", "calib"], name="tiny.fp16.engine")
+    sc = read_sidecar(eng)
+    opts = sc["build"]["options"]
+    assert opts["workspace_bytes"] == int(0.1234567 * 2**30) == 132560622
+    assert opts["timing_cache"] == str(tmp_path / "caches" / "t.cache")
+    assert opts["calib_data"] == str(tmp_path / "calib")
+    again = build_parser().parse_args(shlex.split(sc["build"]["command"])[1:])
+    assert again.workspace == 0.1234567 and int(again.workspace * 2**30) == opts["workspace_bytes"]
+    assert again.timing_cache == str(tmp_path / "caches" / "t.cache") and again.calib_data == str(tmp_path / "calib")
 
 
 def test_rebuild_command_keeps_every_option_the_parser_knows(work_onnx, tmp_path, fake_engine):
     """The recorded command is derived from pspnet-build-engine's own parser, so options such as
-    --calib-method survive into the rebuild line a refused engine prints."""
+    --calib-method survive into the rebuild line a refused engine prints; options left at their
+    default are recorded too (the default method changed once, percentile -> mse: a rebuild must
+    not silently change with it), as are the calibration image count and batch profile a build
+    took from defaults."""
     import shlex
 
     from pspnet_deploy.cli.build_engine import build_parser
-    from pspnet_deploy.engine import check_engine
+    from pspnet_deploy.engine import check_engine, read_sidecar
     from pspnet_deploy.errors import UserError
 
     args = ["--int8", "--calib-data", "synthetic", "--calib-split", "val", "--calib-images", "12",
@@ -138,10 +184,20 @@ def test_rebuild_command_keeps_every_option_the_parser_knows(work_onnx, tmp_path
     cmd = str(e.value).split("rebuild here: ", 1)[1]
     argv = shlex.split(cmd)
     assert argv[:4] == ["pspnet-build-engine", str(work_onnx.resolve()), "--engine", str(eng.resolve())]
-    assert argv[4:] == args  # in the parser's order, with every value
+    assert argv[4:] == ["--backend", "tensorrt", *args]  # in the parser's order, with every value
     again = build_parser().parse_args(argv[1:])  # and the parser reads it back to the same request
     assert (again.int8, again.calib_method, again.calib_images, again.workspace, again.device) == \
         (True, "percentile", 12, 1.5, "cuda:1")
+    defaults = fake_engine(tmp_path, work_onnx, ["--int8", "--calib-data", "synthetic"], name="defaults.int8.engine")
+    argv = shlex.split(read_sidecar(defaults)["build"]["command"])
+    from pspnet_deploy.precision.calibrate import DEFAULT_NUM_IMAGES
+    from pspnet_deploy.precision.ranges import DEFAULT_METHOD
+
+    assert argv[4:] == ["--backend", "tensorrt", "--int8", "--calib-data", "synthetic", "--calib-split", "train",
+                        "--calib-images", str(DEFAULT_NUM_IMAGES), "--calib-method", DEFAULT_METHOD,
+                        "--device", "cuda:0"]
+    fp32 = fake_engine(tmp_path, work_onnx, [], name="plain.fp32.engine")  # no conversion: no calibration options
+    assert shlex.split(read_sidecar(fp32)["build"]["command"])[4:] == ["--backend", "tensorrt", "--device", "cuda:0"]
     moved = tmp_path / "elsewhere.int8.engine"
     moved.write_bytes(eng.read_bytes())
     moved.with_name(moved.name + ".json").write_bytes(eng.with_name(eng.name + ".json").read_bytes())
@@ -177,7 +233,12 @@ def test_check_refuses_planted_mismatches(work_onnx, tmp_path, fake_engine):
 
     vc = fake_engine(tmp_path, work_onnx, ["--version-compatible", "--hardware-compatible"], name="vc.fp32.engine")
     check_engine(vc, env=trt_env(tensorrt="10.7.0"))  # version compatible: later TensorRT runs it
-    check_engine(vc, env=trt_env(tensorrt="11.1.0", gpu={"name": "NVIDIA L4", "compute_capability": "8.9"}))
+    check_engine(vc, env=trt_env(tensorrt="10.16.1", gpu={"name": "NVIDIA L4", "compute_capability": "8.9"}))
+    with pytest.raises(UserError) as e:  # version compatibility stops at the major version (support matrix)
+        check_engine(vc, env=trt_env(tensorrt="11.1.0"))
+    assert "\n" not in str(e.value) and re.search(
+        r"built with TensorRT 10\.3\.0 \(version compatible: later 10\.x versions run it\) but this is TensorRT "
+        r"11\.1\.0, a newer major version; rebuild here: pspnet-build-engine ", str(e.value))
     with pytest.raises(UserError, match="older TensorRT 10.0.1"):
         check_engine(vc, env=trt_env(tensorrt="10.0.1"))
     with pytest.raises(UserError, match="hardware-compatible for Ampere and newer GPUs"):
@@ -306,6 +367,22 @@ def test_cli_dry_run_and_bad_input(work_onnx, tmp_path):
     assert run("pspnet-build-engine", main, [str(work_onnx), "--int8"]) == 2
     assert run("pspnet-build-engine", main, [str(work_onnx), "--batch", "1", "2", "4"]) == 2
     assert run("pspnet-build-engine", main, [str(tmp_path / "none.onnx")]) == 2
+
+
+def test_cli_refuses_a_timing_cache_that_is_the_onnx_or_the_engine(work_onnx, tmp_path, capsys):
+    """The timing cache is read and rewritten: naming the ONNX or the engine is refused in one line,
+    before anything (TensorRT included) is touched, and nothing changes on disk."""
+    from pspnet_deploy.cli.build_engine import main
+    from pspnet_deploy.cli.common import run
+
+    before = work_onnx.read_bytes()
+    engine = tmp_path / "m.engine"
+    for cache, what in ((work_onnx, "ONNX"), (engine, "engine")):
+        assert run("pspnet-build-engine", main, [str(work_onnx), "--engine", str(engine), "--timing-cache",
+                                                 str(cache)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"pspnet-build-engine: error: {cache}: --timing-cache is the {what} ")
+    assert work_onnx.read_bytes() == before and not engine.exists()
 
 
 # ---------------------------------------------------------------------------------- TensorRT itself

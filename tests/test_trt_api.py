@@ -1,6 +1,7 @@
 """The TensorRT code held to the real TensorRT Python API of 10.0.1, 10.16.1 and 11.4.0.
 
-``../shared/tensorrt-api/tensorrt-<version>.txt`` lists every class, member, enum value (with its
+``../shared/tensorrt-api/tensorrt-<version>.txt`` (always there in CI: without it every test here
+fails, none skips) lists every class, member, enum value (with its
 integer), property (and whether it is settable) and pybind11 signature of the real bindings. From
 each file this test generates a stand-in ``tensorrt`` module that accepts exactly that surface:
 
@@ -11,15 +12,20 @@ each file this test generates a stand-in ``tensorrt`` module that accepts exactl
   value of that enum;
 - enum values are looked up by name and carry the listed integers (``NetworkDefinitionCreationFlag.
   STRONGLY_TYPED`` is 1 in 10.x and 0 in 11.x);
-- assigning a property that is not listed as settable raises AttributeError.
+- assigning a property that is not listed as settable raises AttributeError; assigning anything but
+  a value of its enum to an enum-typed property (named after its enum, or in ``PROPERTY_ENUMS``: the
+  dump gives properties no types) raises TypeError, as pybind11 does for an int.
 
 Behind that surface a small model of the library does what the code paths need: the "parser"
 reads the real ONNX (IO names, shapes, dtypes; a node from a foreign domain is an unsupported-node
 error), the builder serialises a description of the network and profile, the runtime loads it
 back (refusing a plan from another version), and ``execute_async_v3`` runs the ONNX with ONNX
-Runtime on the bytes at the tensor addresses the code set. CUDA (``cuda.bindings.runtime``) is
-modelled with host memory: allocations, bounds-checked copies, streams, events and stream capture
-into a replayable graph; the GPU query (``cuda_device_info``) is replaced by a fixed H100.
+Runtime on the bytes at the tensor addresses the code set (a version-compatible plan loads on a
+later release of its major version, with host code allowed), and a timing cache remembers which
+networks it timed. CUDA (``cuda.bindings.runtime``) is modelled with host memory: allocations,
+bounds-checked copies, streams, counted events and stream capture into a replayable graph frozen at
+its capture's input shapes (live graphs counted, captures can be made to fail); the GPU query
+(``cuda_device_info``) is replaced by a fixed H100.
 
 The real build (``pspnet_deploy.cli.build_engine.build`` -> ``engine.build._trt_build``) and the
 real runtime (``runners.trt_runner.EngineSession`` via ``load_runner``) run unchanged against it.
@@ -28,7 +34,8 @@ What this cannot catch: anything about the real library's behaviour (which kerne
 precision of FP16/INT8 engines, what the real ONNX parser supports and how it names errors, build
 failures, timing-cache contents, memory use), whether a property's getter returns what we assume,
 argument types other than TensorRT enums, and the real CUDA bindings (their calls are modelled
-here from cuda-bindings 12.9's runtime.pyx, not checked against it).
+here from cuda-bindings 12.9's runtime.pyx, not checked against it): whether a real engine can be
+captured into a CUDA graph, what a graph or an event costs, and real GPU timings.
 """
 from __future__ import annotations
 
@@ -50,7 +57,21 @@ from conftest import ROOT, THREADS, TINY_SIZE, tiny_meta, trt_env
 API_DIR = ROOT.parent / "shared" / "tensorrt-api"
 VERSIONS = ("10.0.1", "10.16.1", "11.4.0")
 
-pytestmark = pytest.mark.skipif(not API_DIR.is_dir(), reason=f"{API_DIR} (the dumped TensorRT APIs) not present")
+
+
+def require_api(version: str) -> Path:
+    """The dump of ``version``; a failure (never a skip) when it is missing: CI always has
+    ``../shared/tensorrt-api``, and without it nothing here holds the code to the real API."""
+    path = API_DIR / f"tensorrt-{version}.txt"
+    assert path.is_file(), (f"{path} is missing: the dumped TensorRT APIs ({API_DIR}, next to the repository, see "
+                            f"its README.md) must be present; these tests fail rather than skip without them")
+    return path
+
+
+def test_the_dumped_apis_are_present():
+    for version in VERSIONS:
+        lines = require_api(version).read_text().splitlines()
+        assert len(lines) > 1000 and any(line.startswith("IBuilderConfig.set_flag\tmethod\t") for line in lines)
 
 
 # ================================================================================ the API surface
@@ -137,7 +158,7 @@ def _signatures(text: str) -> list[tuple[inspect.Signature, dict]]:
 def parse_api(version: str) -> tuple[dict, dict]:
     classes: dict[str, dict[str, _Member]] = {}
     module: dict[str, _Member] = {}
-    for line in (API_DIR / f"tensorrt-{version}.txt").read_text().splitlines():
+    for line in require_api(version).read_text().splitlines():
         name, kind, text = (line.split("\t") + ["", ""])[:3]
         if "." in name:
             cls, member = name.split(".", 1)
@@ -193,6 +214,19 @@ def _check_call(version: str, owner: str, name: str, member: _Member, enums: set
                     f"the real signature is {member.text}")
 
 
+#: settable properties typed as an enum whose name does not say which (from TensorRT's API reference;
+#: the dump lists properties without types)
+PROPERTY_ENUMS = {"ITensor.dtype": "DataType", "ILayer.precision": "DataType", "ITensor.location": "TensorLocation",
+                  "IBuilderConfig.default_device_type": "DeviceType"}
+
+
+def property_enum(owner: str, name: str, enums: set) -> str | None:
+    """The enum a settable property takes: from :data:`PROPERTY_ENUMS`, or a property named after
+    its enum (``hardware_compatibility_level`` -> ``HardwareCompatibilityLevel``), else None."""
+    wanted = PROPERTY_ENUMS.get(f"{owner}.{name}") or "".join(w.capitalize() for w in name.split("_"))
+    return wanted if wanted in enums else None
+
+
 class _Surface:
     """Base of every generated class: only the listed members exist; calls are checked."""
 
@@ -245,6 +279,9 @@ class _Surface:
             raise AttributeError(f"TensorRT {cls._version}: '{cls._trt_name}' object has no attribute {name!r}")
         if not member.settable:
             raise AttributeError(f"TensorRT {cls._version}: property {cls._trt_name}.{name} can't be set")
+        wanted = property_enum(cls._trt_name, name, cls._enums)
+        if wanted and not (isinstance(value, EnumValue) and value.enum_name == wanted):  # pybind11 enums take no int
+            raise TypeError(f"TensorRT {cls._version}: {cls._trt_name}.{name} takes a tensorrt.{wanted}, got {value!r}")
         object.__getattribute__(self, "_props")[name] = value
 
 
@@ -286,7 +323,13 @@ class _Builder:
                 return None  # a dynamic input needs a profile
         plan = {"version": trt.__version__, "onnx": network._onnx, "inputs": network._inputs, "outputs": network._outputs,
                 "profile": {k: [list(map(int, s)) for s in v] for k, v in profile.items()},
-                "flags": sorted(config._flags), "strongly_typed": network._strongly_typed}
+                "flags": sorted(config._flags), "strongly_typed": network._strongly_typed,
+                "pools": dict(config._pools), "props": {k: str(v) for k, v in config._props.items()}}
+        if config._cache is not None:  # the cache: one line per network timed; a known one is a hit
+            key = (Path(network._onnx).name + ":" + ",".join(plan["flags"])).encode()
+            lines = config._cache._data.splitlines()
+            plan["timing_cache_hit"] = key in lines
+            object.__setattr__(config._cache, "_data", b"\n".join(lines if key in lines else lines + [key]))
         return trt.IHostMemory._make(_data=json.dumps(plan).encode())
 
 
@@ -360,7 +403,7 @@ class _Config:
         return len(self._profiles) - 1
 
     def _do_create_timing_cache(self, serialized_timing_cache):
-        return self._mod.ITimingCache._make(_data=bytes(serialized_timing_cache) or b"fresh cache")
+        return self._mod.ITimingCache._make(_data=bytes(serialized_timing_cache))
 
     def _do_set_timing_cache(self, cache, ignore_mismatch):
         object.__setattr__(self, "_cache", cache)
@@ -393,7 +436,10 @@ class _Runtime:
     def _do_deserialize_cuda_engine(self, serialized_engine):
         trt = self._mod
         plan = json.loads(bytes(serialized_engine))
-        if plan["version"] != trt.__version__:
+        built, here = (tuple(int(p) for p in v.split(".")) for v in (plan["version"], trt.__version__))
+        compatible = ("VERSION_COMPATIBLE" in plan["flags"] and self._props.get("engine_host_code_allowed") is True
+                      and built[0] == here[0] and built <= here)  # later versions of its major, with host code on
+        if plan["version"] != trt.__version__ and not compatible:
             return None  # engines only load on the TensorRT that built them
         return trt.ICudaEngine._make(_plan=plan, _tensors=plan["inputs"] + plan["outputs"])
 
@@ -456,19 +502,21 @@ class _Context:
 
     def _do_execute_async_v3(self, stream_handle):
         cuda = sys.modules["cuda.bindings.runtime"]
-        work = self._run
         if cuda.capturing(stream_handle):
-            cuda.record(stream_handle, work)
+            if cuda.fail == "execute":
+                return False
+            shapes = {k: list(v) for k, v in self._shapes.items()}  # a graph is frozen at the capture's shapes
+            cuda.record(stream_handle, lambda: self._run(shapes), shapes)
             return True
-        return work()
+        return self._run(self._shapes)
 
-    def _run(self) -> bool:
-        if any(-1 in s for s in self._shapes.values()) or set(self._addresses) != {t["name"] for t in self._engine._tensors}:
+    def _run(self, shapes) -> bool:
+        if any(-1 in s for s in shapes.values()) or set(self._addresses) != {t["name"] for t in self._engine._tensors}:
             return False  # shapes or addresses missing: TensorRT refuses to enqueue
         cuda = sys.modules["cuda.bindings.runtime"]
         feeds = {}
         for t in self._engine._plan["inputs"]:
-            feeds[t["name"]] = cuda.view(self._addresses[t["name"]], self._shapes[t["name"]], _TRT_NP[t["dtype"]]).copy()
+            feeds[t["name"]] = cuda.view(self._addresses[t["name"]], shapes[t["name"]], _TRT_NP[t["dtype"]]).copy()
         outs = self._session.run(None, feeds)
         for t, value in zip(self._engine._plan["outputs"], outs):
             dst = cuda.view(self._addresses[t["name"]], value.shape, _TRT_NP[t["dtype"]])
@@ -523,13 +571,17 @@ def standin_tensorrt(version: str) -> types.ModuleType:
 class cudaError_t(enum.IntEnum):  # noqa: N801 - the bindings' names
     cudaSuccess = 0
     cudaErrorInvalidValue = 1
+    cudaErrorInvalidResourceHandle = 400
     cudaErrorStreamCaptureUnsupported = 900
 
 
 def standin_cudart() -> types.ModuleType:
     """``cuda.bindings.runtime`` for the calls the TensorRT runner makes, backed by host memory:
     every call returns ``(cudaError_t, *values)`` as the real bindings do; copies are bounds-checked
-    against the allocations; work enqueued on a capturing stream is recorded into a graph."""
+    against the allocations; work enqueued on a capturing stream is recorded into a graph, frozen at
+    the input shapes of its capture. Live graphs, graph execs and events are counted (``rt.graphs``,
+    ``rt.execs``, ``rt.events``) so leaks show; ``rt.fail`` makes a capture fail ("execute": the
+    enqueue during capture returns False; "instantiate": cudaGraphInstantiate fails)."""
     rt = types.ModuleType("cuda.bindings.runtime")
     mem: dict[int, np.ndarray] = {}  # base address -> buffer
     captures: dict[int, list] = {}
@@ -542,6 +594,9 @@ def standin_cudart() -> types.ModuleType:
                                                                       "cudaStreamCaptureModeRelaxed": 2})
     rt.devices = []
     rt.live = mem
+    rt.graphs, rt.execs, rt.events = set(), set(), set()
+    rt.fail = None
+    rt.captured = []  # the input shapes of every capture, in order
     counter = iter(range(1, 1 << 30))
 
     class Handle(int):
@@ -573,16 +628,48 @@ def standin_cudart() -> types.ModuleType:
         captures[int(stream)] = []
         return (ok,)
 
+    class Graph:
+        def __init__(self, work):
+            self.work = work
+
     def end(stream):
-        return ok, ("graph", captures.pop(int(stream)))
+        graph = Graph(captures.pop(int(stream)))
+        rt.graphs.add(graph)
+        return ok, graph
+
+    def instantiate(graph, flags):
+        if graph not in rt.graphs:
+            return cudaError_t.cudaErrorInvalidResourceHandle, None
+        if rt.fail == "instantiate":
+            return cudaError_t.cudaErrorStreamCaptureUnsupported, None
+        graph_exec = Graph(list(graph.work))
+        rt.execs.add(graph_exec)
+        return ok, graph_exec
+
+    def destroy(live):
+        def call(handle):
+            if handle not in live:
+                return (cudaError_t.cudaErrorInvalidResourceHandle,)
+            live.discard(handle)
+            return (ok,)
+        return call
 
     def launch(graph_exec, stream):
-        return (ok,) if all(work() for work in graph_exec[1]) else (cudaError_t.cudaErrorInvalidValue,)
+        if graph_exec not in rt.execs:
+            return (cudaError_t.cudaErrorInvalidResourceHandle,)
+        return (ok,) if all(work() for work in graph_exec.work) else (cudaError_t.cudaErrorInvalidValue,)
+
+    class Event(list):
+        __hash__ = object.__hash__
 
     def event_create():
-        return ok, [0.0]
+        event = Event([0.0])
+        rt.events.add(event)
+        return ok, event
 
     def event_record(event, stream):
+        if event not in rt.events:
+            return (cudaError_t.cudaErrorInvalidResourceHandle,)
         event[0] = time.perf_counter()
         return (ok,)
 
@@ -593,16 +680,21 @@ def standin_cudart() -> types.ModuleType:
     rt.cudaFree = rt.cudaFreeHost = free
     rt.cudaMemcpyAsync = copy
     rt.cudaStreamBeginCapture, rt.cudaStreamEndCapture = begin, end
-    rt.cudaGraphInstantiate = lambda graph, flags: (ok, ("exec", graph[1]))
+    rt.cudaGraphInstantiate = instantiate
     rt.cudaGraphLaunch = launch
-    rt.cudaGraphDestroy = rt.cudaGraphExecDestroy = lambda g: (ok,)
+    rt.cudaGraphDestroy, rt.cudaGraphExecDestroy = destroy(rt.graphs), destroy(rt.execs)
     rt.cudaEventCreate, rt.cudaEventRecord = event_create, event_record
-    rt.cudaEventSynchronize = rt.cudaEventDestroy = lambda event: (ok,)
+    rt.cudaEventSynchronize = lambda event: (ok,)
+    rt.cudaEventDestroy = destroy(rt.events)
     rt.cudaEventElapsedTime = lambda start, end: (ok, (end[0] - start[0]) * 1e3)
     rt.cudaGetErrorString = lambda err: (ok, cudaError_t(err).name.encode())
     # what the stand-in TensorRT reads and writes through
     rt.capturing = lambda stream: int(stream) in captures
-    rt.record = lambda stream, work: captures[int(stream)].append(work)
+
+    def record(stream, work, shapes):
+        captures[int(stream)].append(work)
+        rt.captured.append(shapes)
+    rt.record = record
 
     def view(ptr, shape, dtype):
         n = int(np.prod(shape)) * np.dtype(dtype).itemsize
@@ -651,6 +743,16 @@ def test_standin_holds_to_the_dumped_surface():
     config.builder_optimization_level = 3  # settable
     with pytest.raises(AttributeError, match="can't be set"):
         config.num_optimization_profiles = 2
+    config.hardware_compatibility_level = v11.HardwareCompatibilityLevel.AMPERE_PLUS
+    with pytest.raises(TypeError, match="takes a tensorrt.HardwareCompatibilityLevel, got 1"):
+        config.hardware_compatibility_level = 1  # an int where the API takes an enum
+    with pytest.raises(TypeError, match="takes a tensorrt.DeviceType"):
+        config.default_device_type = v11.DataType.HALF  # another enum's value
+    with pytest.raises(TypeError, match="pool must be a tensorrt.MemoryPoolType"):
+        config.set_memory_pool_limit(0, 1 << 30)
+    layer_cls = standin_tensorrt("10.16.1").ILayer
+    with pytest.raises(TypeError, match="ILayer.precision takes a tensorrt.DataType, got 1"):
+        layer_cls._make().precision = 1  # int(trt.DataType.HALF)
     with pytest.raises(AttributeError):
         v11.no_such_function  # noqa: B018
 
@@ -666,7 +768,7 @@ def _build(onnx_path: Path, engine: Path, *args):
     a = parser.parse_args([str(onnx_path), "--engine", str(engine), *map(str, args)])
     opts = options_from_args(a)
     plan = plan_build(a.onnx, opts, a.engine)
-    return build(plan, opts=opts, command=command_line(a, plan.engine_path, parser), log=lambda m: None)
+    return build(plan, opts=opts, command=command_line(a, plan.engine_path, parser, plan), log=lambda m: None)
 
 
 def test_build_and_run_a_fixed_batch_engine(trt, onnx_b1, tmp_path, rng):
@@ -680,9 +782,12 @@ def test_build_and_run_a_fixed_batch_engine(trt, onnx_b1, tmp_path, rng):
     assert sys.modules["cuda.bindings.runtime"].devices[0] == 1  # the build ran on the device asked for
     assert sc["tensorrt"]["version"] == trt.__version__ and sc["tensorrt"]["strongly_typed"] is True
     assert sc["io"]["inputs"][0]["shape"] == [1, 3, *TINY_SIZE] and sc["io"]["outputs"][0]["dtype"] == "float32"
-    assert cache.read_bytes() == b"fresh cache"
+    assert cache.read_bytes() == b"tiny.fp32.onnx:VERSION_COMPATIBLE"
     plan = json.loads(Path(sc["engine"]["path"]).read_bytes())
     assert plan["strongly_typed"] and set(plan["flags"]) == {"VERSION_COMPATIBLE"}
+    assert plan["pools"] == {"WORKSPACE": 1 << 30} and sc["build"]["options"]["workspace_bytes"] == 1 << 30
+    assert plan["props"] == {"builder_optimization_level": "2",
+                             "hardware_compatibility_level": "HardwareCompatibilityLevel.AMPERE_PLUS"}
     x = np.stack([rng.standard_normal((3, *TINY_SIZE)).astype(np.float32)])
     with load_runner(onnx_b1, threads=THREADS) as ref, load_runner(sc["engine"]["path"], device="cuda:1") as eng:
         want = ref.infer(x)
@@ -693,8 +798,9 @@ def test_build_and_run_a_fixed_batch_engine(trt, onnx_b1, tmp_path, rng):
     with load_runner(sc["engine"]["path"], device="cuda:1", cuda_graph=True) as graph:
         np.testing.assert_array_equal(graph.infer(x), want)  # captured ...
         np.testing.assert_array_equal(graph.infer(x), want)  # ... and replayed
-        assert graph.session.cuda_graph and graph.session._graph is not None
-    assert not sys.modules["cuda.bindings.runtime"].live  # every allocation freed on close
+        assert graph.session.cuda_graph and list(graph.session._graphs) == [(1, 3, *TINY_SIZE)]
+    cuda = sys.modules["cuda.bindings.runtime"]
+    assert not cuda.live and not cuda.graphs and not cuda.execs and not cuda.events  # all freed on close
 
 
 def test_build_and_run_a_dynamic_batch_engine(trt, onnx_dyn, tmp_path, rng):
@@ -717,6 +823,195 @@ def test_build_and_run_a_dynamic_batch_engine(trt, onnx_dyn, tmp_path, rng):
         eng.batch_range = None  # past the runner's own check: set_input_shape's refusal is checked too
         with pytest.raises(UserError, match=r"TensorRT refused input shape \[1, 3, 64, 96\]"):
             eng.infer(x[:1])
+
+
+def test_cuda_graphs_are_captured_and_replayed_per_input_shape(trt, onnx_dyn, tmp_path, rng):
+    """With --cuda-graph on a dynamic-batch engine every input shape gets its own graph, and a graph
+    is only replayed at the shape it was captured at, also when a timer made for one batch size runs
+    after another was staged. The stand-in freezes a graph at its capture's shapes (as CUDA does),
+    so replaying a batch-3 graph for a batch of 1 would give a wrong answer here. It cannot catch
+    whether the real TensorRT can be captured at all, or the real graphs' speed."""
+    from pspnet_deploy.runners import load_runner
+
+    src = tmp_path / "dyn.fp32.onnx"
+    src.write_bytes(onnx_dyn.read_bytes())
+    sc = _build(src, tmp_path / "dyn.fp32.engine", "--batch", "1", "2", "3")
+    cuda = sys.modules["cuda.bindings.runtime"]
+    x = rng.standard_normal((3, 3, *TINY_SIZE)).astype(np.float32)
+    with load_runner(src, threads=THREADS) as ref, load_runner(sc["engine"]["path"], cuda_graph=True) as eng:
+        for n in (3, 1, 3, 2, 1):
+            np.testing.assert_array_equal(eng.infer(x[:n]), ref.infer(x[:n]))
+        assert sorted(eng.session._graphs) == [(n, 3, *TINY_SIZE) for n in (1, 2, 3)]  # one capture per shape
+        assert [s["input"][0] for s in cuda.captured] == [3, 1, 2]  # kept, not recaptured on every change
+        one, _ = eng.model_timer(x[:1])
+        three, _ = eng.model_timer(x[:3])  # stages batch 3 ...
+        one()  # ... then times batch 1: it must run at batch 1
+        assert eng.session._current_shape() == (1, 3, *TINY_SIZE) and len(eng.session._graphs) == 3
+        assert three() >= 0 and eng.session._current_shape()[0] == 3
+        assert len(cuda.execs) == len(cuda.graphs) == 3
+    assert not cuda.graphs and not cuda.execs and not cuda.live
+
+
+@pytest.mark.parametrize("fail", ["execute", "instantiate"])
+def test_a_failed_capture_leaks_no_graph_and_runs_plainly(trt, onnx_b1, tmp_path, rng, fail, capsys):
+    """A capture that fails (TensorRT's enqueue refused during capture, or cudaGraphInstantiate
+    failing) ends the capture, destroys the graph it made, warns once and runs without graphs. The
+    stand-in counts live graphs; it cannot make the real failures happen (which engines refuse
+    capture is the real library's business)."""
+    from pspnet_deploy.runners import load_runner
+
+    src = tmp_path / "tiny.fp32.onnx"
+    src.write_bytes(onnx_b1.read_bytes())
+    sc = _build(src, tmp_path / "tiny.fp32.engine")
+    cuda = sys.modules["cuda.bindings.runtime"]
+    cuda.fail = fail
+    x = rng.standard_normal((1, 3, *TINY_SIZE)).astype(np.float32)
+    with load_runner(src, threads=THREADS) as ref, load_runner(sc["engine"]["path"], cuda_graph=True) as eng:
+        np.testing.assert_array_equal(eng.infer(x), ref.infer(x))
+        assert not cuda.graphs and not cuda.execs and not cuda.capturing(eng.session.stream)
+        assert not eng.session.cuda_graph and not eng.session._graphs
+        np.testing.assert_array_equal(eng.infer(x), ref.infer(x))  # plain runs from now on
+    assert capsys.readouterr().err.count("CUDA graph capture failed") == 1
+
+
+def test_timed_calls_reuse_one_event_pair(trt, onnx_b1, tmp_path, rng):
+    """Every model timer of a session shares one CUDA event pair, destroyed at close: timing a
+    thousand calls (or making a timer per measurement) allocates no more events. Stand-in events;
+    the real events' resolution and clocks are not checked here."""
+    from pspnet_deploy.runners import load_runner
+
+    src = tmp_path / "tiny.fp32.onnx"
+    src.write_bytes(onnx_b1.read_bytes())
+    sc = _build(src, tmp_path / "tiny.fp32.engine")
+    cuda = sys.modules["cuda.bindings.runtime"]
+    x = rng.standard_normal((1, 3, *TINY_SIZE)).astype(np.float32)
+    with load_runner(sc["engine"]["path"]) as eng:
+        for _ in range(5):
+            call, _ = eng.model_timer(x)
+            assert call() >= 0 and call() >= 0
+        assert len(cuda.events) == 2
+    assert not cuda.events
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_fp16_and_int8_builds_convert_then_build_strongly_typed(trt, onnx_b1, tmp_path, rng, precision):
+    """--fp16 / --int8 on the FP32 ONNX: the command layer writes the FP16 / Q/DQ INT8 ONNX (the real
+    conversion and calibration, on CPU), then the build parses that file as a strongly typed
+    network with no precision flag (TensorRT 11 has none), the sidecar names both ONNX files and
+    their hashes, and the engine computes what that ONNX computes. What this cannot catch: the
+    kernels, speed and accuracy of real FP16 / INT8 engines, and what the real parser makes of Q/DQ."""
+    import onnx
+
+    from pspnet_deploy.engine import onnx_precision
+    from pspnet_deploy.runners import load_runner
+    from pspnet_deploy.utils import sha256_file
+
+    src = tmp_path / "tiny.fp32.onnx"
+    src.write_bytes(onnx_b1.read_bytes())
+    args = ["--fp16"] if precision == "fp16" else ["--int8", "--calib-data", "synthetic", "--calib-images", "10"]
+    sc = _build(src, tmp_path / f"tiny.{precision}.engine", *args)
+    variant = tmp_path / f"tiny.{precision}.onnx"
+    assert onnx_precision(variant) == precision
+    graph = onnx.load(str(variant)).graph
+    if precision == "int8":
+        assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in graph.node}
+    else:
+        assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer)
+    plan = json.loads(Path(sc["engine"]["path"]).read_bytes())
+    assert plan["onnx"] == str(variant.resolve()) and plan["strongly_typed"] and plan["flags"] == []
+    assert (sc["precision"], sc["onnx"]["converted"], sc["tensorrt"]["strongly_typed"]) == (precision, precision, True)
+    assert sc["onnx"]["sha256"] == sha256_file(variant) and sc["onnx"]["source_sha256"] == sha256_file(src)
+    assert f"--{precision}" in sc["build"]["command"].split()
+    x = rng.standard_normal((1, 3, *TINY_SIZE)).astype(np.float32)
+    with load_runner(variant, threads=THREADS) as ref, load_runner(sc["engine"]["path"]) as eng:
+        assert eng.precision == precision
+        np.testing.assert_array_equal(eng.infer(x), ref.infer(x))
+
+
+def test_timing_cache_is_created_reused_and_recorded(trt, onnx_b1, tmp_path, monkeypatch):
+    """--timing-cache FILE (a relative path here): created when missing, loaded when present (the
+    stand-in builder reports a hit for a network the cache has timed), written back atomically
+    after the build; the sidecar records its absolute path and the written file's sha256. It is
+    read and rewritten, so it may be neither the ONNX nor the engine or sidecar: refused in one
+    line before anything is written. A version without the timing-cache API is refused too. What
+    this cannot catch: what real TensorRT stores in a cache, whether it speeds a rebuild up, and
+    whether it rejects a cache from another GPU."""
+    from pspnet_deploy.errors import UserError
+    from pspnet_deploy.utils import sha256_file
+
+    monkeypatch.chdir(tmp_path)
+    src = tmp_path / "tiny.fp32.onnx"
+    src.write_bytes(onnx_b1.read_bytes())
+    cache = tmp_path / "caches" / "tiny.cache"
+    first = _build(src, tmp_path / "a.fp32.engine", "--timing-cache", "caches/tiny.cache")
+    record = first["tensorrt"]["timing_cache"]
+    assert record == {"path": str(cache), "loaded_bytes": 0, "size": cache.stat().st_size,
+                      "sha256": sha256_file(cache)}
+    assert json.loads((tmp_path / "a.fp32.engine").read_bytes())["timing_cache_hit"] is False
+    assert f"--timing-cache {cache}" in first["build"]["command"]
+    second = _build(src, tmp_path / "b.fp32.engine", "--timing-cache", cache)
+    assert json.loads((tmp_path / "b.fp32.engine").read_bytes())["timing_cache_hit"] is True
+    assert second["tensorrt"]["timing_cache"]["loaded_bytes"] == record["size"]
+    assert second["tensorrt"]["timing_cache"]["sha256"] == sha256_file(cache)
+    before = {p: p.read_bytes() for p in (src, cache)}
+    for target, what in ((src, "ONNX"), (tmp_path / "a.fp32.engine", "engine"),
+                         (tmp_path / "a.fp32.engine.json", "engine sidecar")):
+        with pytest.raises(UserError) as e:
+            _build(src, tmp_path / "a.fp32.engine", "--timing-cache", target)
+        assert "\n" not in str(e.value) and f"--timing-cache is the {what} " in str(e.value)
+    assert {p: p.read_bytes() for p in before} == before
+    monkeypatch.setattr(trt.IBuilderConfig, "_api", {k: v for k, v in trt.IBuilderConfig._api.items()
+                                                     if k != "create_timing_cache"})
+    with pytest.raises(UserError, match=rf"TensorRT {trt.__version__} has no timing cache API"):
+        _build(src, tmp_path / "c.fp32.engine", "--timing-cache", cache)
+    assert not (tmp_path / "c.fp32.engine").exists()
+
+
+def test_a_version_compatible_engine_runs_only_within_its_major_version(trt, onnx_b1, tmp_path, rng):
+    """--version-compatible: a later TensorRT of the same major version runs the engine (the stand-in
+    runtime loads it only with engine_host_code_allowed set, as the real one needs); a newer major
+    version is refused before TensorRT is touched, in one line with the rebuild command. The real
+    lean-runtime loading is not checked here."""
+    from pspnet_deploy.errors import UserError
+    from pspnet_deploy.runners import load_runner
+
+    src = tmp_path / "tiny.fp32.onnx"
+    src.write_bytes(onnx_b1.read_bytes())
+    sc = _build(src, tmp_path / "vc.fp32.engine", "--version-compatible")
+    x = rng.standard_normal((1, 3, *TINY_SIZE)).astype(np.float32)
+    if trt.__version__ == "10.0.1":
+        sys.modules["tensorrt"] = standin_tensorrt("10.16.1")
+        with load_runner(src, threads=THREADS) as ref, load_runner(sc["engine"]["path"]) as eng:
+            assert eng.tensorrt_version == "10.16.1"
+            np.testing.assert_array_equal(eng.infer(x), ref.infer(x))
+    if trt.__version__.startswith("10."):
+        sys.modules["tensorrt"] = standin_tensorrt("11.4.0")
+        with pytest.raises(UserError) as e:
+            load_runner(sc["engine"]["path"])
+        assert "\n" not in str(e.value)
+        assert (f"built with TensorRT {trt.__version__} (version compatible: later 10.x versions run it) but this is "
+                f"TensorRT 11.4.0, a newer major version; rebuild here: pspnet-build-engine ") in str(e.value)
+        assert "--version-compatible" in str(e.value)
+    else:
+        sys.modules["tensorrt"] = standin_tensorrt("10.16.1")  # an older runtime never runs it
+        with pytest.raises(UserError, match="older TensorRT 10.16.1, which cannot run it"):
+            load_runner(sc["engine"]["path"])
+
+
+def test_bench_passes_cuda_graph_to_the_engine_runner(trt, onnx_dyn, tmp_path):
+    """pspnet-bench --cuda-graph reaches the TensorRT runner (run_bench -> RunnerOptions): each batch
+    size measured is captured once and replayed; the report says so. Stand-in timings mean nothing."""
+    from pspnet_deploy.bench import run_bench
+
+    src = tmp_path / "dyn.fp32.onnx"
+    src.write_bytes(onnx_dyn.read_bytes())
+    sc = _build(src, tmp_path / "dyn.fp32.engine", "--batch", "1", "2", "2")
+    cuda = sys.modules["cuda.bindings.runtime"]
+    rep = run_bench([sc["engine"]["path"]], tmp_path / "bench", scope="model", batches=[1, 2], iterations=3,
+                    warmup=1, peak=False, progress=False, device="cuda", cuda_graph=True, write=False)
+    assert rep["settings"]["cuda_graph"] is True and rep["models"][0]["describe"]["cuda_graph"] is True
+    assert sorted(s["input"][0] for s in cuda.captured) == [1, 2]  # one capture per batch size, then replays
+    assert not cuda.graphs and not cuda.events
 
 
 def test_legacy_fp16_flag_only_where_the_version_has_it(trt, onnx_b1, tmp_path):

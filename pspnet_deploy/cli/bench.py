@@ -27,6 +27,9 @@ def build_parser():
     g.add_argument("--duration", type=float, default=None, help="time calls for this many seconds instead")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and onnxruntime (default: theirs)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="TensorRT engines: replay inference as a CUDA graph (one capture per input shape, as "
+                        "pspnet-predict --cuda-graph); other models run as usual")
     p.add_argument("--scope", choices=["model", "end2end", "both"], default="both")
     p.add_argument("--data", default=None, help="dataset folder or synthetic[:SEED]: adds mIoU and agreement")
     p.add_argument("--split", default="val")
@@ -65,6 +68,11 @@ def main(argv=None) -> int:
     if a.threads is not None and a.threads < 1:
         raise UserError(f"--threads must be at least 1, got {a.threads}")
     check_device(a.device, allow_auto=False)
+    if a.cuda_graph:
+        from ..bench import parse_model_arg
+
+        if not any(parse_model_arg(m).kind == "tensorrt" for m in a.model):
+            raise UserError("--cuda-graph applies to TensorRT engines (.engine) only; none of the --model files is one")
     input_size = size_arg(a.input_size, batch=max(a.batch))
     image_size = size_arg(a.image_size, "--image-size", batch=max(a.batch))
     from ..bench import parse_model_arg
@@ -85,7 +93,7 @@ def main(argv=None) -> int:
                     warmup=a.warmup, iterations=None if a.duration is not None else a.iterations,
                     duration=a.duration, threads=a.threads, scope=a.scope, data=a.data, split=a.split, limit=a.limit,
                     device=a.device, image_size=image_size, peak=not a.no_peak, peak_size=a.peak_size,
-                    keep_samples=not a.no_samples, progress=not a.no_progress)
+                    keep_samples=not a.no_samples, progress=not a.no_progress, cuda_graph=a.cuda_graph)
     for r in rep["results"]:
         lat = r["latency_ms"]
         sp = r.get("speedup_vs_ref")

@@ -73,26 +73,64 @@ def options_from_args(a):
 
 #: options that describe how this run behaves, not what it builds (left out of the recorded command)
 NOT_RECORDED = ("help", "debug", "dry_run", "engine", "onnx")
+#: options that only act when the build converts an FP32 ONNX first (recorded only then)
+CONVERSION_ONLY = ("calib_data", "calib_split", "calib_images", "calib_method")
 
 
-def command_line(a, engine_path, parser=None) -> list[str]:
+def effective_options(a, plan=None) -> dict:
+    """Each option's value as the build uses it: defaults included, paths absolute (timing cache,
+    calibration folder), the batch profile a dynamic ONNX gets from its export when ``--batch`` is
+    not given, and the number of calibration images a conversion uses when ``--calib-images`` is
+    not given. ``plan``: the build's plan (``profile``, ``convert``); without it, the values as parsed."""
+    from ..engine.plan import recorded_path
+
+    values = {k: recorded_path(k, v) for k, v in vars(a).items()}
+    if plan is None:
+        return values
+    if values.get("batch") is None and getattr(plan, "profile", None):
+        values["batch"] = [int(shape[0]) for shape in plan.profile]
+    if values.get("calib_images") is None and values.get("calib_data") and plan.convert:
+        values["calib_images"] = default_calibration_images(plan.convert)
+    if not plan.convert:
+        values.update(dict.fromkeys(CONVERSION_ONLY))
+    if values.get("backend") == "openvino":
+        values["device"] = None  # an IR is built for CPUs; --device names a GPU
+    return values
+
+
+def default_calibration_images(convert: str) -> int:
+    """How many calibration images the ``convert`` step (fp16 / int8) uses when not told."""
+    import inspect
+
+    if convert == "int8":
+        from ..precision.calibrate import DEFAULT_NUM_IMAGES
+
+        return int(DEFAULT_NUM_IMAGES)
+    from ..precision.fp16 import convert_fp16
+
+    return int(inspect.signature(convert_fp16).parameters["num_images"].default)
+
+
+def command_line(a, engine_path, parser=None, plan=None) -> list[str]:
     """The argv that builds the same engine again, derived from the parser's own actions: every
-    option whose value differs from its default, as the parser spells it (so no option, such as
-    ``--calib-method``, can be left out), with the ONNX and engine as absolute paths."""
+    option with an effective value (:func:`effective_options`), defaults included, so a rebuild after
+    a default changed still builds the same thing; spelled as the parser spells it, paths absolute,
+    floats exact. A switch that is off and an option left to TensorRT (no value) have no spelling."""
     parser = parser or build_parser()
+    values = effective_options(a, plan)
     argv = [PROG, str(Path(a.onnx).resolve()), "--engine", str(Path(engine_path).resolve())]
     for action in parser._actions:  # argparse offers no public walk over its actions
         if action.dest in NOT_RECORDED or not action.option_strings:
             continue
-        value = getattr(a, action.dest, action.default)
-        if value == action.default:
+        value = values.get(action.dest, action.default)
+        if value is None or value is False:
             continue
         flag = action.option_strings[-1] if action.option_strings[-1].startswith("--") else action.option_strings[0]
         if action.nargs == 0:  # store_true and friends
             argv.append(flag)
         else:
-            values = value if isinstance(value, (list, tuple)) else [value]
-            argv += [flag, *(f"{v:g}" if isinstance(v, float) else str(v) for v in values)]
+            items = value if isinstance(value, (list, tuple)) else [value]
+            argv += [flag, *(repr(v) if isinstance(v, float) else str(v) for v in items)]
     return argv
 
 
@@ -183,7 +221,7 @@ def main_openvino(a, parser) -> int:
     log = lambda m: print(f"{PROG}: {m}", file=sys.stderr)  # noqa: E731
     if plan.convert:
         make_variant(plan, opts, log)
-    sc = build_openvino(plan, opts=opts, log=log, command=command_line(a, plan.xml_path, parser))
+    sc = build_openvino(plan, opts=opts, log=log, command=command_line(a, plan.xml_path, parser, plan))
     print(f"{PROG}: {sc['engine']['path']} ({sc['precision']}, runs as {sc['openvino']['runs_as']}, OpenVINO "
           f"{sc['openvino']['version']}, {sc['cpu']['cpu']})")
     return 0
@@ -218,7 +256,7 @@ def main(argv=None) -> int:
         steps.append(f"write its sidecar {plan.sidecar_path}")
         print(f"{PROG}: would " + "; ".join(steps))
         return 0
-    sidecar = build(plan, opts=opts, command=command_line(a, plan.engine_path, parser))
+    sidecar = build(plan, opts=opts, command=command_line(a, plan.engine_path, parser, plan))
     print(f"{PROG}: {sidecar['engine']['path']} ({sidecar['precision']}, TensorRT {sidecar['tensorrt']['version']}, "
           f"{sidecar['gpu']['name']})")
     return 0

@@ -16,9 +16,9 @@ import numpy as np
 from ..card import read_card
 from ..errors import UserError
 from ..utils import atomic_write_bytes, atomic_write_json, sha256_file
-from .device import TensorRTUnavailable, cuda_device_info, parse_device, require_engine_support
+from .device import TensorRTUnavailable, cc_tuple, cuda_device_info, parse_device, require_engine_support
 from .plan import BuildOptions, BuildPlan, format_parser_errors, plan_build
-from .sidecar import cc_tuple, make_sidecar
+from .sidecar import check_engine_file, check_environment, make_sidecar, read_sidecar
 
 
 def tensorrt_version() -> tuple[str | None, str | None]:
@@ -84,6 +84,18 @@ def environment(device: str | int | None = 0) -> dict:
             "device_index": idx}
 
 
+def check_engine(engine_path: str | Path, device: str | int | None = 0, env: dict | None = None,
+                 verify_hash: bool = True) -> tuple[dict, dict]:
+    """Sidecar first, then the file, then this machine (``env``, probed with :func:`environment` if
+    not given): (sidecar, env). Nothing touches TensorRT's runtime here."""
+    sidecar = read_sidecar(engine_path)
+    check_engine_file(engine_path, sidecar, verify_hash=verify_hash)
+    if env is None:
+        env = environment(device)
+    check_environment(sidecar, env, engine_path)
+    return sidecar, env
+
+
 def trt_module():
     """The ``tensorrt`` module."""
     return _gpu_module("tensorrt", "TensorRT")
@@ -143,12 +155,9 @@ def engine_io(trt, engine) -> dict:
     return io
 
 
-def _trt_build(plan: BuildPlan, opts: BuildOptions, env: dict) -> tuple[bytes, dict, bytes | None, dict]:
-    """Parse ``plan.build_onnx`` and build; returns (engine bytes, engine IO, timing cache bytes, extra info)."""
-    trt = trt_module()
-    use_device(env["device_index"])  # TensorRT builds for the current device: make it the one asked for
-    logger = trt_logger(trt, opts.verbose)
-    builder = trt.Builder(logger)
+def _parse_network(trt, builder, logger, plan: BuildPlan):
+    """The network of ``plan.build_onnx``, created strongly typed unless the plan says otherwise:
+    (network, parser); the parser must live as long as the network."""
     flags = 0
     st_flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     if plan.strongly_typed and st_flag is not None:  # TensorRT >= 9.1; ignored (always on) in 11
@@ -161,9 +170,14 @@ def _trt_build(plan: BuildPlan, opts: BuildOptions, env: dict) -> tuple[bytes, d
     if not parser.parse_from_file(str(plan.build_onnx)):
         errors = _trt_parse_errors(parser)
         raise UserError(format_parser_errors(plan.build_onnx, errors or [{"node": -1, "desc": "no details given"}]))
+    return network, parser
+
+
+def _configure(trt, builder, plan: BuildPlan, opts: BuildOptions, env: dict):
+    """The builder config: workspace, optimisation level, typing flags, compatibility, profile."""
     config = builder.create_builder_config()
-    if opts.workspace_gb is not None:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(opts.workspace_gb * (1 << 30)))
+    if opts.workspace_bytes is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace_bytes)
     if opts.opt_level is not None:
         config.builder_optimization_level = int(opts.opt_level)
     if not plan.strongly_typed:
@@ -185,23 +199,44 @@ def _trt_build(plan: BuildPlan, opts: BuildOptions, env: dict) -> tuple[bytes, d
         profile = builder.create_optimization_profile()
         profile.set_shape(plan.input_name, *plan.profile)
         config.add_optimization_profile(profile)
-    cache_in = b""
-    if opts.timing_cache and Path(opts.timing_cache).is_file():
-        cache_in = Path(opts.timing_cache).read_bytes()
-    cache = None
-    if opts.timing_cache:
-        cache = config.create_timing_cache(cache_in)
-        if cache is None or not config.set_timing_cache(cache, False):
-            raise UserError(f"{opts.timing_cache}: TensorRT cannot use this timing cache (corrupt or from another "
-                            f"TensorRT version / GPU); delete it and build again")
+    return config
+
+
+def _load_timing_cache(trt, config, path: str | Path) -> int:
+    """Give the builder the timing cache at ``path``: the file's if it exists, else a new empty one
+    (trtexec's ``--timingCacheFile``). Returns the number of bytes loaded. Feature-detected."""
+    if not all(hasattr(config, m) for m in ("create_timing_cache", "set_timing_cache", "get_timing_cache")):
+        raise UserError(f"TensorRT {trt.__version__} has no timing cache API (IBuilderConfig.create_timing_cache); "
+                        f"drop --timing-cache")
+    p = Path(path)
+    data = p.read_bytes() if p.is_file() else b""
+    cache = config.create_timing_cache(data)
+    if cache is None or not config.set_timing_cache(cache, False):
+        raise UserError(f"{path}: TensorRT cannot use this timing cache (corrupt or from another TensorRT version / "
+                        f"GPU); delete it and build again")
+    return len(data)
+
+
+def _trt_build(plan: BuildPlan, opts: BuildOptions, env: dict) -> tuple[bytes, dict, bytes | None, dict]:
+    """Parse ``plan.build_onnx`` and build; returns (engine bytes, engine IO, timing cache bytes, extra info)."""
+    trt = trt_module()
+    use_device(env["device_index"])  # TensorRT builds for the current device: make it the one asked for
+    logger = trt_logger(trt, opts.verbose)
+    builder = trt.Builder(logger)
+    network, parser = _parse_network(trt, builder, logger, plan)
+    config = _configure(trt, builder, plan, opts, env)
+    loaded = _load_timing_cache(trt, config, opts.timing_cache) if opts.timing_cache else None
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise UserError(f"{plan.build_onnx}: TensorRT failed to build an engine (see the TensorRT messages above); "
                         f"try a larger --workspace, or --verbose for details")
     data = bytes(serialized)
+    extra = {}
     cache_out = None
-    if cache is not None:
+    if loaded is not None:
         cache_out = bytes(config.get_timing_cache().serialize())
+        extra["timing_cache"] = {"path": str(Path(opts.timing_cache).resolve()), "loaded_bytes": loaded,
+                                 "size": len(cache_out), "sha256": hashlib.sha256(cache_out).hexdigest()}
     runtime = trt.Runtime(logger)
     if opts.version_compatible and hasattr(runtime, "engine_host_code_allowed"):
         runtime.engine_host_code_allowed = True
@@ -209,9 +244,9 @@ def _trt_build(plan: BuildPlan, opts: BuildOptions, env: dict) -> tuple[bytes, d
     if engine is None:  # pragma: no cover - a fresh build should always load
         raise UserError(f"{plan.engine_path}: TensorRT built an engine it cannot load back; build with --verbose")
     io = engine_io(trt, engine)
-    extra = {"onnx_parser": getattr(trt, "get_nv_onnx_parser_version", lambda: None)(),
-             "num_layers": int(getattr(engine, "num_layers", -1))}
-    del engine, runtime
+    extra.update(onnx_parser=getattr(trt, "get_nv_onnx_parser_version", lambda: None)(),
+                 num_layers=int(getattr(engine, "num_layers", -1)))
+    del engine, runtime, parser
     return data, io, cache_out, extra
 
 
@@ -219,7 +254,8 @@ def build_engine(onnx_path: str | Path | BuildPlan, engine_path: str | Path | No
                  opts: BuildOptions | None = None, log=lambda msg: print(msg, file=sys.stderr), env: dict | None = None,
                  command: list[str] | None = None, wrote: list[str] | None = None) -> dict:
     """Build the engine a plan describes (``onnx_path``: the plan, or an ONNX to plan with ``opts``);
-    write the engine and its sidecar atomically, and the timing cache back. Returns the sidecar.
+    write the timing cache back (if asked for), the engine and its sidecar, each atomically. Returns
+    the sidecar.
 
     A plan that converts (``--fp16``/``--int8`` on an FP32 ONNX) needs its ``build_onnx`` written
     first; :mod:`pspnet_deploy.cli.build_engine` does that. ``command``: the command line that made
@@ -250,9 +286,9 @@ def build_engine(onnx_path: str | Path | BuildPlan, engine_path: str | Path | No
     source_sha = sha256_file(plan.source_onnx) if plan.source_onnx != plan.build_onnx else onnx_sha
     sidecar = make_sidecar(plan, opts, env, io, digest, len(data), seconds, onnx_sha, source_sha, extra,
                            command=command)
+    if cache_out is not None:  # the cache the sidecar records (path, sha256), written before the sidecar
+        atomic_write_bytes(opts.timing_cache, cache_out)
     atomic_write_bytes(plan.engine_path, data)
     atomic_write_json(plan.sidecar_path, sidecar)
-    if cache_out is not None and opts.timing_cache:
-        atomic_write_bytes(opts.timing_cache, cache_out)
     log(f"wrote {plan.engine_path} ({len(data) / 2**20:.1f} MiB, {seconds:.1f} s) and {plan.sidecar_path.name}")
     return sidecar

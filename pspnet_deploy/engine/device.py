@@ -33,6 +33,12 @@ def parse_device(device: str | int | None) -> int:
     return idx
 
 
+def cc_tuple(cc: str) -> tuple[int, int]:
+    """``"8.6"`` -> ``(8, 6)``: a compute capability that compares as numbers."""
+    a, _, b = str(cc).partition(".")
+    return int(a or 0), int(b or 0)
+
+
 def cuda_device_info(index: int = 0) -> tuple[dict | None, str | None]:
     """(info, None) or (None, reason) for CUDA device ``index``, via the driver library (ctypes).
 

@@ -57,9 +57,18 @@ class BuildOptions:
     calib_method: str = DEFAULT_METHOD
     verbose: bool = False
 
+    @property
+    def workspace_bytes(self) -> int | None:
+        """The workspace limit TensorRT is given, in bytes (recorded exactly in the sidecar)."""
+        return None if self.workspace_gb is None else int(self.workspace_gb * (1 << 30))
+
     def to_dict(self) -> dict:
+        """As recorded in the sidecar: paths absolute (see :func:`recorded_path`), the workspace also in bytes."""
         d = asdict(self)
         d["batch"] = list(self.batch) if self.batch else None
+        for key in PATH_OPTIONS:
+            d[key] = recorded_path(key, d[key])
+        d["workspace_bytes"] = self.workspace_bytes
         return d
 
     def validate(self) -> None:
@@ -78,6 +87,31 @@ class BuildOptions:
         if self.legacy_fp16_flag and self.precision != "fp16":
             raise UserError("--legacy-fp16-flag goes with --fp16 (it builds the FP32 ONNX with TensorRT 10's FP16 flag)")
         check_calibration_options(self, ("int8", "fp16"))
+
+
+#: options whose value names a file or folder (recorded absolute); True: always a path (else a folder
+#: or a dataset spec such as ``synthetic:1``, resolved only where such a path exists)
+PATH_OPTIONS = {"timing_cache": True, "calib_data": False}
+
+
+def recorded_path(key: str, value):
+    """``value`` of option ``key`` as a build records it: an absolute, resolved path where it names one."""
+    if key not in PATH_OPTIONS or value is None:
+        return value
+    return str(Path(value).resolve()) if PATH_OPTIONS[key] or Path(value).exists() else value
+
+
+def check_timing_cache(cache: str | Path, inputs: dict[str, Path]) -> None:
+    """The timing cache is read and rewritten by a build, so it may be neither the ONNX nor the engine
+    (or its sidecar): one line naming which. ``inputs``: what each protected path is."""
+    c = Path(cache)
+    for what, p in inputs.items():
+        same = c.resolve() == Path(p).resolve()
+        if not same and c.exists() and Path(p).exists():
+            same = c.samefile(p)
+        if same:
+            raise UserError(f"{cache}: --timing-cache is the {what} {p}; give the timing cache a file of its own "
+                            f"(it is read, then rewritten after the build)")
 
 
 def check_calibration_options(opts, converts: tuple[str, ...]) -> None:
@@ -175,6 +209,9 @@ def plan_build(onnx_path: str | Path, opts: BuildOptions, engine_path: str | Pat
     engine_path = Path(engine_path)
     if SUFFIX_KINDS.get(engine_path.suffix.lower()) != "tensorrt":
         raise UserError(f"{engine_path}: engine files end in .engine (or .plan / .trt)")
+    if opts.timing_cache:
+        check_timing_cache(opts.timing_cache, {"ONNX": src, f"{want.upper()} ONNX": build_onnx, "engine": engine_path,
+                                               "engine sidecar": sidecar_path(engine_path)})
     return BuildPlan(source_onnx=src, source_precision=src_p, convert=convert, build_onnx=build_onnx, precision=want,
                      strongly_typed=strongly_typed, input_name=inp["name"], input_shape=list(shape), profile=profile,
                      engine_path=engine_path, card=card)

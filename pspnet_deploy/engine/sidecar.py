@@ -1,6 +1,8 @@
 """The engine sidecar (``<engine>.json``): writing it, and the checks that refuse an engine before
 anything touches TensorRT (a truncated or replaced file, another TensorRT version, another GPU),
-each as one line with the command that rebuilds it.
+each as one line with the command that rebuilds it. Given the machine's ``env`` (probed by
+:func:`pspnet_deploy.engine.build.environment`, which also runs all three checks in
+:func:`~pspnet_deploy.engine.build.check_engine`); this module never imports the build.
 
 The format (see :mod:`pspnet_deploy.card` for the reader every stage uses) is backend-neutral where
 it costs nothing: ``engine`` (file, size, sha256), ``precision``, ``io``, ``onnx`` (what it was
@@ -17,7 +19,7 @@ from pathlib import Path
 from ..card import SIDECAR_FORMAT, SIDECAR_VERSION, read_sidecar_json
 from ..errors import UserError
 from ..utils import sha256_file, versions
-from .device import require_engine_support
+from .device import cc_tuple, require_engine_support
 from .plan import BuildOptions, BuildPlan
 
 PROG = "pspnet-build-engine"
@@ -129,16 +131,13 @@ def _ver_tuple(v: str) -> tuple[int, ...]:
     return tuple(out + [0] * (3 - len(out)))
 
 
-def cc_tuple(cc: str) -> tuple[int, int]:
-    a, _, b = str(cc).partition(".")
-    return int(a or 0), int(b or 0)
-
-
 def check_environment(sidecar: dict, env: dict, engine_path: str | Path = "engine",
                       warn=lambda msg: print(msg, file=sys.stderr)) -> None:
     """Refuse an engine built for another TensorRT version or GPU (one line, rebuild command included).
 
-    TensorRT: the same version, or with ``version_compatible`` any later one (TensorRT's rule).
+    TensorRT: the same version, or with ``version_compatible`` any later one of the same major version
+    (TensorRT's support matrix: version-compatible engines run on newer versions within their major
+    version; a major version removes APIs).
     GPU: the same compute capability, or with ``ampere_plus`` hardware compatibility any >= 8.0. A
     different GPU name with the same compute capability runs (TensorRT warns of speed); so do we.
     """
@@ -150,6 +149,10 @@ def check_environment(sidecar: dict, env: dict, engine_path: str | Path = "engin
         if _ver_tuple(here) < _ver_tuple(built):
             raise UserError(f"{engine_path}: built with TensorRT {built} (version compatible) but this is the older "
                             f"TensorRT {here}, which cannot run it; upgrade TensorRT or rebuild here: {cmd}")
+        if _ver_tuple(here)[0] != _ver_tuple(built)[0]:
+            major = built.split(".")[0]
+            raise UserError(f"{engine_path}: built with TensorRT {built} (version compatible: later {major}.x versions "
+                            f"run it) but this is TensorRT {here}, a newer major version; rebuild here: {cmd}")
     elif _ver_tuple(built) != _ver_tuple(here):
         raise UserError(f"{engine_path}: built with TensorRT {built} but this is TensorRT {here}; engines only run on "
                         f"the TensorRT version that built them: rebuild here: {cmd}")
@@ -169,21 +172,3 @@ def check_environment(sidecar: dict, env: dict, engine_path: str | Path = "engin
     if built_gpu.get("name") and built_gpu["name"] != gpu["name"]:
         warn(f"warning: {engine_path} was built on {built_gpu['name']}, running on {gpu['name']} (same compute "
              f"capability {gpu['compute_capability']}); it runs, but rebuild here for the best speed: {cmd}")
-
-
-def check_engine(engine_path: str | Path, device: str | int | None = 0, env: dict | None = None,
-                 verify_hash: bool = True) -> tuple[dict, dict]:
-    """Sidecar first, then the file, then this machine: (sidecar, env). Nothing touches TensorRT here."""
-    sidecar = read_sidecar(engine_path)
-    check_engine_file(engine_path, sidecar, verify_hash=verify_hash)
-    if env is None:
-        from .build import environment  # probing TensorRT is build.py's (it imports tensorrt)
-
-        env = environment(device)
-    check_environment(sidecar, env, engine_path)
-    return sidecar, env
-
-
-# --------------------------------------------------------------------------------------------
-# Thin TensorRT calls
-# --------------------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ palette, preprocessing, output kind), so the ONNX is not needed at run time.
 pinned host buffers, device buffers and one CUDA stream, all through NVIDIA's CUDA runtime bindings
 (``cuda-bindings``, ``cuda.bindings.runtime``); name-based IO (``set_input_shape``,
 ``set_tensor_address``, ``execute_async_v3``) so it runs on TensorRT 10 and 11; optionally a CUDA
-graph per batch size (stream capture of one ``execute_async_v3``, replayed with ``cudaGraphLaunch``).
+graph per input shape (stream capture of one ``execute_async_v3`` at that shape, kept keyed by the
+shape and replayed with ``cudaGraphLaunch`` only for it).
 With :mod:`pspnet_deploy.engine.build`, the only module that imports ``tensorrt``.
 """
 from __future__ import annotations
@@ -22,8 +23,9 @@ from typing import Callable
 import numpy as np
 
 from ..card import read_card
-from ..engine.build import cuda_check, cudart, engine_io, environment, np_dtype, trt_logger, trt_module, use_device
-from ..engine.sidecar import check_engine, rebuild_command
+from ..engine.build import (check_engine, cuda_check, cudart, engine_io, environment, np_dtype, trt_logger, trt_module,
+                            use_device)
+from ..engine.sidecar import rebuild_command
 from ..errors import UserError
 from .base import Runner, RunnerOptions
 
@@ -48,8 +50,9 @@ class _Pinned:
 
 class EngineSession:
     """A deserialised engine with its execution context, pinned host buffers, device buffers and a
-    CUDA stream; optional CUDA graph per batch size. Made by :meth:`open` (or the runner) after
-    :func:`pspnet_deploy.engine.sidecar.check_engine` accepted the file."""
+    CUDA stream; optional CUDA graph per input shape; one reusable CUDA event pair for timing. Made
+    by :meth:`open` (or the runner) after
+    :func:`pspnet_deploy.engine.build.check_engine` accepted the file."""
 
     def __init__(self, engine_path: str | Path, sidecar: dict, device_index: int = 0, cuda_graph: bool = False,
                  verbose: bool = False):
@@ -59,7 +62,8 @@ class EngineSession:
         self.sidecar = sidecar
         self._dev: dict[str, int] = {}
         self._host: dict[str, _Pinned] = {}
-        self._graph = None  # (batch, graph, graph exec)
+        self._graphs: dict[tuple[int, ...], tuple] = {}  # input shape -> (graph, graph exec) captured at it
+        self._events: tuple = ()  # (start, end): created on the first timed call, reused, destroyed at close
         self.stream = None
         self.context = self.engine = self._runtime = None
         try:
@@ -136,36 +140,56 @@ class EngineSession:
         if not self.context.execute_async_v3(int(self.stream)):
             raise UserError(f"{self.path}: TensorRT execution failed (see its message above)")
 
-    def _launch_graph(self, n: int) -> None:
-        """Replay the CUDA graph of batch ``n``, capturing it on first use (after one plain run, which
-        TensorRT needs after a shape change). A capture that fails falls back to plain runs."""
-        rt = self._rt
-        if self._graph is None or self._graph[0] != n:
-            self._drop_graph()
-            self._enqueue()
-            cuda_check(rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
-            try:
-                cuda_check(rt.cudaStreamBeginCapture(self.stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
-                           "cudaStreamBeginCapture")
-                ok = self.context.execute_async_v3(int(self.stream))
-                graph = cuda_check(rt.cudaStreamEndCapture(self.stream), "cudaStreamEndCapture")
-                if not ok:
-                    raise RuntimeError("execute_async_v3 returned False during capture")
-                self._graph = (n, graph, cuda_check(rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate"))
-            except RuntimeError as e:  # some engines cannot be captured: run them plainly
-                print(f"warning: {self.path}: CUDA graph capture failed ({e}); running without", file=sys.stderr)
-                self.cuda_graph = False
-                self._drop_graph()
+    def _current_shape(self) -> tuple[int, ...]:
+        """The input shape the execution context runs at now (what a captured graph is frozen to)."""
+        return tuple(int(d) for d in self.context.get_tensor_shape(self.input_name))
+
+    def _launch_graph(self) -> None:
+        """Replay the CUDA graph captured at the context's current input shape, capturing it on first
+        use of that shape; a graph is only ever replayed for the shape it was captured at. A capture
+        that fails falls back to plain runs."""
+        shape = self._current_shape()
+        if shape not in self._graphs:
+            if not self._capture(shape):
                 self._enqueue()
                 return
-        cuda_check(rt.cudaGraphLaunch(self._graph[2], self.stream), "cudaGraphLaunch")
+        cuda_check(self._rt.cudaGraphLaunch(self._graphs[shape][1], self.stream), "cudaGraphLaunch")
 
-    def _drop_graph(self) -> None:
-        if self._graph is not None:
-            _, graph, graph_exec = self._graph
+    def _capture(self, shape: tuple[int, ...]) -> bool:
+        """Capture one ``execute_async_v3`` at ``shape`` (after one plain run, which TensorRT needs after
+        a shape change) into ``self._graphs[shape]``. On failure: warn, turn CUDA graphs off, False.
+        On every path the stream leaves capture mode and a graph that is not kept is destroyed."""
+        rt = self._rt
+        self._enqueue()
+        cuda_check(rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+        graph = graph_exec = None
+        try:
+            mode = rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+            cuda_check(rt.cudaStreamBeginCapture(self.stream, mode), "cudaStreamBeginCapture")
+            try:
+                ok = self.context.execute_async_v3(int(self.stream))
+            finally:  # end the capture whatever happened, or the stream stays unusable
+                ended = rt.cudaStreamEndCapture(self.stream)
+                graph = ended[1] if len(ended) > 1 else None
+            cuda_check(ended[:1], "cudaStreamEndCapture")
+            if not ok:
+                raise RuntimeError("execute_async_v3 returned False during capture")
+            graph_exec = cuda_check(rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+        except RuntimeError as e:  # some engines cannot be captured: run them plainly
+            print(f"warning: {self.path}: CUDA graph capture failed ({e}); running without", file=sys.stderr)
+            self.cuda_graph = False
+            return False
+        finally:
+            if graph_exec is None and graph is not None:
+                rt.cudaGraphDestroy(graph)
+        self._graphs[shape] = (graph, graph_exec)
+        return True
+
+    def _drop_graphs(self) -> None:
+        for graph, graph_exec in self._graphs.values():
             self._rt.cudaGraphExecDestroy(graph_exec)
             self._rt.cudaGraphDestroy(graph)
-            self._graph = None
+        self._graphs = {}
 
     def _copy(self, dst: int, src: int, nbytes: int, kind) -> None:
         cuda_check(self._rt.cudaMemcpyAsync(dst, src, nbytes, kind, self.stream), "cudaMemcpyAsync")
@@ -181,12 +205,13 @@ class EngineSession:
         return n
 
     def execute(self, n: int) -> None:
-        """Host input -> device, run (graph or plain), first output -> host; not synchronised."""
+        """Host input -> device, run (graph or plain) at batch ``n``, first output -> host; not synchronised."""
+        self._set_batch(n)  # a timer made for another batch size may run after a stage() of this one
         kinds = self._rt.cudaMemcpyKind
         inp = self._host[self.input_name]
         self._copy(self._dev[self.input_name], inp.ptr, inp.array[:n].nbytes, kinds.cudaMemcpyHostToDevice)
         if self.cuda_graph:
-            self._launch_graph(n)
+            self._launch_graph()
         else:
             self._enqueue()
         out = self._host[self.output_names[0]]
@@ -204,11 +229,12 @@ class EngineSession:
 
     def device_timer(self, n: int) -> Callable[[], float]:
         """``call()``: one execution of the staged batch of ``n`` timed with CUDA events on the stream
-        (copies in and out included, host staging excluded); milliseconds."""
+        (copies in and out included, host staging excluded); milliseconds. Every timer shares the
+        session's one event pair (created here once, destroyed by :meth:`close`)."""
         rt = self._rt
-        start = cuda_check(rt.cudaEventCreate(), "cudaEventCreate")
-        end = cuda_check(rt.cudaEventCreate(), "cudaEventCreate")
-        self._events = (start, end)
+        while len(self._events) < 2:
+            self._events += (cuda_check(rt.cudaEventCreate(), "cudaEventCreate"),)
+        start, end = self._events
 
         def call() -> float:
             cuda_check(rt.cudaEventRecord(start, self.stream), "cudaEventRecord")
@@ -224,8 +250,8 @@ class EngineSession:
             return
         if self.stream is not None:
             rt.cudaStreamSynchronize(self.stream)
-        self._drop_graph()
-        for ev in getattr(self, "_events", ()):
+        self._drop_graphs()
+        for ev in self._events:
             rt.cudaEventDestroy(ev)
         self._events = ()
         for ptr in self._dev.values():
