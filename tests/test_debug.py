@@ -79,13 +79,14 @@ def test_clean_fp32_reports_no_divergence(tiny_checkpoint, onnx_b1, tmp_path):
     assert "## First divergence" in (tmp_path / "pt" / "report.md").read_text()
 
 
-def test_corrupted_int8_scale_named_at_its_module(tiny_checkpoint, int8_onnx, tmp_path):
+def _corrupt_scale(m):
     # relu_9 feeds only backbone.layer3.0's second conv: shrink its quantizer scale 20x (heavy clipping)
-    def corrupt(m):
-        i, s = _init(m, "relu_9_scale")
-        _set(m, i, "relu_9_scale", (s * 0.05).astype(s.dtype))
+    i, s = _init(m, "relu_9_scale")
+    _set(m, i, "relu_9_scale", (s * 0.05).astype(s.dtype))
 
-    bad = _edit(int8_onnx, tmp_path / "bad.int8.onnx", corrupt)
+
+def test_corrupted_int8_scale_named_at_its_module(tiny_checkpoint, int8_onnx, tmp_path):
+    bad = _edit(int8_onnx, tmp_path / "bad.int8.onnx", _corrupt_scale)
     rep = _debug(tiny_checkpoint, bad, tmp_path / "bad")
     fd = rep["first_divergence"]
     assert fd is not None and fd["amplified"], fd
@@ -140,3 +141,36 @@ def test_cli_runs_and_bad_input_is_one_line(onnx_b1, tmp_path):
         assert len(lines) == 1 and lines[0].startswith("pspnet-debug: error: "), r.stderr
         assert "Traceback" not in r.stderr
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_openvino_ir_candidate_names_the_corrupted_module(tiny_checkpoint, onnx_b1, int8_onnx, tmp_path):
+    pytest.importorskip("openvino")
+    from pspnet_deploy.engine.openvino import OVBuildOptions, build_openvino, plan_openvino_build
+
+    quiet = lambda m: None  # noqa: E731
+    bad = _edit(int8_onnx, tmp_path / "bad.int8.onnx", _corrupt_scale)
+    build_openvino(plan_openvino_build(bad, OVBuildOptions()), opts=OVBuildOptions(), log=quiet)
+    ir = tmp_path / "bad.int8.xml"
+    assert ir.is_file()
+    rep = _debug(tiny_checkpoint, ir, tmp_path / "ir")
+    fd = rep["first_divergence"]
+    assert rep["candidate"]["kind"] == "openvino" and fd is not None and fd["amplified"], fd
+    assert fd["module"] == "backbone.layer3.0.conv2" and fd["node"] == "backbone.layer3.0.bn2/Conv"
+    # a clean FP32 IR against the FP32 ONNX: every tensor the IR keeps lines up, none diverges
+    fp32 = tmp_path / "tiny.fp32.onnx"
+    fp32.write_bytes(onnx_b1.read_bytes())
+    build_openvino(fp32, log=quiet)
+    rep = _debug(fp32, tmp_path / "tiny.fp32.xml", tmp_path / "ir32")
+    assert rep["first_divergence"] is None and len(rep["layers"]) > 50
+    assert rep["layers"][-1]["module"] == "upsample" and rep["layers"][-1]["argmax_agreement"] == 1.0
+    assert "backbone.layer2.0.downsample.0" in {r["module"] for r in rep["layers"]}
+
+
+def test_pytorch_candidate(tiny_checkpoint, onnx_b1, tmp_path):
+    rep = _debug(onnx_b1, tiny_checkpoint, tmp_path / "ptc")
+    assert rep["candidate"]["kind"] == "torch" and rep["first_divergence"] is None
+    assert len(rep["layers"]) > 40 and "ppm.pools.3" in {r["module"] for r in rep["layers"]}
+    # PyTorch against PyTorch: every leaf-module call is a layer
+    rep = _debug(tiny_checkpoint, tiny_checkpoint, tmp_path / "ptpt", images=1)
+    assert rep["first_divergence"] is None and all(r["rel_l2"] == 0 for r in rep["layers"])
+    assert "backbone.layer1.0.relu#1" in {r["node"] for r in rep["layers"]}

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..card import model_kind, read_card
 from ..errors import UserError
-from .graph import Layer, attach_shapes, onnx_plan, pair_hooks, sequential_plan
+from .graph import Layer, _weight_module, attach_shapes, onnx_plan, pair_hooks, sequential_plan
 
 OUTPUT = "__output__"
 
@@ -220,14 +220,17 @@ class OpenVINOSource(Source):
         from ..runners.openvino_runner import ir_layers
 
         self.threads = threads
-        rows = ir_layers(self.path)  # (friendly name, tensor name, op type, [input tensor names], shape)
+        # (friendly name, tensor name, op type, [input tensor names], shape, weight name)
+        rows = ir_layers(self.path)
         self.names = {r[1] for r in rows}
         self._plan = sequential_plan([(r[0], r[1], r[2]) for r in rows])
         by_tensor = {r[1]: r for r in rows}
         for layer in self._plan:
             row = by_tensor[layer.tensor]
-            layer.inputs = [t for t in row[3] if t in self.names] or layer.inputs
+            layer.inputs = [t for t in row[3] if t in self.names]
             layer.shape = row[4]
+            layer.module = (_weight_module(row[5]) if row[5] else None) or layer.scope or \
+                ("upsample" if row[2] == "Interpolate" else layer.node)
         self._compiled = None
         self._keys = None
 

@@ -64,9 +64,9 @@ def group_of(module: str) -> str:
 
 
 def _weight_module(name: str) -> str | None:
-    for suffix in ("_DequantizeLinear_Output", "_quantized", "_fp16", "_cast"):
-        name = name.replace(suffix, "")
-    hit = re.match(r"^(?:model\.)?(.+)\.weight$", name)
+    """``model.backbone.layer1.0.conv1.weight`` (or its ``_quantized`` / ``_DequantizeLinear...``
+    forms) -> ``backbone.layer1.0.conv1``; None for anything else (a bias is not a weight)."""
+    hit = re.match(r"^(?:model\.)?(.+)\.weight(?:$|_quantized|_DequantizeLinear|_fp16|_cast)", name)
     return hit.group(1) if hit else None
 
 

@@ -217,7 +217,7 @@ def _comparable(ref, cand, x: np.ndarray) -> list[Layer]:
 
     for layer in layers:
         layer.inputs = nearest(layer.inputs)
-    out_layer = Layer(last.node, OUTPUT, last.op, "upsample" if last.op == "Resize" else last.module, last.scope,
+    out_layer = Layer(last.node, OUTPUT, last.op, "upsample" if last.op in ("Resize", "Interpolate") else last.module, last.scope,
                       nearest(last.inputs), last.shape)
     return layers + [out_layer]
 
