@@ -160,8 +160,13 @@ def test_openvino_ir_candidate_names_the_corrupted_module(tiny_checkpoint, onnx_
     fp32 = tmp_path / "tiny.fp32.onnx"
     fp32.write_bytes(onnx_b1.read_bytes())
     build_openvino(fp32, log=quiet)
-    rep = _debug(fp32, tmp_path / "tiny.fp32.xml", tmp_path / "ir32")
+    rep = _debug(fp32, tmp_path / "tiny.fp32.xml", tmp_path / "ir32", profile=True)
     assert rep["first_divergence"] is None and len(rep["layers"]) > 50
+    # OpenVINO's performance counters: per group, with the precision each kernel ran in
+    prof = rep["profile"]
+    assert {"stem", "layer4", "ppm", "head"} <= {g["module"] for g in prof}
+    assert all(g["ms"] >= 0 and "fp32" in g["precision"] for g in prof if g["module"] != "other")
+    assert rep["profile_info"]["source"].startswith("OpenVINO")
     assert rep["layers"][-1]["module"] == "upsample" and rep["layers"][-1]["argmax_agreement"] == 1.0
     assert "backbone.layer2.0.downsample.0" in {r["module"] for r in rep["layers"]}
 
@@ -174,3 +179,42 @@ def test_pytorch_candidate(tiny_checkpoint, onnx_b1, tmp_path):
     rep = _debug(tiny_checkpoint, tiny_checkpoint, tmp_path / "ptpt", images=1)
     assert rep["first_divergence"] is None and all(r["rel_l2"] == 0 for r in rep["layers"])
     assert "backbone.layer1.0.relu#1" in {r["node"] for r in rep["layers"]}
+
+
+def test_profile_groups_exist_and_sum(tiny_checkpoint, onnx_b1, int8_onnx, tmp_path):
+    import time
+
+    from pspnet_deploy.debug.graph import GROUPS
+    from pspnet_deploy.runners import load_runner
+
+    rep = _debug(onnx_b1, int8_onnx, tmp_path / "prof", images=1, profile=True)
+    prof, info = rep["profile"], rep["profile_info"]
+    assert [g["module"] for g in prof if g["module"] != "other"] == list(GROUPS)
+    assert all({"module", "ms", "precision"} <= set(g) for g in prof)
+    assert all(g["ms"] >= 0 for g in prof) and prof[0]["gflops"] > 0
+    # the groups partition the layers: their times add up to the profiled total
+    assert sum(g["ms"] for g in prof) == pytest.approx(info["total_ms"], rel=1e-9)
+    assert sum(g["layers"] for g in prof) == len(info["layers"])
+    # the FLOPs beside them are the project's count of the whole network
+    from pspnet_deploy.flops import onnx_flops
+
+    assert sum(g["gflops"] or 0 for g in prof) * 1e9 == pytest.approx(onnx_flops(int8_onnx)["flops"], rel=1e-9)
+    # backbone layer4 (dilated, widest) does the most arithmetic of the tiny model
+    assert max(prof, key=lambda g: g["gflops"] or 0)["module"] == "layer4"
+    # a Q/DQ file on ONNX Runtime CPU runs some kernels in INT8, and the report says which
+    assert any("int8" in g["precision"] for g in prof)
+    # plausible: the summed kernel times are below a few plain calls' wall time (one thread, load-tolerant)
+    with load_runner(int8_onnx, threads=THREADS) as r:
+        x = np.zeros((1, 3, *r.input_size), np.float32)
+        r.infer(x)
+        t = time.perf_counter()
+        for _ in range(3):
+            r.infer(x)
+        wall_ms = (time.perf_counter() - t) * 1e3 / 3
+    assert 0 < info["total_ms"] < 5 * wall_ms
+    assert (tmp_path / "prof" / "time_per_group.png").stat().st_size > 1000
+    assert "## Time per module group" in (tmp_path / "prof" / "report.md").read_text()
+    # PyTorch candidate: hook timing, FP32
+    rep = _debug(onnx_b1, tiny_checkpoint, tmp_path / "prof_pt", images=1, profile=True)
+    assert {g["module"] for g in rep["profile"]} >= {"stem", "layer4", "ppm", "head"}
+    assert all(g["precision"].startswith("fp32") for g in rep["profile"])

@@ -395,8 +395,9 @@ def debug_models(reference, candidate, out_dir, data=None, split: str = "val", l
     if profile:
         from .profile import profile_candidate
 
-        out["profile"], out["profile_info"] = profile_candidate(cand, x, device=device, threads=threads,
-                                                                progress=progress)
+        out["profile"], out["profile_info"] = profile_candidate(
+            cand, x, device=device, threads=threads, progress=progress,
+            reference_onnx=Path(reference) if ref.kind == "onnx" else None)
     cand.close()
     from .report import write_debug_report
 

@@ -45,8 +45,15 @@ def plot_errors(report: dict) -> bytes | None:
 
     fig, ax = plt.subplots(figsize=(max(8.0, min(24.0, len(rows) * 0.08)), 4.5))
     ax.plot(xs, [val(r["rel_l2"]) for r in rows], ".-", lw=1, ms=3, label="relative L2 error")
-    ax.plot(xs, [val(r["outside_share"]) for r in rows], ".", ms=2, alpha=0.6, label="share outside atol/rtol")
+    outside = [(r["index"], r["outside_share"]) for r in rows if r["outside_share"] > 0]
+    if outside:
+        ax.plot(*zip(*outside), ".", ms=3, alpha=0.7, label="share of elements outside atol/rtol (when > 0)")
+    ax.axhline(report["tolerance"]["max_outside"], color="tab:orange", lw=0.8, ls=":",
+               label=f"max_outside {report['tolerance']['max_outside']:g}")
     ax.set_yscale("log")
+    finite = [v for r in rows for v in (r["rel_l2"], r["outside_share"]) if v and math.isfinite(v) and v > 0]
+    if finite:
+        ax.set_ylim(bottom=min(finite) / 10)
     prev = None
     for r in rows:  # module-group boundaries
         if r["group"] != prev:
@@ -140,11 +147,12 @@ def render_markdown(report: dict) -> str:
     if report.get("profile"):
         info = report.get("profile_info", {})
         lines += ["## Time per module group", "", f"Source: {info.get('source', '?')}; {info.get('note', '')}", "",
-                  "| group | ms | share | GFLOPs | GFLOP/s | precision |", "|---|---:|---:|---:|---:|---|"]
+                  "| group | ms | share | GFLOPs | GFLOP/s | bound | precision (share of its time) |",
+                  "|---|---:|---:|---:|---:|---|---|"]
         total = sum(g["ms"] for g in report["profile"] if g.get("ms")) or 1.0
         for g in report["profile"]:
             lines.append(f"| {g['module']} | {_f(g['ms'])} | {_f(100 * g['ms'] / total)} % | {_f(g.get('gflops'))} | "
-                         f"{_f(g.get('gflops_per_s'))} | {g.get('precision') or '-'} |")
+                         f"{_f(g.get('gflops_per_s'))} | {g.get('bound') or '-'} | {g.get('precision') or '-'} |")
         lines += ["", f"![time per group]({PLOT_TIME})", ""]
     lines += [f"![error per layer]({PLOT_ERRORS})", "", "## Layers", "",
               "| # | node | module | rel L2 | max abs | cosine | outside | amplification |",

@@ -228,3 +228,33 @@ def capture_model(path, tensors: list[str], threads: int | None = None):
         return out
 
     return run
+
+
+def profile_ir(path, batch: np.ndarray, runs: int = 3, threads: int | None = None) -> list[dict]:
+    """OpenVINO's per-layer performance counters (``PERF_COUNT``) for the IR compiled as the
+    runner compiles it: one warm-up call, then ``runs`` calls per image of ``batch``. Returns one
+    row per executed runtime layer: ``node`` (runtime name: the original op's, or a fused group's),
+    ``type``, ``exec_type`` (the kernel, whose suffix is the precision it ran in, e.g.
+    ``brgconv_avx512_I8``), ``ms`` (mean real time per image)."""
+    card, model = _ir_model(path)
+    cfg = compile_config(card.precision, threads, "latency", None)
+    cfg["PERF_COUNT"] = True
+    compiled = ov_core().compile_model(model, DEVICE, cfg)
+    request = compiled.create_infer_request()
+    x = np.ascontiguousarray(batch, dtype=np.float32)
+    request.infer({0: x[:1]})  # warm-up
+    totals: dict[str, dict] = {}
+    calls = 0
+    for _ in range(max(1, int(runs))):
+        for i in range(x.shape[0]):
+            request.infer({0: x[i:i + 1]})
+            calls += 1
+            for info in request.get_profiling_info():
+                if str(info.status).endswith("NOT_RUN"):
+                    continue
+                row = totals.setdefault(info.node_name, {"node": info.node_name, "type": info.node_type,
+                                                         "exec_type": info.exec_type, "ms": 0.0})
+                row["ms"] += info.real_time.total_seconds() * 1e3
+    for row in totals.values():
+        row["ms"] /= calls
+    return list(totals.values())
