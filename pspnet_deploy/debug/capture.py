@@ -253,6 +253,55 @@ class OpenVINOSource(Source):
         self._compiled = None
 
 
+class TensorRTSource(Source):
+    """A TensorRT engine, compared through a debug build of the ONNX it was built from (its
+    sidecar names it): the layers' outputs marked as engine outputs, named from the ONNX. Needs
+    TensorRT and a GPU: without them, one line saying so (TensorRTUnavailable)."""
+
+    kind = "tensorrt"
+
+    def __init__(self, path, device: str = "cpu"):
+        super().__init__(path)
+        from ..engine.build import environment
+        from ..engine.device import require_engine_support
+        from ..flops import engine_source_onnx
+
+        env = environment(device if device.startswith("cuda") else 0)
+        require_engine_support(env, action="compare a TensorRT engine layer by layer")
+        src = engine_source_onnx(self.card)
+        if src is None:
+            raise UserError(f"{self.path}: its sidecar names no ONNX file that still exists; the debug build needs the "
+                            f"ONNX the engine was built from (keep it beside the engine)")
+        from ..card import load_onnx_proto
+
+        self.onnx_path = src
+        self.model = load_onnx_proto(src)
+        self._plan = onnx_plan(self.model)
+        attach_shapes(self._plan, self.model)
+        self.device = device if device.startswith("cuda") else 0
+        self._run = None
+        self._keys = None
+
+    def plan(self):
+        return self._plan
+
+    def run(self, x, keys):
+        from ..runners.trt_runner import debug_capture
+
+        if self._keys != tuple(keys):
+            if self._run is not None:
+                self._run.session.close()
+            self._run = debug_capture(self.onnx_path, list(keys), self.device)
+            self._keys = tuple(keys)
+        xb, n = _fixed_batch(x, self.card.fixed_batch)
+        return {k: v[:n] for k, v in self._run(xb).items()}
+
+    def close(self):
+        if self._run is not None:
+            self._run.session.close()
+            self._run = None
+
+
 def open_source(path: str | Path, device: str = "cpu", threads: int | None = None) -> Source:
     """The capture source for a model file, by its kind."""
     p = Path(path)
@@ -266,7 +315,5 @@ def open_source(path: str | Path, device: str = "cpu", threads: int | None = Non
     if kind == "openvino":
         return OpenVINOSource(p, threads=threads)
     if kind == "tensorrt":
-        raise UserError(f"{p}: layerwise capture of a TensorRT engine needs TensorRT and a GPU (a debug build that "
-                        f"marks every layer as an output); not available in this build: compare its source ONNX "
-                        f"instead (pspnet-debug REF model.onnx)")
+        return TensorRTSource(p, device=device)
     raise UserError(f"{p}: no layerwise capture for {kind} files")

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .capture import OUTPUT, OnnxSource, TorchSource, open_source
+from .capture import OUTPUT, TorchSource, open_source
 from .graph import GROUPS, Layer, group_of
 
 #: default tolerances by candidate precision: (atol, rtol)
@@ -315,7 +315,7 @@ def debug_models(reference, candidate, out_dir, data=None, split: str = "val", l
         raise UserError(f"{reference} and {candidate} expose no common intermediate tensors; are they the same model?")
     budget = int(max_memory_mb * 2 ** 20)
     chunks, total = _chunks(layers, budget)
-    qinfo = quantizers(cand.model) if isinstance(cand, OnnxSource) else {"by_consumer": {}, "activation": {}}
+    qinfo = quantizers(cand.model) if cand.kind in ("onnx", "tensorrt") else {"by_consumer": {}, "activation": {}}
     memory = {"tensors": len(layers), "bytes_per_image_all_tensors": total, "chunks": len(chunks),
               "budget_bytes": budget, "peak_tensor_bytes_estimate": min(total, budget) if len(chunks) == 1 else budget,
               "images": int(x.shape[0]), "images_bytes": int(x.nbytes)}
@@ -344,7 +344,7 @@ def debug_models(reference, candidate, out_dir, data=None, split: str = "val", l
                         tot = clip.setdefault(t, [0, 0])
                         tot[0] += c
                         tot[1] += n
-                if chunk is chunks[0] and cand.kind == "onnx" and "input" in qinfo["activation"]:
+                if chunk is chunks[0] and "input" in qinfo["activation"]:
                     c, n = _clipped(xi, qinfo["activation"]["input"])
                     tot = clip.setdefault("input", [0, 0])
                     tot[0] += c

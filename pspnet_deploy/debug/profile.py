@@ -6,7 +6,10 @@
 - OpenVINO: the per-layer performance counters; the precision is the suffix of the kernel that ran
   (``..._I8``, ``..._BF16``, ``..._FP32``);
 - PyTorch: wall time between forward pre- and post-hooks of every leaf module (FP32);
-- TensorRT: needs TensorRT and a GPU (refused at run time here).
+- TensorRT: its layer profiler (an ``IProfiler`` on the execution context), the precision from the
+  engine inspector (engines built with ``ProfilingVerbosity.DETAILED``, as ``pspnet-build-engine``
+  builds them); TensorRT layer names are those of its (fused) layers, named after ONNX nodes.
+  Needs TensorRT and a GPU (one line saying so without them).
 
 Each layer is put in a module group (stem, layer1-4, ppm, head, upsampling) by its node name; a
 fused kernel counts in the group of the node it is named after. Beside each group's time: the FLOPs
@@ -147,6 +150,8 @@ def _flops_by_group(cand, reference_onnx: Path | None) -> dict[str, float]:
     src = None
     if cand.kind == "onnx":
         src = cand.path
+    elif cand.kind == "tensorrt":
+        src = cand.onnx_path
     elif cand.kind == "openvino":
         try:
             src = engine_source_onnx(cand.card)
@@ -180,8 +185,13 @@ def profile_candidate(cand, x: np.ndarray, device: str = "cpu", threads: int | N
     elif cand.kind == "torch":
         layers = profile_torch(cand, x)
         source = "PyTorch forward hooks (wall time per leaf module)"
+    elif cand.kind == "tensorrt":
+        from ..runners.trt_runner import profile_engine
+
+        layers = profile_engine(cand.path, x, runs=RUNS, device=cand.device)
+        source = "TensorRT layer profiler (IExecutionContext.profiler)"
     else:
-        raise UserError(f"{cand.path}: --profile of a {cand.kind} file needs TensorRT and a GPU")
+        raise UserError(f"{cand.path}: no profiler for {cand.kind} files")
     plan = cand.plan() or []
     tensor_node = {layer.tensor: layer.node for layer in plan}
     for row in layers:
