@@ -74,7 +74,8 @@ def _prod(xs) -> int:
 
 
 def onnx_flops(path: str | Path, input_size: tuple[int, int] | None = None) -> dict:
-    """Per-image FLOPs of an ONNX graph. Returns ``{"flops", "counted_nodes", "uncounted_nodes", "method"}``.
+    """Per-image FLOPs of an ONNX graph. Returns ``{"flops", "counted_nodes", "uncounted_nodes", "per_node",
+    "method"}`` (``per_node``: node name -> its FLOPs).
 
     A symbolic batch is pinned to 1; symbolic spatial sizes of a 4-D input are pinned to
     ``input_size`` (H, W) when given. ``uncounted_nodes`` lists Conv/MatMul/Gemm nodes whose
@@ -124,6 +125,7 @@ def onnx_flops(path: str | Path, input_size: tuple[int, int] | None = None) -> d
 
     macs = 0
     counted, uncounted = 0, []
+    per_node: dict[str, int] = {}
     for node in inferred.graph.node:
         if node.op_type not in COUNTED_OPS:
             continue
@@ -146,7 +148,9 @@ def onnx_flops(path: str | Path, input_size: tuple[int, int] | None = None) -> d
             continue
         macs += m
         counted += 1
+        per_node[node.name or node.output[0]] = int(2 * m // batch)
     return {"flops": int(2 * macs // batch), "counted_nodes": counted, "uncounted_nodes": uncounted,
+            "per_node": per_node,
             "method": "2 x MACs of Conv/ConvTranspose/MatMul/Gemm from ONNX shape inference, per image"}
 
 

@@ -39,8 +39,10 @@ def ort_threads(threads: int | None = None) -> int | None:
     return value
 
 
-def session_options(threads: int | None = None, optimization: str = "all", quiet: bool = False):
-    """``onnxruntime.SessionOptions`` with the toolkit's thread rule and optimisation level."""
+def session_options(threads: int | None = None, optimization: str = "all", quiet: bool = False,
+                    profile_prefix: str | None = None):
+    """``onnxruntime.SessionOptions`` with the toolkit's thread rule and optimisation level;
+    ``profile_prefix``: turn on ONNX Runtime's profiler, writing ``<prefix>_<date>.json``."""
     import onnxruntime as ort
 
     if optimization not in OPTIMIZATION_LEVELS:
@@ -53,11 +55,14 @@ def session_options(threads: int | None = None, optimization: str = "all", quiet
     if quiet:
         so.log_severity_level = 3  # errors only: no warnings about unused initializers and the like
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[optimization])
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = str(profile_prefix)
     return so
 
 
 def make_session(model, threads: int | None = None, optimization: str = "all", providers: list[str] | None = None,
-                 quiet: bool = False):
+                 quiet: bool = False, profile_prefix: str | None = None):
     """An ``onnxruntime.InferenceSession`` for ``model``: a path, serialized bytes or an ``onnx.ModelProto``.
 
     ``providers`` default to CPU only. Errors from ONNX Runtime propagate unchanged (callers that
@@ -71,5 +76,5 @@ def make_session(model, threads: int | None = None, optimization: str = "all", p
         src = bytes(model)
     else:
         src = str(Path(model))
-    return ort.InferenceSession(src, sess_options=session_options(threads, optimization, quiet),
+    return ort.InferenceSession(src, sess_options=session_options(threads, optimization, quiet, profile_prefix),
                                 providers=list(providers) if providers else ["CPUExecutionProvider"])

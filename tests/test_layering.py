@@ -18,7 +18,8 @@ TIERS = [
     (1, ("precision",)),
     (2, ("export", "interop")),
     (3, ("engine",)),
-    (4, ("runners", "evaluate", "sliding", "predict", "bench", "report", "triton", "train", "train_config", "qat")),
+    (4, ("runners", "evaluate", "sliding", "predict", "bench", "report", "triton", "train", "train_config", "qat",
+         "debug")),
     (5, ("cli", "demo", "__init__")),
 ]
 TRT_ALLOWED = {"engine.build", "runners.trt_runner"}

@@ -180,6 +180,9 @@ def _configure(trt, builder, plan: BuildPlan, opts: BuildOptions, env: dict):
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace_bytes)
     if opts.opt_level is not None:
         config.builder_optimization_level = int(opts.opt_level)
+    detailed = getattr(trt.ProfilingVerbosity, "DETAILED", None)
+    if detailed is not None:  # layer names and precisions for the engine inspector (pspnet-debug --profile)
+        config.profiling_verbosity = detailed
     if not plan.strongly_typed:
         config.set_flag(trt.BuilderFlag.FP16)
     if opts.version_compatible:
@@ -292,3 +295,52 @@ def build_engine(onnx_path: str | Path | BuildPlan, engine_path: str | Path | No
     atomic_write_json(plan.sidecar_path, sidecar)
     log(f"wrote {plan.engine_path} ({len(data) / 2**20:.1f} MiB, {seconds:.1f} s) and {plan.sidecar_path.name}")
     return sidecar
+
+
+# ---------------------------------------------------------------------------------------------
+# debug builds (pspnet-debug): layer outputs marked as engine outputs
+# ---------------------------------------------------------------------------------------------
+
+def build_debug_network(onnx_path: str | Path, tensors, device: str | int | None = 0,
+                        verbose: bool = False) -> tuple[bytes, list[str], dict]:
+    """A debug build of ``onnx_path`` for layerwise comparison: strongly typed like the regular
+    build, every layer output whose name (TensorRT's ONNX parser keeps the ONNX tensor names) is in
+    ``tensors`` marked as an extra engine output, and ``ProfilingVerbosity.DETAILED`` so the engine
+    inspector can say each layer's precision. Marking a tensor stops TensorRT from fusing across it,
+    so the numbers are those of the network with every compared tensor materialised (as with
+    Polygraphy's "mark all"). Returns (engine bytes, marked tensor names, env)."""
+    env = environment(device)
+    require_engine_support(env, action="make a TensorRT debug build")
+    trt = trt_module()
+    use_device(env["device_index"])
+    logger = trt_logger(trt, verbose)
+    builder = trt.Builder(logger)
+    flags = 0
+    st_flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if st_flag is not None:
+        flags |= 1 << int(st_flag)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = _trt_parse_errors(parser)
+        raise UserError(format_parser_errors(Path(onnx_path), errors or [{"node": -1, "desc": "no details given"}]))
+    want = set(tensors)
+    present = {network.get_output(i).name for i in range(network.num_outputs)}
+    marked: list[str] = []
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        for j in range(layer.num_outputs):
+            t = layer.get_output(j)
+            if t is not None and t.name in want and t.name not in present:
+                network.mark_output(t)
+                present.add(t.name)
+                marked.append(t.name)
+    config = builder.create_builder_config()
+    detailed = getattr(trt.ProfilingVerbosity, "DETAILED", None)
+    if detailed is not None:
+        config.profiling_verbosity = detailed
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise UserError(f"{onnx_path}: TensorRT failed to build the debug engine (see the TensorRT messages above); "
+                        f"compare fewer tensors at once (--max-memory) or use --verbose")
+    return bytes(serialized), marked, env

@@ -131,3 +131,130 @@ class OpenVINORunner(Runner):
         self._request = None
         self.compiled = None
 
+
+
+# ---------------------------------------------------------------------------------------------
+# layerwise capture (pspnet-debug): the IR's op outputs under the ONNX tensor names it keeps
+# ---------------------------------------------------------------------------------------------
+
+#: ops that are not layers of their own: constants, IO, and what Q/DQ and casts become in an IR
+IR_TRANSPARENT = {"Parameter", "Constant", "Result", "FakeQuantize", "Convert", "ShapeOf"}
+
+
+def _ir_model(path, verify_hash: bool = True):
+    card = read_card(path, kind="openvino")
+    check_ir(path, verify_hash=verify_hash, sidecar=card.sidecar)
+    try:
+        return card, ov_core().read_model(str(path))
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"{path}: OpenVINO cannot read this IR ({' '.join(str(e).split())[:200]}); rebuild it: "
+                        f"{rebuild_command(card.sidecar, path)}") from e
+
+
+def ir_layers(path) -> list[tuple]:
+    """The IR's layers in execution order: (friendly name, tensor name, op type, [input tensor
+    names], per-image shape or None, weight constant name or None). The tensor name is one the ONNX
+    export gave (``getitem_3``); ops without one (shape arithmetic, the Conv before its bias Add)
+    are not layers."""
+    _, model = _ir_model(path)
+    named = {}
+
+    def tensor_of(output):
+        names = sorted(output.get_names())
+        return names[0] if names else None
+
+    def source_tensor(inp, depth=0):
+        out = inp.get_source_output()
+        op = out.get_node()
+        t = tensor_of(out)
+        if op.get_type_name() not in IR_TRANSPARENT and t in named:
+            return t
+        if depth < 8 and op.get_input_size() > 0:
+            return source_tensor(op.input(0), depth + 1)
+        return None
+
+    def weight_of(op, depth=0):
+        for inp in op.inputs():
+            src = inp.get_source_output().get_node()
+            fname = src.get_friendly_name()
+            if src.get_type_name() in ("Constant", "Multiply", "Convert") and ".weight" in fname \
+                    and ".weight_bias" not in fname:
+                return fname
+            if depth < 4 and src.get_type_name() in ("Convolution", "GroupConvolution", "FakeQuantize", "Convert",
+                                                      "Multiply", "Subtract", "MatMul"):
+                w = weight_of(src, depth + 1)
+                if w:
+                    return w
+        return None
+
+    rows = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() in IR_TRANSPARENT or op.get_output_size() == 0:
+            continue
+        t = tensor_of(op.output(0))
+        if not t or t.endswith(("_QuantizeLinear_Output", "_DequantizeLinear_Output")):
+            continue
+        ins = [s for s in (source_tensor(i) for i in op.inputs()) if s]
+        ps = op.output(0).get_partial_shape()
+        shape = [1] + [int(d.get_length()) for d in list(ps)[1:]] if ps.rank.is_static and all(
+            d.is_static for d in list(ps)[1:]) else None
+        named[t] = op
+        rows.append((op.get_friendly_name(), t, op.get_type_name(), list(dict.fromkeys(ins)), shape, weight_of(op)))
+    return rows
+
+
+def capture_model(path, tensors: list[str], threads: int | None = None):
+    """A callable ``f(x) -> {tensor name: array}`` running the IR with ``tensors`` added as
+    outputs (plus the model output under ``"__output__"``), compiled as the runner compiles it."""
+    card, model = _ir_model(path)
+    want = set(tensors)
+    ports = []
+    for op in model.get_ordered_ops():
+        for out in op.outputs():
+            hit = want & set(out.get_names())
+            if hit and op.get_type_name() != "Result":
+                ports.append((sorted(hit)[0], out))
+    if ports:
+        model.add_outputs([p for _, p in ports])
+    compiled = ov_core().compile_model(model, DEVICE, compile_config(card.precision, threads, "latency", None))
+    main = compiled.outputs[0]
+    extra = [(name, compiled.outputs[1 + i]) for i, (name, _) in enumerate(ports)]
+    request = compiled.create_infer_request()
+
+    def run(x: np.ndarray) -> dict:
+        res = request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
+        out = {name: np.array(res[port], copy=True) for name, port in extra}
+        out["__output__"] = np.array(res[main], copy=True)
+        return out
+
+    return run
+
+
+def profile_ir(path, batch: np.ndarray, runs: int = 3, threads: int | None = None) -> list[dict]:
+    """OpenVINO's per-layer performance counters (``PERF_COUNT``) for the IR compiled as the
+    runner compiles it: one warm-up call, then ``runs`` calls per image of ``batch``. Returns one
+    row per executed runtime layer: ``node`` (runtime name: the original op's, or a fused group's),
+    ``type``, ``exec_type`` (the kernel, whose suffix is the precision it ran in, e.g.
+    ``brgconv_avx512_I8``), ``ms`` (mean real time per image)."""
+    card, model = _ir_model(path)
+    cfg = compile_config(card.precision, threads, "latency", None)
+    cfg["PERF_COUNT"] = True
+    compiled = ov_core().compile_model(model, DEVICE, cfg)
+    request = compiled.create_infer_request()
+    x = np.ascontiguousarray(batch, dtype=np.float32)
+    request.infer({0: x[:1]})  # warm-up
+    totals: dict[str, dict] = {}
+    calls = 0
+    for _ in range(max(1, int(runs))):
+        for i in range(x.shape[0]):
+            request.infer({0: x[i:i + 1]})
+            calls += 1
+            for info in request.get_profiling_info():
+                if str(info.status).endswith("NOT_RUN"):
+                    continue
+                row = totals.setdefault(info.node_name, {"node": info.node_name, "type": info.node_type,
+                                                         "exec_type": info.exec_type, "ms": 0.0})
+                row["ms"] += info.real_time.total_seconds() * 1e3
+    for row in totals.values():
+        row["ms"] /= calls
+    return list(totals.values())

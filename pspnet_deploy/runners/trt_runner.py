@@ -322,3 +322,108 @@ class TrtRunner(Runner):
         if self.session is not None:
             self.session.close()
             self.session = None
+
+
+# ---------------------------------------------------------------------------------------------
+# pspnet-debug: layer outputs of a debug build, and TensorRT's per-layer profiler
+# ---------------------------------------------------------------------------------------------
+
+def _run_all(session: EngineSession, batch: np.ndarray) -> dict:
+    """One batch through ``session``; every output (the model's and the marked layers') as numpy."""
+    n = session.stage(batch)
+    kinds = session._rt.cudaMemcpyKind
+    inp = session._host[session.input_name]
+    session._copy(session._dev[session.input_name], inp.ptr, inp.array[:n].nbytes, kinds.cudaMemcpyHostToDevice)
+    session._enqueue()
+    for name in session.output_names:
+        out = session._host[name]
+        session._copy(out.ptr, session._dev[name], out.array[:n].nbytes, kinds.cudaMemcpyDeviceToHost)
+    session.synchronize()
+    return {name: np.array(session._host[name].array[:n], copy=True) for name in session.output_names}
+
+
+def debug_capture(onnx_path: str | Path, tensors: list[str], device: str | int | None = 0):
+    """A callable ``f(x) -> {tensor name: array}`` running a debug build of ``onnx_path`` (the
+    engine's source ONNX) with ``tensors`` marked as outputs (:func:`~pspnet_deploy.engine.build.
+    build_debug_network`); the model output is under ``"__output__"``. Needs TensorRT and a GPU."""
+    import tempfile
+
+    from ..engine.build import build_debug_network
+
+    data, marked, env = build_debug_network(onnx_path, tensors, device)
+    tmp = tempfile.NamedTemporaryFile(prefix="pspnet-debug-", suffix=".engine", delete=False)
+    try:
+        tmp.write(data)
+        tmp.close()
+        session = EngineSession(tmp.name, {"tensorrt": {}, "build": {}}, env["device_index"])
+    finally:
+        Path(tmp.name).unlink(missing_ok=True)
+    main = next(n for n in session.output_names if n not in set(marked))
+
+    def run(x: np.ndarray) -> dict:
+        outs = _run_all(session, x)
+        res = {k: v.astype(np.float32, copy=False) for k, v in outs.items() if k in set(marked)}
+        res["__output__"] = outs[main].astype(np.float32, copy=False)
+        return res
+
+    run.session = session
+    return run
+
+
+def layer_profiler(trt):
+    """(profiler, times): an ``IProfiler`` subclass instance whose ``report_layer_time`` adds each
+    layer's milliseconds to ``times`` (layer name -> [total ms, calls])."""
+    times: dict[str, list] = {}
+
+    class LayerTimes(trt.IProfiler):
+        def report_layer_time(self, layer_name, ms):
+            row = times.setdefault(str(layer_name), [0.0, 0])
+            row[0] += float(ms)
+            row[1] += 1
+
+    return LayerTimes(), times
+
+
+def _layer_precisions(trt, engine) -> dict[str, str]:
+    """Layer name -> precision from the engine inspector's JSON (needs ProfilingVerbosity.DETAILED
+    at build; empty otherwise): the data type of the layer's first output."""
+    import json
+
+    try:
+        text = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
+        info = json.loads(text)
+    except Exception:  # noqa: BLE001 - precision is context; the times stand without it
+        return {}
+    out = {}
+    for layer in info.get("Layers", []) if isinstance(info, dict) else []:
+        if not isinstance(layer, dict):
+            continue
+        fmt = " ".join(str(o.get("Format/Datatype", "")) for o in layer.get("Outputs", [])[:1]).lower()
+        prec = next((p for key, p in (("int8", "int8"), ("half", "fp16"), ("fp16", "fp16"), ("bf16", "bf16"),
+                                      ("float", "fp32"), ("fp32", "fp32")) if key in fmt), None)
+        if prec:
+            out[str(layer.get("Name"))] = prec
+    return out
+
+
+def profile_engine(path: str | Path, batch: np.ndarray, runs: int = 3, device: str | int | None = 0) -> list[dict]:
+    """TensorRT's layer profiler (``IExecutionContext.profiler``) on the engine: one warm-up call,
+    then ``runs`` calls per image; rows ``{node, type, precision, ms}`` (mean ms per image)."""
+    session = EngineSession.open(path, device)
+    try:
+        trt = trt_module()
+        profiler, times = layer_profiler(trt)
+        session.context.profiler = profiler
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        session.run(x[:1])
+        times.clear()
+        calls = 0
+        for _ in range(max(1, int(runs))):
+            for i in range(x.shape[0]):
+                session.run(x[i:i + 1])
+                calls += 1
+        precisions = _layer_precisions(trt, session.engine)
+        return [{"node": name, "type": "trt", "precision": precisions.get(name, "?"), "ms": total / max(1, calls)}
+                for name, (total, _n) in times.items()]
+    finally:
+        session.close()
