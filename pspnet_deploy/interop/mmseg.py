@@ -51,6 +51,44 @@ def _norm_ok(cfg_norm, where: str, part: str) -> None:
     t = cfg_norm.get("type") if isinstance(cfg_norm, dict) else None
     if t not in ("BN", "SyncBN", "BN2d", "MMSyncBN", None):
         _refuse(where, f"{part} uses norm {t!r}; only BN/SyncBN PSPNets convert")
+    # eps changes the forward pass (this PSPNet's BatchNorm2d uses PyTorch's 1e-5); momentum and
+    # requires_grad only change training
+    extra = sorted(k for k in cfg_norm if k not in ("type", "requires_grad", "momentum"))
+    if extra and not (extra == ["eps"] and float(cfg_norm["eps"]) == 1e-5):
+        k = extra[0]
+        _refuse(where, f"{part} norm_cfg option {k}={cfg_norm[k]!r} is not supported (BatchNorm eps 1e-5 only)")
+
+
+def _act_conv_ok(part_cfg: dict, where: str, part: str) -> None:
+    """act_cfg ReLU only, conv_cfg plain Conv2d only: anything else is refused by name."""
+    act = part_cfg.get("act_cfg", {"type": "ReLU"})
+    t = act.get("type") if isinstance(act, dict) else act
+    if t != "ReLU" or (isinstance(act, dict) and any(k not in ("type", "inplace") for k in act)):
+        _refuse(where, f"{part} act_cfg {act!r} is not supported (this PSPNet uses ReLU; {t} would change the output)")
+    conv = part_cfg.get("conv_cfg")
+    if conv is not None and not (isinstance(conv, dict) and conv.get("type") in ("Conv", "Conv2d") and len(conv) == 1):
+        _refuse(where, f"{part} conv_cfg {conv!r} is not supported (plain Conv2d only)")
+
+
+def _known_keys(part_cfg: dict, known: set, where: str, part: str) -> None:
+    """An option this converter does not know could change the forward pass: refused by name."""
+    unknown = sorted(k for k in part_cfg if k not in known)
+    if unknown:
+        _refuse(where, f"{part} option {unknown[0]}={part_cfg[unknown[0]]!r} is not known to this converter "
+                       f"(it may change the output); remove it from the config if it does not")
+
+
+_MODEL_KEYS = {"type", "data_preprocessor", "pretrained", "backbone", "neck", "decode_head", "auxiliary_head",
+               "train_cfg", "test_cfg", "init_cfg"}
+_RESNET_KEYS = {"type", "depth", "in_channels", "stem_channels", "base_channels", "num_stages", "strides", "dilations",
+                "out_indices", "style", "deep_stem", "avg_down", "frozen_stages", "conv_cfg", "norm_cfg", "norm_eval",
+                "dcn", "stage_with_dcn", "plugins", "multi_grid", "contract_dilation", "with_cp", "zero_init_residual",
+                "pretrained", "init_cfg"}
+_HEAD_KEYS = {"type", "in_channels", "channels", "num_classes", "out_channels", "threshold", "dropout_ratio", "conv_cfg",
+              "norm_cfg", "act_cfg", "in_index", "input_transform", "loss_decode", "ignore_index", "sampler",
+              "align_corners", "init_cfg"}
+_PSP_KEYS = _HEAD_KEYS | {"pool_scales"}
+_FCN_KEYS = _HEAD_KEYS | {"num_convs", "kernel_size", "concat_input", "dilation"}
 
 
 def model_config_from_mmseg(cfg: dict, where: str) -> tuple[dict, dict]:
@@ -64,6 +102,7 @@ def model_config_from_mmseg(cfg: dict, where: str) -> tuple[dict, dict]:
         _refuse(where, f"model type {mtype!r} is not a single-stage EncoderDecoder PSPNet")
     if model.get("neck"):
         _refuse(where, "config has a neck; PSPNet has none (not a PSPNet model)")
+    _known_keys(model, _MODEL_KEYS, where, "model")
     bb = get(cfg, "model.backbone", required=True)
     dh = get(cfg, "model.decode_head", required=True)
     ah = get(cfg, "model.auxiliary_head")
@@ -77,6 +116,15 @@ def model_config_from_mmseg(cfg: dict, where: str) -> tuple[dict, dict]:
     if depth not in DEPTHS:
         _refuse(where, f"ResNet depth {depth} is not supported ({sorted(DEPTHS)})")
     deep_stem = True if btype == "ResNetV1c" else bool(bb.get("deep_stem", False))
+    _known_keys(bb, _RESNET_KEYS, where, "backbone")
+    _known_keys(dh, _PSP_KEYS, where, "decode head")
+    if tuple(bb.get("out_indices", (0, 1, 2, 3))) != (0, 1, 2, 3):
+        _refuse(where, f"backbone out_indices {bb.get('out_indices')!r} are not supported (0, 1, 2, 3)")
+    if bb.get("conv_cfg") is not None:
+        _act_conv_ok({"conv_cfg": bb["conv_cfg"]}, where, "backbone")
+    if any(bb.get("stage_with_dcn", ())):
+        _refuse(where, f"backbone stage_with_dcn {bb['stage_with_dcn']!r} is not supported (no deformable convs)")
+    _act_conv_ok(dh, where, "decode head")
     for key, ok in (("avg_down", False), ("dcn", None), ("plugins", None), ("multi_grid", None),
                     ("base_channels", 64), ("num_stages", 4), ("in_channels", 3)):
         if bb.get(key, ok) != ok:
@@ -116,6 +164,8 @@ def model_config_from_mmseg(cfg: dict, where: str) -> tuple[dict, dict]:
         if int(ah.get("num_classes", conf["num_classes"])) != conf["num_classes"]:
             _refuse(where, "auxiliary head predicts a different number of classes than the decode head")
         _norm_ok(ah.get("norm_cfg", None), where, "auxiliary head")
+        _known_keys(ah, _FCN_KEYS, where, "auxiliary head")
+        _act_conv_ok(ah, where, "auxiliary head")
         conf["aux_channels"] = int(ah["channels"])
         facts["aux"] = True
         facts["aux_align_corners"] = bool(ah.get("align_corners", False))
@@ -212,10 +262,19 @@ def preprocess_from_mmseg(cfg: dict | None) -> tuple[dict, list[str]]:
     assumed = []
     dp = (get(cfg, "model.data_preprocessor") or get(cfg, "data_preprocessor")) if cfg else None
     norm = get(cfg, "img_norm_cfg") if cfg else None
+    if isinstance(dp, dict) and dp.get("test_cfg"):
+        raise UserError(f"data_preprocessor test_cfg {dp['test_cfg']!r} (padding of test images) is not supported")
     if isinstance(dp, dict) and "mean" in dp:
-        mean, std = dp["mean"], dp.get("std", (1.0, 1.0, 1.0))
-        # mmcv decodes images as BGR; bgr_to_rgb=True feeds RGB to the model, otherwise BGR
-        rgb = bool(dp.get("bgr_to_rgb", False))
+        if dp.get("std") is None:
+            raise UserError("data_preprocessor has a mean but no std; mmseg refuses that config too")
+        mean, std = dp["mean"], dp["std"]
+        # mmcv decodes images as BGR; SegDataPreProcessor swaps the channels when bgr_to_rgb OR
+        # rgb_to_bgr is set (self.channel_conversion = rgb_to_bgr or bgr_to_rgb): either feeds RGB
+        if dp.get("bgr_to_rgb") and dp.get("rgb_to_bgr"):
+            raise UserError("data_preprocessor sets both bgr_to_rgb and rgb_to_bgr; mmseg refuses that config too")
+        rgb = bool(dp.get("bgr_to_rgb", False)) or bool(dp.get("rgb_to_bgr", False))
+    elif isinstance(dp, dict) and dp.get("type") and not isinstance(norm, dict):
+        raise UserError("data_preprocessor has no mean/std (the model sees raw 0-255 values); not supported")
     elif isinstance(norm, dict) and "mean" in norm:
         mean, std, rgb = norm["mean"], norm.get("std", (1.0, 1.0, 1.0)), bool(norm.get("to_rgb", True))
     else:
