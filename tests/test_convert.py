@@ -503,12 +503,17 @@ def test_semseg_yaml_config_is_checked(tmp_path):
     _semseg_checkpoint(src)
     good = tmp_path / "voc2012_pspnet50.yaml"  # the shape of semseg's config/voc2012/voc2012_pspnet50.yaml
     good.write_text("DATA:\n  classes: 21\nTRAIN:\n  arch: psp\n  layers: 50\n  train_h: 473\n  train_w: 473\n"
-                    "  zoom_factor: 8\n  ignore_label: 255\nTEST:\n  test_h: 473\n  test_w: 473\n")
+                    "  zoom_factor: 8\n  ignore_label: 255\nTEST:\n  base_size: 512\n  test_h: 473\n  test_w: 473\n"
+                    "  scales: [1.0]\n")
     out = tmp_path / "ok.pt"
     convert_checkpoint(src, out, source="semseg", config=good)
     assert "assumed_defaults" not in load_checkpoint(out)["meta"]["converted_from"]
     meta = load_checkpoint(out)["meta"]
     assert meta["preprocess"]["input_size"] == [473, 473] and meta["converted_from"]["config"] == str(good)
+    # semseg's tool/test.py: long side to base_size, 473 windows with stride ceil(2/3 x 473), flip
+    assert meta["test_time"] == {"source": "semseg tool/test.py", "mode": "slide", "crop": [473, 473],
+                                 "stride": [316, 316], "scales": [1.0], "flip": True,
+                                 "resize": {"long": 512, "short": None, "keep_ratio": True}}
     bad = tmp_path / "ade20k_pspnet101.yaml"
     bad.write_text("DATA:\n  classes: 150\nTRAIN:\n  layers: 101\n  zoom_factor: 8\n")
     with pytest.raises(UserError, match="config says layers=101 but the weights are ResNet-50"):
@@ -710,3 +715,116 @@ def test_dataset_names_come_from_the_config(mmseg_models, tmp_path):
     assert meta["classes"][0] == "class_0" and any("ADE20KDataset has 150 classes" in n for n in meta["converted_from"]["notes"])
     src_text = (ROOT / "pspnet_deploy" / "interop" / "datasets.py").read_text()
     assert "import" not in src_text.split('"""')[2]
+
+
+# --------------------------------------------------------------------------------------------
+# test-time procedure: recorded from the source, applied by pspnet-eval / pspnet-predict --test-time source
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,expected", [
+    (R18, {"mode": "whole", "resize": {"long": 2048, "short": 1024, "keep_ratio": True}, "crop": None, "stride": None,
+           "scales": [1.0], "flip": False}),
+    ("pspnet_r18b-d8_4xb2-80k_cityscapes-769x769.py",
+     {"mode": "slide", "resize": {"long": 2049, "short": 1025, "keep_ratio": True}, "crop": [769, 769],
+      "stride": [513, 513], "scales": [1.0], "flip": False}),
+    ("pspnet_r50-d8_4xb4-80k_ade20k-512x512.py",
+     {"mode": "whole", "resize": {"long": 2048, "short": 512, "keep_ratio": True}, "crop": None, "stride": None,
+      "scales": [1.0], "flip": False}),
+], ids=["cityscapes-512x1024", "cityscapes-769", "ade20k"])
+def test_mmseg_test_time_is_read_from_the_config(mmseg_models, name, expected):
+    """What mmseg 1.2.2's own Config says (test_cfg, the test dataloader's Resize) is what is recorded."""
+    from mmengine.config import Config
+
+    from pspnet_deploy.interop.mmconfig import read_config_file
+    from pspnet_deploy.interop.mmseg import test_time_from_mmseg
+
+    path = _config_path(name)
+    tt, notes = test_time_from_mmseg(read_config_file(path))
+    assert notes == [] and {k: v for k, v in tt.items() if k != "source"} == expected
+    ref = Config.fromfile(str(path))
+    resize = [s for s in ref.test_dataloader.dataset.pipeline if s["type"] == "Resize"][0]
+    assert (max(resize["scale"]), min(resize["scale"])) == (tt["resize"]["long"], tt["resize"]["short"])
+    assert ref.model.test_cfg["mode"] == tt["mode"]
+
+
+def test_test_time_source_reproduces_mmseg_slide_inference(mmseg_models, tmp_path, capsys):
+    """A config with a keep-ratio test resize and sliding windows: the converted checkpoint records
+    them, and pspnet-predict --test-time source gives mmseg's own procedure (mmcv's Resize, then
+    EncoderDecoder.slide_inference, then the resize back to the original size) label for label."""
+    import cv2
+    import torch.nn.functional as F
+    from mmcv.transforms import Resize
+
+    from pspnet_deploy.checkpoint import load_checkpoint
+    from pspnet_deploy.cli.common import run
+    from pspnet_deploy.cli.eval import main as eval_main
+    from pspnet_deploy.cli.predict import main as predict_main
+    from pspnet_deploy.data.preprocess import Preprocess
+    from pspnet_deploy.interop import convert_checkpoint
+
+    cfg_path = _child_config(tmp_path, "model = dict(test_cfg=dict(mode='slide', crop_size=(97, 97), stride=(65, 65)))\n"
+                                       "test_pipeline = [dict(type='LoadImageFromFile'), "
+                                       "dict(type='Resize', scale=(240, 180), keep_ratio=True), dict(type='PackSegInputs')]\n"
+                                       "test_dataloader = dict(dataset=dict(pipeline=test_pipeline))")
+    model, cfg = build_mmseg(mmseg_models, str(cfg_path), seed=6)
+    src = tmp_path / "slide.pth"
+    save_like_mmengine(model, cfg, src, CITYSCAPES)
+    out = tmp_path / "slide.pt"
+    convert_checkpoint(src, out)
+    meta = load_checkpoint(out)["meta"]
+    assert meta["test_time"]["mode"] == "slide" and meta["test_time"]["crop"] == [97, 97]
+    assert meta["test_time"]["resize"] == {"long": 240, "short": 180, "keep_ratio": True}
+    assert meta["preprocess"]["input_size"] == [512, 1024]  # the training crop; the windows are the test crop
+
+    rgb = np.random.default_rng(3).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    img = tmp_path / "img.png"
+    cv2.imwrite(str(img), rgb[..., ::-1])
+    # mmseg: BGR image -> mmcv Resize -> normalise (RGB, proven equal above) -> slide_inference -> back to 120x160
+    scaled = Resize(scale=(240, 180), keep_ratio=True)({"img": rgb[..., ::-1].copy()})["img"]
+    assert scaled.shape[:2] == (180, 240)
+    pre = Preprocess.from_dict(meta["preprocess"])
+    x = torch.from_numpy(pre.normalize(np.ascontiguousarray(scaled[..., ::-1])))[None]
+    with torch.no_grad():
+        logits = model.slide_inference(x, [{"img_shape": (180, 240), "ori_shape": (120, 160), "pad_shape": (180, 240)}])
+        ref = F.interpolate(logits, size=(120, 160), mode="bilinear", align_corners=False)[0].argmax(0).numpy()
+
+    pred_dir = tmp_path / "pred"
+    assert run("pspnet-predict", predict_main, [str(out), str(img), "--output", str(pred_dir), "--test-time", "source"]) == 0
+    ours = cv2.imread(str(pred_dir / "labels" / "img.png"), cv2.IMREAD_UNCHANGED)
+    assert ours.shape == ref.shape and float((ours == ref).mean()) == 1.0
+    # and plain whole-image prediction at the training crop differs (the procedure matters)
+    plain = tmp_path / "plain"
+    assert run("pspnet-predict", predict_main, [str(out), str(img), "--output", str(plain)]) == 0
+    assert float((cv2.imread(str(plain / "labels" / "img.png"), cv2.IMREAD_UNCHANGED) == ref).mean()) < 1.0
+
+    capsys.readouterr()
+    assert run("pspnet-eval", eval_main, [str(out), "--data", str(tmp_path), "--test-time", "source", "--flip"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "drop --mode/--flip/--scales/--stride" in err[0]
+
+
+def test_test_time_source_refusals(tiny_checkpoint, r18_checkpoint, tmp_path, capsys):
+    """No record (a model trained here): refused. A whole-image source procedure at 1024x2048 on an
+    ONNX exported at another size: refused, naming the size to export."""
+    from pspnet_deploy.cli.common import run
+    from pspnet_deploy.cli.predict import main as predict_main
+    from pspnet_deploy.export import export_onnx
+    from pspnet_deploy.interop import convert_checkpoint
+
+    import cv2
+
+    img = tmp_path / "img.png"
+    cv2.imwrite(str(img), np.zeros((64, 64, 3), np.uint8))
+    capsys.readouterr()
+    assert run("pspnet-predict", predict_main, [str(tiny_checkpoint), str(img), "--output", str(tmp_path / "p"),
+                                                "--test-time", "source"]) == 2
+    assert "no test-time procedure recorded" in capsys.readouterr().err
+    conv = tmp_path / "r18.pt"
+    convert_checkpoint(r18_checkpoint, conv, input_size=(97, 129))
+    onnx_path = tmp_path / "r18.onnx"
+    export_onnx(conv, onnx_path, input_size=(97, 129), verify=False, progress=False)
+    assert run("pspnet-predict", predict_main, [str(onnx_path), str(img), "--output", str(tmp_path / "q"),
+                                                "--test-time", "source"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "runs whole images resized to 1024x2048" in err[0] and "--input-size 1024 2048" in err[0]
+    assert not (tmp_path / "q").exists()

@@ -223,6 +223,7 @@ def convert_checkpoint(src: str | Path, out: str | Path, source: str | None = No
     ignore_index = IGNORE_INDEX
     dataset_name = None
     dataset_type = None
+    test_time = None
     if found == "mmseg":
         embedded, emb_from = _embedded_config(meta, where)
         if embedded is not None and assume_defaults is not None:
@@ -240,6 +241,8 @@ def convert_checkpoint(src: str | Path, out: str | Path, source: str | None = No
                                     f"--config (the embedded config describes these weights) or give the right one")
                 cfg_from = f"{config} (agrees with the embedded config)"
             info["mmseg_test_cfg"] = facts.get("test_cfg")
+            test_time, tt_notes = mm.test_time_from_mmseg(cfg)
+            notes += tt_notes
             ignore_index = int(get(cfg, "model.decode_head.ignore_index", IGNORE_INDEX))
             dataset_type = get(cfg, "dataset_type") if isinstance(get(cfg, "dataset_type"), str) else None
             dataset_name = dataset_type
@@ -265,6 +268,9 @@ def convert_checkpoint(src: str | Path, out: str | Path, source: str | None = No
         pre, assumed = ss.preprocess_from_semseg(opts)
         notes += [f"assumed {a}" for a in assumed]
         ignore_index = int(opts.get("ignore_label", IGNORE_INDEX))
+        test_time = ss.test_time_from_semseg(opts)
+        if test_time is None:
+            notes.append("no test-time procedure recorded (the semseg YAML gives no base_size / test_h / test_w)")
     has_aux = any(k.startswith("aux_head.") for k in mapped)
     if not has_aux:
         conf.pop("aux_channels", None)
@@ -290,6 +296,8 @@ def convert_checkpoint(src: str | Path, out: str | Path, source: str | None = No
                 "preprocess": preprocess.to_dict(),
                 "dataset": {"name": dataset_name or f"{found} (converted)", "path": None},
                 "converted_from": info, "versions": versions()}
+    if test_time is not None:
+        out_meta["test_time"] = test_time
     save_checkpoint(out, model, out_meta)
     return {"path": str(out), "source": found, "config": cfg_from, "model": model.config,
             "num_classes": conf["num_classes"], "input_size": pre["input_size"], "channel_order": pre["channel_order"],

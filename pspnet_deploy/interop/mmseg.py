@@ -291,3 +291,57 @@ def preprocess_from_mmseg(cfg: dict | None) -> tuple[dict, list[str]]:
         assumed.append("input size 512x512 (no crop size in the config; choose with --input-size)")
     return {"mean": [float(x) for x in mean], "std": [float(x) for x in std], "channel_order": "RGB" if rgb else "BGR",
             "input_size": size}, assumed
+
+
+def _find_steps(pipeline, types: tuple[str, ...]) -> list[dict]:
+    out = []
+    for step in pipeline if isinstance(pipeline, (list, tuple)) else []:
+        if isinstance(step, dict):
+            if step.get("type") in types:
+                out.append(step)
+            out += _find_steps(step.get("transforms"), types)  # 0.x MultiScaleFlipAug
+    return out
+
+
+def test_time_from_mmseg(cfg: dict) -> tuple[dict | None, list[str]]:
+    """mmseg's test-time procedure (``model.test_cfg`` and the test dataloader's pipeline) as this
+    project's ``test_time`` record (see :func:`pspnet_deploy.sliding.test_time_options`), and what
+    could not be read. mmseg 1.x: ``Resize(scale=(long, short), keep_ratio=True)`` then whole or
+    slide; its ``tta_pipeline`` only runs with ``--tta`` and is not the published procedure.
+    0.x: ``MultiScaleFlipAug(img_scale, img_ratios, flip)``."""
+    notes = []
+    tc = get(cfg, "model.test_cfg") or {}
+    mode = tc.get("mode", "whole") if isinstance(tc, dict) else "whole"
+    if mode not in ("whole", "slide"):
+        return None, [f"test_cfg mode {mode!r} is not whole or slide; no test-time procedure recorded"]
+    rec: dict = {"source": "mmseg test_cfg + test pipeline", "mode": mode, "resize": None, "crop": None,
+                 "stride": None, "scales": [1.0], "flip": False}
+    if mode == "slide":
+        crop, stride = tc.get("crop_size"), tc.get("stride")
+        if not (isinstance(crop, (list, tuple)) and isinstance(stride, (list, tuple))):
+            return None, ["test_cfg mode slide without crop_size/stride; no test-time procedure recorded"]
+        rec["crop"], rec["stride"] = [int(v) for v in crop], [int(v) for v in stride]
+    pipeline = None
+    for key in ("test_dataloader.dataset.pipeline", "test_pipeline", "data.test.pipeline"):
+        try:
+            pipeline = get(cfg, key)
+        except UserError:
+            pipeline = None
+        if isinstance(pipeline, (list, tuple)):
+            break
+    aug = _find_steps(pipeline, ("MultiScaleFlipAug",))
+    resize = _find_steps(pipeline, ("Resize",))
+    scale = aug[0].get("img_scale") if aug else (resize[0].get("scale") if resize else None)
+    keep = bool(resize[0].get("keep_ratio", True)) if resize else True
+    if aug:
+        rec["flip"] = bool(aug[0].get("flip", False))
+        ratios = aug[0].get("img_ratios")
+        if isinstance(ratios, (list, tuple)) and ratios:
+            rec["scales"] = [float(r) for r in ratios]
+    if isinstance(scale, (list, tuple)) and len(scale) == 2 and all(isinstance(v, int) for v in scale):
+        # mmcv: scale is (w, h); keep_ratio rescales to fit long <= max(scale), short <= min(scale)
+        rec["resize"] = ({"long": max(scale), "short": min(scale), "keep_ratio": True} if keep
+                         else {"size": [int(scale[1]), int(scale[0])], "keep_ratio": False})
+    elif resize or aug:
+        notes.append(f"test pipeline resize {scale!r} not read; the test-time record has no resize")
+    return rec, notes
