@@ -828,3 +828,78 @@ def test_test_time_source_refusals(tiny_checkpoint, r18_checkpoint, tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "runs whole images resized to 1024x2048" in err[0] and "--input-size 1024 2048" in err[0]
     assert not (tmp_path / "q").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# MobileNetV2 (configs/mobilenet_v2/mobilenet-v2-d8_pspnet_*), ResNeSt refused by name
+# --------------------------------------------------------------------------------------------
+
+MBV2 = "mobilenet_v2/mobilenet-v2-d8_pspnet_4xb2-80k_cityscapes-512x1024.py"
+# mmseg's own config with its widths cut (widen_factor 0.25: stages 8..80 channels, head 32, aux 16)
+MBV2_TINY = ("model = dict(backbone=dict(widen_factor=0.25), decode_head=dict(in_channels=80, channels=32), "
+             "auxiliary_head=dict(in_channels=24, channels=16))")
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["tiny", "full-width"])
+def test_mmseg_mobilenet_v2_pspnet_converts_exactly(mmseg_models, tmp_path, full):
+    """mmseg's MobileNetV2-PSPNet (dilation on the first block of a stage only, ReLU6, residuals
+    where widths match), random weights and BN statistics, at 97x129: the converted model and its
+    ONNX (exact static pooling, ONNX Runtime) match mmseg's inference; the aux head too."""
+    from pspnet_deploy.checkpoint import load_model
+    from pspnet_deploy.cli.convert import main as convert_main
+    from pspnet_deploy.export import export_onnx
+
+    size = (97, 129)
+    _non_dividing(*size, 8)
+    cfg_path = _config_path(MBV2) if full else _child_config(tmp_path, MBV2_TINY, base=MBV2)
+    ref_model, cfg = build_mmseg(mmseg_models, str(cfg_path), seed=21)
+    src = tmp_path / "mbv2.pth"
+    save_like_mmengine(ref_model, cfg, src, CITYSCAPES)
+    out = tmp_path / "mbv2.pt"
+    assert convert_main([str(src), "--output", str(out), "--input-size", *map(str, size)]) == 0
+    model, meta = load_model(out)
+    mc = meta["model"]
+    assert mc["backbone"] == "mobilenet_v2" and mc["widen_factor"] == (1.0 if full else 0.25)
+    assert mc["strides"] == [1, 2, 2, 1, 1, 1, 1] and mc["dilations"] == [1, 1, 1, 2, 2, 4, 4] and mc["output_stride"] == 8
+    assert meta["converted_from"]["notes"] == [] and meta["classes"] == CITYSCAPES
+
+    x = torch.from_numpy(np.random.default_rng(5).standard_normal((1, 3, *size)).astype(np.float32))
+    ref = mmseg_logits(ref_model, x).numpy()
+    with torch.no_grad():
+        _assert_close(model(x).numpy(), ref, "PyTorch vs mmseg (MobileNetV2)")
+    if not full:
+        onnx_path = tmp_path / "mbv2.fp32.onnx"
+        report = export_onnx(out, onnx_path, input_size=size, verify=False, progress=False)
+        assert "MatMul" in report["op_counts"]  # bins 3 and 6 took the exact (non-dividing) static path
+        _assert_close(_ort_logits(onnx_path, x.numpy()), ref, "ONNX Runtime vs mmseg (MobileNetV2)")
+    model_aux, _ = load_model(out, aux=True)
+    with torch.no_grad():
+        ref_aux = ref_model.auxiliary_head(ref_model.extract_feat(x)).numpy()
+        ours_aux = model_aux.aux_head(model_aux.backbone(x)[0]).numpy()
+    _assert_close(ours_aux, ref_aux, "aux head vs mmseg (MobileNetV2)")
+
+
+def test_mmseg_mobilenet_v2_refusals(mmseg_models, tmp_path, capsys):
+    """MobileNetV2 with another activation: refused by name. ResNeSt-101 PSPNet (a real mmseg
+    model, tiny): refused with the reason."""
+    from mmengine.config import Config, ConfigDict
+
+    relu = MBV2_TINY.replace("widen_factor=0.25)", "widen_factor=0.25, act_cfg=dict(type='ReLU'))")
+    assert relu != MBV2_TINY
+    cfg_path = _child_config(tmp_path, relu, base=MBV2, name="relu.py")
+    model, cfg = build_mmseg(mmseg_models, str(cfg_path), seed=1)
+    src = tmp_path / "relu.pth"
+    save_like_mmengine(model, cfg, src, CITYSCAPES)
+    out = tmp_path / "out.pt"
+    _refused_inproc(capsys, [src, "--output", out], out, "backbone act_cfg", "ReLU6 only")
+
+    rcfg = Config.fromfile(str(_config_path("resnest/resnest_s101-d8_pspnet_4xb4-160k_ade20k-512x512.py")))
+    mcfg = _bn_to_plain(rcfg.model.to_dict())
+    mcfg.update(data_preprocessor=None, pretrained=None)
+    mcfg["backbone"].update(depth=50, stem_channels=16, base_channels=8)
+    mcfg["decode_head"].update(in_channels=256, channels=16)
+    mcfg["auxiliary_head"].update(in_channels=128, channels=8)
+    resnest = mmseg_models.build(ConfigDict(mcfg))
+    rsrc = tmp_path / "resnest.pth"
+    torch.save({"meta": {"cfg": rcfg.pretty_text}, "state_dict": resnest.state_dict()}, rsrc)
+    _refused_inproc(capsys, [rsrc, "--output", out], out, "backbone 'ResNeSt'", "not implemented")

@@ -110,8 +110,13 @@ def model_config_from_mmseg(cfg: dict, where: str) -> tuple[dict, dict]:
         t = dh.get("type") if isinstance(dh, dict) else dh
         _refuse(where, f"decode head is {t!r}, not PSPHead: not a PSPNet model")
     btype = bb.get("type")
+    if btype == "ResNeSt":
+        _refuse(where, "backbone 'ResNeSt' (split-attention bottlenecks, avg-pool downsampling) is not implemented "
+                       "by this project's PSPNet; it converts ResNet, ResNetV1c and MobileNetV2 PSPNets")
+    if btype == "MobileNetV2":
+        return _mobilenet_v2_config(model, bb, dh, ah, where)
     if btype not in ("ResNet", "ResNetV1c"):
-        _refuse(where, f"backbone {btype!r} is not supported (ResNet, ResNetV1c)")
+        _refuse(where, f"backbone {btype!r} is not supported (ResNet, ResNetV1c, MobileNetV2)")
     depth = int(bb.get("depth", 50))
     if depth not in DEPTHS:
         _refuse(where, f"ResNet depth {depth} is not supported ({sorted(DEPTHS)})")
@@ -152,6 +157,11 @@ def model_config_from_mmseg(cfg: dict, where: str) -> tuple[dict, dict]:
                 dropout=float(dh.get("dropout_ratio", 0.1)), stem_channels=stem_channels, strides=strides,
                 dilations=dilations, contract_dilation=bool(bb.get("contract_dilation", False)),
                 basic_conv2_dilated=False, ppm_channels=channels, align_corners=ac, ppm_align_corners=ac)
+    return _heads(model, dh, ah, conf, where)
+
+
+def _heads(model: dict, dh: dict, ah, conf: dict, where: str) -> tuple[dict, dict]:
+    """The decode head's remaining checks, the auxiliary head, and the facts (shared by the backbones)."""
     if dh.get("out_channels") not in (None, conf["num_classes"]) or dh.get("threshold") is not None:
         _refuse(where, "decode head uses a sigmoid/binary output (out_channels != num_classes); not supported")
     facts = {"aux": False}
@@ -172,6 +182,45 @@ def model_config_from_mmseg(cfg: dict, where: str) -> tuple[dict, dict]:
     test_cfg = model.get("test_cfg") or {}
     facts["test_cfg"] = test_cfg if isinstance(test_cfg, dict) else {}
     return conf, facts
+
+
+_MOBILENET_KEYS = {"type", "widen_factor", "strides", "dilations", "out_indices", "frozen_stages", "conv_cfg", "norm_cfg",
+                   "act_cfg", "norm_eval", "with_cp", "pretrained", "init_cfg"}
+
+
+def _mobilenet_v2_config(model: dict, bb: dict, dh: dict, ah, where: str) -> tuple[dict, dict]:
+    """mmseg's ``MobileNetV2`` backbone (configs/mobilenet_v2/mobilenet-v2-d8_pspnet_*)."""
+    from ..model.mobilenet_v2 import make_divisible
+
+    _known_keys(bb, _MOBILENET_KEYS, where, "backbone")
+    _known_keys(dh, _PSP_KEYS, where, "decode head")
+    act = bb.get("act_cfg", {"type": "ReLU6"})
+    if not isinstance(act, dict) or act.get("type") != "ReLU6" or any(k not in ("type", "inplace") for k in act):
+        _refuse(where, f"backbone act_cfg {act!r} is not supported (MobileNetV2 with ReLU6 only)")
+    if bb.get("conv_cfg") is not None:
+        _act_conv_ok({"conv_cfg": bb["conv_cfg"]}, where, "backbone")
+    _norm_ok(bb.get("norm_cfg", {"type": "BN"}), where, "backbone")
+    _act_conv_ok(dh, where, "decode head")
+    _norm_ok(dh.get("norm_cfg", None), where, "decode head")
+    if tuple(bb.get("out_indices", (1, 2, 4, 6))) != (1, 2, 4, 6):
+        _refuse(where, f"backbone out_indices {bb.get('out_indices')!r} are not supported (1, 2, 4, 6)")
+    if dh.get("in_index", -1) not in (3, -1) or dh.get("input_transform") is not None:
+        _refuse(where, "decode head does not read the last backbone stage alone")
+    wf = float(bb.get("widen_factor", 1.0))
+    strides = _tuple(bb.get("strides", (1, 2, 2, 2, 1, 2, 1)), 7, "backbone strides", where)
+    dilations = _tuple(bb.get("dilations", (1, 1, 1, 1, 1, 1, 1)), 7, "backbone dilations", where)
+    if any(s_ not in (1, 2) for s_ in strides) or min(dilations) < 1:
+        _refuse(where, f"backbone strides {strides} / dilations {dilations} are not supported")
+    need = make_divisible(320 * wf, 8)
+    if int(dh.get("in_channels", need)) != need:
+        _refuse(where, f"decode head in_channels {dh.get('in_channels')} does not match MobileNetV2 x{wf:g} ({need})")
+    channels = int(dh["channels"])
+    ac = bool(dh.get("align_corners", False))
+    conf = dict(num_classes=int(dh["num_classes"]), backbone="mobilenet_v2", widen_factor=wf,
+                bins=[int(b) for b in dh.get("pool_scales", (1, 2, 3, 6))], head_channels=channels,
+                dropout=float(dh.get("dropout_ratio", 0.1)), strides=strides, dilations=dilations,
+                ppm_channels=channels, align_corners=ac, ppm_align_corners=ac)
+    return _heads(model, dh, ah, conf, where)
 
 
 def infer_model_config(state: dict, where: str) -> tuple[dict, list[str]]:
@@ -229,18 +278,18 @@ _HEAD = [
     (re.compile(r"^auxiliary_head\.conv_seg\."), "aux_head.4."),
 ]
 _BACKBONE = re.compile(r"^backbone\.(stem\.[0-9]+|layer[1-4]\.\d+\.(conv[1-3]|bn[1-3]|downsample\.[01]))\.")
+#: MobileNetV2 (model/mobilenet_v2.py keeps mmseg's names: conv1.{conv,bn}, layerN.M.conv.K.{conv,bn})
+_MOBILENET = re.compile(r"^backbone\.(conv1|layer[1-7]\.\d+\.conv\.\d)\.(conv|bn)\.")
 
 
 def map_keys(state: dict, where: str) -> dict:
     """mmseg state-dict keys -> this project's; any key with no counterpart is refused."""
     out, unknown = {}, []
     for k, v in state.items():
-        new = None
+        new = k if (_BACKBONE.match(k) or _MOBILENET.match(k)) else None
         for a, b in _STEM_7X7.items():
-            if k.startswith(a):
+            if new is None and k.startswith(a):
                 new = b + k[len(a):]
-        if new is None and _BACKBONE.match(k):
-            new = k
         if new is None:
             for pat, rep in _HEAD:
                 if pat.match(k):
