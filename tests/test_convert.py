@@ -879,11 +879,8 @@ def test_mmseg_mobilenet_v2_pspnet_converts_exactly(mmseg_models, tmp_path, full
     _assert_close(ours_aux, ref_aux, "aux head vs mmseg (MobileNetV2)")
 
 
-def test_mmseg_mobilenet_v2_refusals(mmseg_models, tmp_path, capsys):
-    """MobileNetV2 with another activation: refused by name. ResNeSt-101 PSPNet (a real mmseg
-    model, tiny): refused with the reason."""
-    from mmengine.config import Config, ConfigDict
-
+def test_mmseg_mobilenet_v2_refusal(mmseg_models, tmp_path, capsys):
+    """MobileNetV2 with another activation than ReLU6: refused by name."""
     relu = MBV2_TINY.replace("widen_factor=0.25)", "widen_factor=0.25, act_cfg=dict(type='ReLU'))")
     assert relu != MBV2_TINY
     cfg_path = _child_config(tmp_path, relu, base=MBV2, name="relu.py")
@@ -893,13 +890,42 @@ def test_mmseg_mobilenet_v2_refusals(mmseg_models, tmp_path, capsys):
     out = tmp_path / "out.pt"
     _refused_inproc(capsys, [src, "--output", out], out, "backbone act_cfg", "ReLU6 only")
 
-    rcfg = Config.fromfile(str(_config_path("resnest/resnest_s101-d8_pspnet_4xb4-160k_ade20k-512x512.py")))
-    mcfg = _bn_to_plain(rcfg.model.to_dict())
-    mcfg.update(data_preprocessor=None, pretrained=None)
-    mcfg["backbone"].update(depth=50, stem_channels=16, base_channels=8)
-    mcfg["decode_head"].update(in_channels=256, channels=16)
-    mcfg["auxiliary_head"].update(in_channels=128, channels=8)
-    resnest = mmseg_models.build(ConfigDict(mcfg))
-    rsrc = tmp_path / "resnest.pth"
-    torch.save({"meta": {"cfg": rcfg.pretty_text}, "state_dict": resnest.state_dict()}, rsrc)
-    _refused_inproc(capsys, [rsrc, "--output", out], out, "backbone 'ResNeSt'", "not implemented")
+
+RESNEST = "resnest/resnest_s101-d8_pspnet_4xb4-160k_ade20k-512x512.py"
+
+
+@pytest.mark.parametrize("body", [
+    # ResNeSt-101 as shipped, widths cut (stem 16, base 8: stages 32..256 out) to stay fast
+    "model = dict(backbone=dict(stem_channels=16, base_channels=8), decode_head=dict(in_channels=256, channels=16), "
+    "auxiliary_head=dict(in_channels=128, channels=8))",
+    # radix 1 (sigmoid attention) and no avg_down_stride, depth 50
+    "model = dict(backbone=dict(depth=50, stem_channels=16, base_channels=8, radix=1, avg_down_stride=False), "
+    "decode_head=dict(in_channels=256, channels=16), auxiliary_head=dict(in_channels=128, channels=8))",
+    # as shipped, full width (stem 128, base 64, 2048-channel PPM input)
+    pytest.param("", marks=pytest.mark.slow),
+], ids=["s101-tiny", "s50-radix1", "s101-full"])
+def test_mmseg_resnest_pspnet_converts_exactly(mmseg_models, tmp_path, body):
+    """mmseg's ResNeSt PSPNet (split attention, avg-pool downsampling, ResNetV1d stem) at 97x129
+    with random weights and BN statistics: the converted model matches mmseg's inference."""
+    from pspnet_deploy.checkpoint import load_model
+    from pspnet_deploy.cli.convert import main as convert_main
+
+    size = (97, 129)
+    cfg_path = _child_config(tmp_path, body, base=RESNEST)
+    ref_model, cfg = build_mmseg(mmseg_models, str(cfg_path), seed=9)
+    src = tmp_path / "resnest.pth"
+    save_like_mmengine(ref_model, cfg, src, [f"c{i}" for i in range(150)])
+    out = tmp_path / "resnest.pt"
+    assert convert_main([str(src), "--output", str(out)]) == 0
+    model, meta = load_model(out)
+    assert meta["model"]["backbone"] in ("resnest101", "resnest50")
+    assert meta["model"]["resnest"]["base_channels"] == (8 if body else 64) and meta["converted_from"]["notes"] == []
+    x = torch.from_numpy(np.random.default_rng(8).standard_normal((1, 3, *size)).astype(np.float32))
+    ref = mmseg_logits(ref_model, x).numpy()
+    with torch.no_grad():
+        _assert_close(model(x).numpy(), ref, "PyTorch vs mmseg (ResNeSt)")
+    model_aux, _ = load_model(out, aux=True)
+    with torch.no_grad():
+        ref_aux = ref_model.auxiliary_head(ref_model.extract_feat(x)).numpy()
+        ours_aux = model_aux.aux_head(model_aux.backbone(x)[0]).numpy()
+    _assert_close(ours_aux, ref_aux, "aux head vs mmseg (ResNeSt)")

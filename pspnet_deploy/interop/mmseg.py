@@ -87,6 +87,8 @@ _RESNET_KEYS = {"type", "depth", "in_channels", "stem_channels", "base_channels"
 _HEAD_KEYS = {"type", "in_channels", "channels", "num_classes", "out_channels", "threshold", "dropout_ratio", "conv_cfg",
               "norm_cfg", "act_cfg", "in_index", "input_transform", "loss_decode", "ignore_index", "sampler",
               "align_corners", "init_cfg"}
+_RESNEST_KEYS = _RESNET_KEYS | {"groups", "base_width", "radix", "reduction_factor", "avg_down_stride"}
+_RESNEST_DEPTHS = (50, 101, 152, 200)
 _PSP_KEYS = _HEAD_KEYS | {"pool_scales"}
 _FCN_KEYS = _HEAD_KEYS | {"num_convs", "kernel_size", "concat_input", "dilation"}
 
@@ -110,18 +112,25 @@ def model_config_from_mmseg(cfg: dict, where: str) -> tuple[dict, dict]:
         t = dh.get("type") if isinstance(dh, dict) else dh
         _refuse(where, f"decode head is {t!r}, not PSPHead: not a PSPNet model")
     btype = bb.get("type")
-    if btype == "ResNeSt":
-        _refuse(where, "backbone 'ResNeSt' (split-attention bottlenecks, avg-pool downsampling) is not implemented "
-                       "by this project's PSPNet; it converts ResNet, ResNetV1c and MobileNetV2 PSPNets")
     if btype == "MobileNetV2":
         return _mobilenet_v2_config(model, bb, dh, ah, where)
-    if btype not in ("ResNet", "ResNetV1c"):
-        _refuse(where, f"backbone {btype!r} is not supported (ResNet, ResNetV1c, MobileNetV2)")
+    if btype not in ("ResNet", "ResNetV1c", "ResNeSt"):
+        _refuse(where, f"backbone {btype!r} is not supported (ResNet, ResNetV1c, ResNeSt, MobileNetV2)")
+    is_st = btype == "ResNeSt"
     depth = int(bb.get("depth", 50))
-    if depth not in DEPTHS:
-        _refuse(where, f"ResNet depth {depth} is not supported ({sorted(DEPTHS)})")
-    deep_stem = True if btype == "ResNetV1c" else bool(bb.get("deep_stem", False))
-    _known_keys(bb, _RESNET_KEYS, where, "backbone")
+    if depth not in (_RESNEST_DEPTHS if is_st else DEPTHS):
+        _refuse(where, f"{btype} depth {depth} is not supported ({sorted(_RESNEST_DEPTHS if is_st else DEPTHS)})")
+    # ResNeSt is a ResNetV1d: deep stem and avg_down always (ResNetV1d sets them itself)
+    deep_stem = True if btype in ("ResNetV1c", "ResNeSt") else bool(bb.get("deep_stem", False))
+    _known_keys(bb, _RESNEST_KEYS if is_st else _RESNET_KEYS, where, "backbone")
+    st_opts = None
+    if is_st:
+        if int(bb.get("groups", 1)) != 1:
+            _refuse(where, f"ResNeSt groups={bb.get('groups')} is not supported (groups 1, as mmseg's configs)")
+        st_opts = dict(base_channels=int(bb.get("base_channels", 64)), radix=int(bb.get("radix", 2)),
+                       reduction_factor=int(bb.get("reduction_factor", 4)),
+                       avg_down_stride=bool(bb.get("avg_down_stride", True)))
+        bb = {k: v for k, v in bb.items() if k not in ("avg_down", "deep_stem", "base_channels")}
     _known_keys(dh, _PSP_KEYS, where, "decode head")
     if tuple(bb.get("out_indices", (0, 1, 2, 3))) != (0, 1, 2, 3):
         _refuse(where, f"backbone out_indices {bb.get('out_indices')!r} are not supported (0, 1, 2, 3)")
@@ -146,10 +155,11 @@ def model_config_from_mmseg(cfg: dict, where: str) -> tuple[dict, dict]:
     if dh.get("in_index", -1) not in (3, -1) or dh.get("input_transform") is not None:
         _refuse(where, "decode head does not read the last backbone stage alone")
     _norm_ok(dh.get("norm_cfg", None), where, "decode head")
-    blocks_kind = DEPTHS[depth][0]
+    blocks_kind = "bottleneck" if is_st else DEPTHS[depth][0]
     expansion = 4 if blocks_kind == "bottleneck" else 1
-    if int(dh.get("in_channels", 512 * expansion)) != 512 * expansion:
-        _refuse(where, f"decode head in_channels {dh.get('in_channels')} does not match ResNet-{depth} ({512 * expansion})")
+    top = (st_opts["base_channels"] * 8 if is_st else 512) * expansion
+    if int(dh.get("in_channels", top)) != top:
+        _refuse(where, f"decode head in_channels {dh.get('in_channels')} does not match {btype}-{depth} ({top})")
     channels = int(dh["channels"])
     ac = bool(dh.get("align_corners", False))
     conf = dict(num_classes=int(dh["num_classes"]), backbone=f"resnet{depth}", deep_stem=deep_stem,
@@ -157,6 +167,9 @@ def model_config_from_mmseg(cfg: dict, where: str) -> tuple[dict, dict]:
                 dropout=float(dh.get("dropout_ratio", 0.1)), stem_channels=stem_channels, strides=strides,
                 dilations=dilations, contract_dilation=bool(bb.get("contract_dilation", False)),
                 basic_conv2_dilated=False, ppm_channels=channels, align_corners=ac, ppm_align_corners=ac)
+    if is_st:
+        conf.update(backbone=f"resnest{depth}", resnest=st_opts)
+        conf.pop("basic_conv2_dilated")
     return _heads(model, dh, ah, conf, where)
 
 
@@ -279,6 +292,8 @@ _HEAD = [
 ]
 _BACKBONE = re.compile(r"^backbone\.(stem\.[0-9]+|layer[1-4]\.\d+\.(conv[1-3]|bn[1-3]|downsample\.[01]))\.")
 #: MobileNetV2 (model/mobilenet_v2.py keeps mmseg's names: conv1.{conv,bn}, layerN.M.conv.K.{conv,bn})
+#: ResNeSt: the split-attention conv2 and the avg_down downsample (AvgPool, conv, BN: keys .1 and .2)
+_RESNEST = re.compile(r"^backbone\.layer[1-4]\.\d+\.(conv2\.(conv|bn0|fc1|bn1|fc2)|downsample\.[0-2])\.")
 _MOBILENET = re.compile(r"^backbone\.(conv1|layer[1-7]\.\d+\.conv\.\d)\.(conv|bn)\.")
 
 
@@ -286,7 +301,7 @@ def map_keys(state: dict, where: str) -> dict:
     """mmseg state-dict keys -> this project's; any key with no counterpart is refused."""
     out, unknown = {}, []
     for k, v in state.items():
-        new = k if (_BACKBONE.match(k) or _MOBILENET.match(k)) else None
+        new = k if (_BACKBONE.match(k) or _MOBILENET.match(k) or _RESNEST.match(k)) else None
         for a, b in _STEM_7X7.items():
             if new is None and k.startswith(a):
                 new = b + k[len(a):]

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..geometry import feature_size, min_input_size  # noqa: F401 - re-exported
 from .mobilenet_v2 import mobilenet_v2
+from .resnest import resnest as resnest_backbone
 from .resnet import resnet
 
 __all__ = ["PyramidPooling", "PSPNet", "feature_size", "build_model"]
@@ -75,9 +76,19 @@ class PSPNet(nn.Module):
                  aux: bool = True, aux_channels: int = 256, dropout: float = 0.1, stem_channels=None,
                  strides=None, dilations=None, contract_dilation: bool = True, basic_conv2_dilated: bool = True,
                  ppm_channels: int | None = None, align_corners: bool = True, ppm_align_corners: bool | None = None,
-                 widen_factor: float | None = None):
+                 widen_factor: float | None = None, resnest: dict | None = None):
         super().__init__()
-        if backbone == "mobilenet_v2":  # mmseg's layout (model/mobilenet_v2.py); widen_factor, 7 strides/dilations
+        if backbone.startswith("resnest"):  # mmseg's layout (model/resnest.py); its own options in ``resnest``
+            opts = dict(resnest or {})
+            self.backbone = resnest_backbone(backbone, stem_channels=(stem_channels or [64, 64, 128])[-1],
+                                             strides=strides or (1, 2, 1, 1), dilations=dilations or (1, 1, 2, 4),
+                                             contract_dilation=contract_dilation, **opts)
+            bb = self.backbone
+            bb_conf = dict(deep_stem=True, stem_channels=[bb.stem_channels // 2, bb.stem_channels // 2, bb.stem_channels],
+                           strides=list(bb.strides), dilations=list(bb.dilations), contract_dilation=bb.contract_dilation,
+                           resnest=dict(base_channels=bb.base_channels, radix=bb.radix,
+                                        reduction_factor=bb.reduction_factor, avg_down_stride=bb.avg_down_stride))
+        elif backbone == "mobilenet_v2":  # mmseg's layout (model/mobilenet_v2.py); widen_factor, 7 strides/dilations
             self.backbone = mobilenet_v2(widen_factor=1.0 if widen_factor is None else widen_factor,
                                          strides=strides, dilations=dilations)
             bb = self.backbone
