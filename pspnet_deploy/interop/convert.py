@@ -3,9 +3,11 @@
 :func:`convert_checkpoint` reads the file with the safe unpickler (no code from it runs), finds
 the weights (``{'state_dict': ...}`` wrappers, ``module.`` prefixes), works out the architecture
 (mmseg: the embedded config ``meta['cfg']`` / ``meta['config']`` or ``--config``, read without
-executing it; otherwise the weights' shapes plus the peer's defaults, each assumption recorded),
+executing it, the two checked against each other; without a config only on an explicit
+``assume_defaults``: the weights' shapes plus the peer's defaults, each assumption recorded),
 builds the matching :class:`~pspnet_deploy.model.PSPNet`, loads every weight strictly, and writes
-a :func:`~pspnet_deploy.checkpoint.save_checkpoint` file with classes, palette and preprocessing.
+a :func:`~pspnet_deploy.checkpoint.save_checkpoint` file with classes, palette (the checkpoint's,
+else the config's dataset from :mod:`.datasets`), preprocessing and the test-time procedure.
 Anything that is not a PSPNet of a supported layout fails with one line and writes nothing.
 """
 from __future__ import annotations

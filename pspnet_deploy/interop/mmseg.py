@@ -1,5 +1,8 @@
-"""mmsegmentation PSPNet (``EncoderDecoder`` + ``ResNet``/``ResNetV1c`` + ``PSPHead`` [+ ``FCNHead``])
--> this project's PSPNet: architecture from the config, key mapping, preprocessing.
+"""mmsegmentation PSPNet (``EncoderDecoder`` + ``ResNet``/``ResNetV1c``/``ResNeSt``/``MobileNetV2`` +
+``PSPHead`` [+ ``FCNHead``]) -> this project's PSPNet: architecture from the config (every option
+that changes the forward pass is reproduced or refused by name), key mapping, preprocessing, the
+test-time procedure. ResNeSt and MobileNetV2 facts: ``pspnet_deploy/model/resnest.py``,
+``mobilenet_v2.py``.
 
 mmseg facts this relies on (mmseg 1.x ``models/backbones/resnet.py``, ``models/utils/res_layer.py``,
 ``models/decode_heads/psp_head.py``, ``fcn_head.py``, ``decode_head.py``; 0.x is the same):
