@@ -502,12 +502,14 @@ def test_semseg_yaml_config_is_checked(tmp_path):
     src = tmp_path / "train_epoch_50.pth"
     _semseg_checkpoint(src)
     good = tmp_path / "voc2012_pspnet50.yaml"  # the shape of semseg's config/voc2012/voc2012_pspnet50.yaml
-    good.write_text("DATA:\n  classes: 21\nTRAIN:\n  arch: psp\n  layers: 50\n  train_h: 473\n  train_w: 473\n"
+    good.write_text("DATA:\n  data_root: dataset/voc2012\n  classes: 21\nTRAIN:\n  arch: psp\n  layers: 50\n  train_h: 473\n  train_w: 473\n"
                     "  zoom_factor: 8\n  ignore_label: 255\nTEST:\n  base_size: 512\n  test_h: 473\n  test_w: 473\n"
                     "  scales: [1.0]\n")
     out = tmp_path / "ok.pt"
     convert_checkpoint(src, out, source="semseg", config=good)
     assert "assumed_defaults" not in load_checkpoint(out)["meta"]["converted_from"]
+    # data_root names semseg's VOC: its 21 classes (the order of semseg's voc2012_names.txt = mmseg's METAINFO)
+    assert load_checkpoint(out)["meta"]["classes"][:3] == ["background", "aeroplane", "bicycle"]
     meta = load_checkpoint(out)["meta"]
     assert meta["preprocess"]["input_size"] == [473, 473] and meta["converted_from"]["config"] == str(good)
     # semseg's tool/test.py: long side to base_size, 473 windows with stride ceil(2/3 x 473), flip

@@ -270,6 +270,8 @@ def convert_checkpoint(src: str | Path, out: str | Path, source: str | None = No
         pre, assumed = ss.preprocess_from_semseg(opts)
         notes += [f"assumed {a}" for a in assumed]
         ignore_index = int(opts.get("ignore_label", IGNORE_INDEX))
+        dataset_type = ss.dataset_type_from_semseg(opts)
+        dataset_name = dataset_type
         test_time = ss.test_time_from_semseg(opts)
         if test_time is None:
             notes.append("no test-time procedure recorded (the semseg YAML gives no base_size / test_h / test_w)")

@@ -114,7 +114,7 @@ def read_semseg_yaml(path) -> dict:
         if isinstance(sec, dict):
             flat.update(sec)
     return {k: flat[k] for k in ("layers", "classes", "zoom_factor", "train_h", "train_w", "test_h", "test_w",
-                                 "ignore_label", "base_size", "scales")
+                                 "ignore_label", "base_size", "scales", "data_root")
             if k in flat}
 
 
@@ -133,3 +133,15 @@ def test_time_from_semseg(options: dict) -> dict | None:
                                                                             "keep_ratio": True},
             "crop": [int(h), int(w)], "stride": [math.ceil(h * 2 / 3), math.ceil(w * 2 / 3)],
             "scales": [float(s) for s in scales], "flip": True}
+
+
+#: semseg's three datasets (``data_root: dataset/<name>``) -> mmseg's dataset class of the same
+#: classes in the same order (semseg's ``data/<name>/<name>_names.txt``)
+SEMSEG_DATASETS = {"ade20k": "ADE20KDataset", "voc2012": "PascalVOCDataset", "cityscapes": "CityscapesDataset"}
+
+
+def dataset_type_from_semseg(options: dict) -> str | None:
+    root = options.get("data_root")
+    if not isinstance(root, str) or not root.strip("/"):
+        return None
+    return SEMSEG_DATASETS.get(root.rstrip("/").split("/")[-1].lower())
