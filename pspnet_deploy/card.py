@@ -325,6 +325,18 @@ def validate_card(card: ModelCard) -> ModelCard:
         if len(shape) == 4 and isinstance(shape[1], int) and shape[1] > 0 and shape[1] != len(card.classes):
             raise UserError(f"{p}: output has {shape[1]} channels but the metadata names {len(card.classes)} classes; "
                             f"the file was edited or mixed up, {fix}")
+    tt = card.meta.get("test_time") if isinstance(card.meta, dict) else None
+    if tt is not None:  # the source's test-time procedure (pspnet-convert; pspnet-eval --test-time source)
+        def _ints(v, n):
+            return isinstance(v, list) and len(v) == n and all(isinstance(x, int) and x > 0 for x in v)
+        rs = tt.get("resize") if isinstance(tt, dict) else None
+        ok = isinstance(tt, dict) and tt.get("mode") in ("whole", "slide") and isinstance(tt.get("flip"), bool) \
+            and isinstance(tt.get("scales"), list) and tt["scales"] and \
+            all(isinstance(x, (int, float)) and x > 0 for x in tt["scales"]) \
+            and (tt["mode"] == "whole" or (_ints(tt.get("crop"), 2) and _ints(tt.get("stride"), 2))) \
+            and (rs is None or (isinstance(rs, dict) and (_ints([rs.get("long")], 1) or _ints(rs.get("size"), 2))))
+        if not ok:
+            raise _bad(p, f"{label}test_time (mode, flip, scales, crop/stride of slide, resize)", tt, fix)
     if card.batch_range is not None:
         try:
             lo, opt, hi = (int(v) for v in card.batch_range)

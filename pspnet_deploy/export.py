@@ -368,6 +368,8 @@ def export_onnx(checkpoint, out=None, input_size=None, batch: int = 1, dynamic_b
     }
     if fp16_info is not None:
         onnx_meta["fp16"] = fp16_info
+    if meta.get("test_time"):  # the source's test-time procedure (pspnet-convert), for --test-time source
+        onnx_meta["test_time"] = meta["test_time"]
     write_onnx_metadata(proto, onnx_meta)
     proto.producer_name = "pspnet-deploy"
     proto.producer_version = __version__

@@ -122,7 +122,7 @@ class Predictor:
 
     def __init__(self, runner, output_dir: str | Path, mode: str = "whole", flip: bool = False, stride: float = 2 / 3,
                  scales=(1.0,), overlay: bool = False, alpha: float = 0.5, video_frames: bool = False, max_frames: int | None = None,
-                 fourcc: str = "mp4v", progress: bool = False):
+                 fourcc: str = "mp4v", progress: bool = False, resize: dict | None = None):
         if not (0.0 <= alpha <= 1.0):
             raise UserError(f"--alpha must be between 0 and 1, got {alpha}")
         if max_frames is not None and max_frames <= 0:
@@ -131,7 +131,7 @@ class Predictor:
         self.out = Path(output_dir)
         if self.out.exists() and not self.out.is_dir():
             raise UserError(f"{self.out}: output exists and is not a folder; choose an output folder")
-        self.predict = make_predictor(mode=mode, flip=flip, stride=stride, scales=scales)
+        self.predict = make_predictor(mode=mode, flip=flip, stride=stride, scales=scales, resize=resize)
         self.overlay = overlay
         self.alpha = alpha
         self.video_frames = video_frames

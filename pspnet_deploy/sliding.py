@@ -124,18 +124,41 @@ def check_scales(scales, mode: str) -> tuple[float, ...]:
     return scales
 
 
+def resize_factor(resize: dict | None, h: int, w: int) -> float:
+    """The keep-ratio rescale factor of an HxW image under a ``test_time`` resize: the long side to at
+    most ``long`` and the short side to at most ``short`` (mmcv's ``imrescale``; semseg gives only
+    ``long``); 1.0 without one."""
+    if not resize:
+        return 1.0
+    f = float(resize["long"]) / max(h, w)
+    if resize.get("short"):
+        f = min(f, float(resize["short"]) / min(h, w))
+    return f
+
+
 def predict_scores(runner, image_rgb: np.ndarray, mode: str = "whole", flip: bool = False,
-                   stride: float = 2 / 3, scales=(1.0,)) -> np.ndarray:
-    """CxHxW scores at the image's size: logits averaged over ``scales`` and, with ``flip``, mirror images."""
+                   stride: float = 2 / 3, scales=(1.0,), resize: dict | None = None) -> np.ndarray:
+    """CxHxW scores at the image's size: logits averaged over ``scales`` and, with ``flip``, mirror images.
+    ``resize`` (slide mode, a ``test_time`` keep-ratio resize) rescales each image before its scales."""
     img = ensure_rgb(image_rgb)
     if mode not in ("whole", "slide"):
         raise UserError(f"inference mode must be 'whole' or 'slide', got {mode!r}")
     scales = check_scales(scales, mode)
+    base = resize_factor(resize, *img.shape[:2]) if mode == "slide" else 1.0
+    if mode == "whole" and resize and resize.get("keep_ratio", True):
+        # the source runs the whole image at its keep-ratio rescaled size (mmcv rounds half up); a
+        # fixed-size model reproduces that only where the two agree
+        f = resize_factor(resize, *img.shape[:2])
+        want = (int(img.shape[0] * f + 0.5), int(img.shape[1] * f + 0.5))
+        if want != tuple(runner.input_size):
+            raise UserError(f"an image of {img.shape[0]}x{img.shape[1]} is run whole at {want[0]}x{want[1]} by the "
+                            f"source (keep-ratio resize), this model's input is {runner.input_size[0]}x"
+                            f"{runner.input_size[1]}: --test-time source cannot reproduce it; choose --mode/--scales")
     views = [img, np.ascontiguousarray(img[:, ::-1])] if flip else [img]
     total = None
     for scale in scales:
         for i, view in enumerate(views):
-            s = whole_logits(runner, view) if mode == "whole" else slide_logits(runner, view, stride, scale)
+            s = whole_logits(runner, view) if mode == "whole" else slide_logits(runner, view, stride, scale * base)
             if i:
                 s = s[:, :, ::-1]
             total = s.copy() if total is None else total + s
@@ -145,7 +168,7 @@ def predict_scores(runner, image_rgb: np.ndarray, mode: str = "whole", flip: boo
 
 
 def make_predictor(mode: str = "whole", flip: bool = False, stride: float = 2 / 3,
-                   scales=(1.0,)) -> Callable[[object, np.ndarray], np.ndarray]:
+                   scales=(1.0,), resize: dict | None = None) -> Callable[[object, np.ndarray], np.ndarray]:
     """``predict(runner, image_rgb) -> HxW label map (int64) at the image's size``."""
     if mode not in ("whole", "slide"):
         raise UserError(f"inference mode must be 'whole' or 'slide', got {mode!r}")
@@ -154,9 +177,11 @@ def make_predictor(mode: str = "whole", flip: bool = False, stride: float = 2 / 
     scales = check_scales(scales, mode)
 
     def predict(runner, image_rgb: np.ndarray) -> np.ndarray:
-        return predict_scores(runner, image_rgb, mode=mode, flip=flip, stride=stride, scales=scales).argmax(0)
+        return predict_scores(runner, image_rgb, mode=mode, flip=flip, stride=stride, scales=scales,
+                              resize=resize).argmax(0)
 
     predict.mode, predict.flip, predict.stride, predict.scales = mode, flip, stride, scales  # type: ignore[attr-defined]
+    predict.resize = resize  # type: ignore[attr-defined]
     return predict
 
 
@@ -167,3 +192,43 @@ def describe(mode: str, flip: bool, scales=(1.0,)) -> str:
     if scales != (1.0,):
         text += f", scales {' '.join(f'{s:g}' for s in scales)}"
     return text
+
+
+def test_time_options(tt: dict, input_size, where: str, adjustable: bool = False) -> dict:
+    """How this project's machinery runs a recorded ``test_time`` procedure (``pspnet-convert``
+    records the source's: see :mod:`pspnet_deploy.interop`): ``{mode, flip, stride, scales,
+    resize, input_size}``, ``input_size`` being the model input the procedure needs (the window
+    of slide mode, the resized image of whole mode). A model of another fixed size is refused
+    unless ``adjustable`` (a checkpoint runs at any size)."""
+    mode = tt.get("mode")
+    if mode not in ("whole", "slide"):
+        raise UserError(f"{where}: test_time mode {mode!r} is not whole or slide")
+    resize = tt.get("resize")
+    out = {"mode": mode, "flip": bool(tt.get("flip", False)), "stride": 2 / 3,
+           "scales": check_scales(tt.get("scales") or (1.0,), mode), "resize": None, "input_size": None}
+    if mode == "slide":
+        crop, step = tt.get("crop"), tt.get("stride")
+        need = (int(crop[0]), int(crop[1]))
+        frac = (int(step[0]) + 0.5) / need[0]  # int(window * frac) is the recorded pixel stride
+        if int(need[1] * frac) != int(step[1]):
+            raise UserError(f"{where}: the source's stride {list(step)} is not one fraction of its window {list(crop)}; "
+                            f"pass --mode slide --stride F instead")
+        out["stride"] = frac
+        if resize and not resize.get("keep_ratio", True):
+            raise UserError(f"{where}: the source resizes to a fixed {resize.get('size')} before sliding windows; "
+                            f"not supported by --test-time source")
+    else:
+        need = None
+        if resize and resize.get("keep_ratio", True):
+            need = (int(resize.get("short") or resize["long"]), int(resize["long"]))
+        elif resize:
+            need = (int(resize["size"][0]), int(resize["size"][1]))
+    out["resize"] = resize or None
+    if need is not None and input_size is not None and tuple(input_size) != need:
+        if not adjustable:
+            what = f"slides {need[0]}x{need[1]} windows" if mode == "slide" else \
+                f"runs whole images resized to {need[0]}x{need[1]}"
+            raise UserError(f"{where}: the source {what}, this model's input is {input_size[0]}x{input_size[1]}; "
+                            f"export it with --input-size {need[0]} {need[1]}, or choose --mode/--flip/--scales")
+    out["input_size"] = need
+    return out

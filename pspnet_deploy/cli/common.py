@@ -81,6 +81,32 @@ def add_window_args(p: argparse.ArgumentParser) -> None:
                    help="multi-scale testing: average the sliding-window logits of the image rescaled by each "
                         "factor (the paper's: 0.5 0.75 1 1.25 1.5 1.75); implies --mode slide")
     p.add_argument("--stride", type=float, default=2 / 3, help="sliding-window stride as a fraction of the window")
+    p.add_argument("--test-time", choices=["source"], default=None,
+                   help="source: the test-time procedure recorded in the model by pspnet-convert (the mmseg config's "
+                        "test_cfg and test resize, semseg's test.py settings) instead of --mode/--flip/--scales/--stride")
+
+
+def apply_test_time(a: argparse.Namespace, size):
+    """``--test-time source``: set ``a.mode/flip/stride/scales/resize`` from the model's recorded
+    ``test_time`` (after :func:`check_window_args`); returns the input size a checkpoint must run
+    at (``size`` when none is needed). A file without the record, or of a size the procedure
+    cannot run at, is refused with one line."""
+    if not getattr(a, "test_time", None):
+        return size
+    from ..card import read_card
+    from ..sliding import test_time_options
+
+    card = read_card(a.model)
+    tt = card.meta.get("test_time")
+    if not isinstance(tt, dict):
+        raise UserError(f"{a.model}: no test-time procedure recorded (pspnet-convert records the source's; an exported "
+                        f"file carries it from its checkpoint); choose --mode/--flip/--scales instead")
+    current = tuple(size) if size is not None else card.input_size
+    opts = test_time_options(tt, current, str(a.model), adjustable=card.kind == "torch" and size is None)
+    a.mode, a.flip, a.stride, a.scales, a.resize = opts["mode"], opts["flip"], opts["stride"], opts["scales"], opts["resize"]
+    if card.kind == "torch" and opts["input_size"] is not None:
+        return opts["input_size"]
+    return size
 
 
 def check_window_args(a: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> None:
@@ -89,6 +115,10 @@ def check_window_args(a: argparse.Namespace, parser: argparse.ArgumentParser | N
     With ``parser``: --stride set for a whole-image prediction is refused (it would be ignored)."""
     from ..sliding import check_scales
 
+    a.resize = None
+    if getattr(a, "test_time", None) and (a.mode or a.flip or a.scales or a.stride != 2 / 3):
+        raise UserError("--test-time source sets the mode, flip, scales and stride itself; drop --mode/--flip/--scales/"
+                        "--stride, or drop --test-time")
     if not 0 < a.stride <= 1:
         raise UserError(f"--stride must be in (0, 1], got {a.stride}")
     if parser is not None:

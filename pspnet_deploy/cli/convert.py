@@ -4,11 +4,12 @@ Examples::
 
     pspnet-convert pspnet_r50-d8_512x1024_40k_cityscapes.pth --output models/psp_r50_cityscapes.pt
     pspnet-convert iter_80000.pth --output psp.pt --config pspnet_r18b-d8_4xb2-80k_cityscapes-512x1024.py
-    pspnet-convert train_epoch_50.pth --from semseg --output psp50_voc.pt --input-size 473 473
+    pspnet-convert train_epoch_50.pth --from semseg --output psp50_voc.pt --config voc2012_pspnet50.yaml
 
 The file is read without running code from it; the architecture comes from the checkpoint's
 embedded config (mmengine ``meta['cfg']``, mmcv ``meta['config']``) or ``--config`` (read, never
-executed), else from the weights' shapes with the peer's defaults (reported as assumed).
+executed); a checkpoint without one needs ``--config`` or ``--assume-defaults`` (recorded). A
+``--config`` that disagrees with the embedded config on the forward pass is refused.
 """
 from __future__ import annotations
 
@@ -30,6 +31,11 @@ def build_parser():
     p.add_argument("--config", default=None,
                    help="mmseg: Python config (a path, or the name of a config shipped with mmsegmentation); "
                         "semseg: its YAML config. Default: the config embedded in SRC, else the weights' shapes")
+    p.add_argument("--assume-defaults", choices=["mmseg-d8", "semseg"], default=None,
+                   help="a checkpoint without a config (a bare state dict, mmcv 0.x, every semseg file) converts only "
+                        "with --config or this: mmseg-d8 = mmseg's pspnet_r50-d8 defaults (output stride 8, "
+                        "align_corners False, bins 1-2-3-6, ImageNet RGB); semseg = semseg's fixed design. "
+                        "Recorded in the checkpoint")
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="inference size stored in the checkpoint (default: the config's crop size)")
     return p
@@ -51,7 +57,8 @@ def main(argv=None) -> int:
 
     from ..interop import convert_checkpoint
 
-    summary = convert_checkpoint(a.src, a.output, source=a.source, config=a.config, input_size=size)
+    summary = convert_checkpoint(a.src, a.output, source=a.source, config=a.config, input_size=size,
+                                 assume_defaults=a.assume_defaults)
     for note in summary["notes"]:
         print(f"{PROG}: note: {note}", file=sys.stderr)
     print(json.dumps({k: summary[k] for k in ("path", "source", "config", "num_classes", "input_size", "aux_head")}))

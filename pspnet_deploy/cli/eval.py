@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from ..utils import atomic_write_json
-from .common import add_window_args, check_window_args, make_parser, run, size_arg
+from .common import add_window_args, apply_test_time, check_window_args, make_parser, run, size_arg
 
 PROG = "pspnet-eval"
 
@@ -48,6 +48,7 @@ def main(argv=None) -> int:
     size = size_arg(a.input_size, batch=a.batch_size)
     if size is not None and SUFFIX_KINDS.get(Path(a.model).suffix.lower()) != "torch":
         raise UserError("--input-size applies to .pt checkpoints only; ONNX and engine sizes are fixed at export")
+    size = apply_test_time(a, size)
     from ..card import read_card
 
     read_card(a.model).check_size(size, batch=a.batch_size)  # its bounds and memory, times the batch
@@ -65,13 +66,14 @@ def main(argv=None) -> int:
     with load_runner(a.model, RunnerOptions(device=a.device, threads=a.threads or None, input_size=size)) as runner:
         ds = open_dataset(a.data, a.split)
         predict = None
-        if a.mode == "slide" or a.flip:
+        if a.mode == "slide" or a.flip or a.resize:
             from ..sliding import make_predictor
 
-            predict = make_predictor(mode=a.mode, flip=a.flip, stride=a.stride, scales=a.scales)
+            predict = make_predictor(mode=a.mode, flip=a.flip, stride=a.stride, scales=a.scales, resize=a.resize)
         res = evaluate(runner, ds, limit=a.limit, batch_size=a.batch_size, progress=not a.no_progress, predict=predict)
         res["model"] = runner.describe()
-    res["data"] = {"path": str(a.data), "split": a.split, "mode": a.mode, "flip": a.flip, "scales": list(a.scales)}
+    res["data"] = {"path": str(a.data), "split": a.split, "mode": a.mode, "flip": a.flip, "scales": list(a.scales),
+                   "test_time": a.test_time, "stride": a.stride, "resize": a.resize}
     print(format_table(res, f"{a.model} on {a.data} [{a.split}], {res['num_images']} images, "
                             f"{describe(a.mode, a.flip, a.scales)}"))
     if a.json:

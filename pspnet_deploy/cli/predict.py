@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .common import add_window_args, check_window_args, make_parser, refuse_ignored, run
+from .common import add_window_args, apply_test_time, check_window_args, make_parser, refuse_ignored, run
 
 PROG = "pspnet-predict"
 
@@ -57,15 +57,17 @@ def main(argv=None) -> int:
     from ..runners import RunnerOptions, load_runner
 
     collect_inputs(a.inputs, exclude=a.output)  # bad inputs fail before the model loads
+    size = apply_test_time(a, None)
     model = str(a.model)
     if a.threads:
         import torch
 
         torch.set_num_threads(a.threads)
-    with load_runner(model, RunnerOptions(device=a.device, threads=a.threads or None, cuda_graph=a.cuda_graph)) as runner:
+    with load_runner(model, RunnerOptions(device=a.device, threads=a.threads or None, cuda_graph=a.cuda_graph,
+                                          input_size=size)) as runner:
         res = Predictor(runner, a.output, mode=a.mode, flip=a.flip, stride=a.stride, scales=a.scales,
                         overlay=a.overlay, alpha=a.alpha, video_frames=a.video_frames, max_frames=a.max_frames,
-                        progress=a.progress).run(a.inputs)
+                        progress=a.progress, resize=a.resize).run(a.inputs)
     parts = [f"{res.images} image{'s' if res.images != 1 else ''}"]
     if res.videos:
         parts.append(f"{res.videos} video{'s' if res.videos != 1 else ''} ({res.frames} frames)")

@@ -3,9 +3,11 @@
 :func:`convert_checkpoint` reads the file with the safe unpickler (no code from it runs), finds
 the weights (``{'state_dict': ...}`` wrappers, ``module.`` prefixes), works out the architecture
 (mmseg: the embedded config ``meta['cfg']`` / ``meta['config']`` or ``--config``, read without
-executing it; otherwise the weights' shapes plus the peer's defaults, each assumption recorded),
+executing it, the two checked against each other; without a config only on an explicit
+``assume_defaults``: the weights' shapes plus the peer's defaults, each assumption recorded),
 builds the matching :class:`~pspnet_deploy.model.PSPNet`, loads every weight strictly, and writes
-a :func:`~pspnet_deploy.checkpoint.save_checkpoint` file with classes, palette and preprocessing.
+a :func:`~pspnet_deploy.checkpoint.save_checkpoint` file with classes, palette (the checkpoint's,
+else the config's dataset from :mod:`.datasets`), preprocessing and the test-time procedure.
 Anything that is not a PSPNet of a supported layout fails with one line and writes nothing.
 """
 from __future__ import annotations
@@ -96,10 +98,57 @@ def _embedded_config(meta: dict, where: str):
     return None, None
 
 
-def _classes_palette(meta: dict, n: int, notes: list[str]) -> tuple[list[str], list[list[int]]]:
+#: what each ``--assume-defaults`` value assumes (recorded in the checkpoint with the notes)
+ASSUME_DEFAULTS = {
+    "mmseg-d8": ("mmseg", "mmsegmentation's PSPNet defaults (configs/_base_/models/pspnet_r50-d8.py): output stride 8, "
+                          "contract_dilation, bins 1-2-3-6, align_corners False, ImageNet mean/std on RGB"),
+    "semseg": ("semseg", "hszhao/semseg's fixed PSPNet design: bins 1-2-3-6, zoom_factor 8, align_corners True, "
+                         "ImageNet mean/std x 255 on RGB"),
+}
+
+#: PSPNet options compared between ``--config`` and the checkpoint's own config, in this order
+_FORWARD_KEYS = ("backbone", "num_classes", "stem_channels", "deep_stem", "strides", "dilations", "contract_dilation",
+                 "basic_conv2_dilated", "bins", "ppm_channels", "head_channels", "aux_channels", "align_corners",
+                 "ppm_align_corners")
+
+
+def _first_disagreement(a: tuple[dict, dict], b: tuple[dict, dict]) -> str | None:
+    """The first forward-pass option on which two ``(PSPNet config, preprocessing)`` pairs differ."""
+    (ca, pa), (cb, pb) = a, b
+    keys = list(_FORWARD_KEYS) + sorted((set(ca) | set(cb)) - set(_FORWARD_KEYS) - {"dropout"})
+    for k in keys:
+        if ca.get(k) != cb.get(k):
+            return f"{k} is {cb.get(k)!r} there, {ca.get(k)!r} in the checkpoint"
+    for k in ("mean", "std", "channel_order"):
+        va, vb = (pa[k], pb[k]) if k == "channel_order" else ([float(x) for x in pa[k]], [float(x) for x in pb[k]])
+        if va != vb:
+            return f"preprocessing {k} is {pb[k]!r} there, {pa[k]!r} in the checkpoint"
+    return None
+
+
+def _dataset_table(dataset_type) -> dict | None:
+    from .datasets import MMSEG_DATASETS
+
+    return MMSEG_DATASETS.get(dataset_type) if isinstance(dataset_type, str) else None
+
+
+def _classes_palette(meta: dict, n: int, notes: list[str], dataset_type: str | None = None
+                     ) -> tuple[list[str], list[list[int]]]:
+    """Class names and palette: the checkpoint's own (mmengine ``dataset_meta``, mmcv ``CLASSES`` /
+    ``PALETTE``), else those of the dataset its config names (mmseg's ``METAINFO``, from
+    :mod:`.datasets`), else generic ones (noted)."""
     dm = meta.get("dataset_meta") if isinstance(meta.get("dataset_meta"), dict) else {}
     classes = dm.get("classes", meta.get("CLASSES"))
     palette = dm.get("palette", meta.get("PALETTE"))
+    table = _dataset_table(dataset_type)
+    if table is not None and len(table["classes"]) != n:
+        notes.append(f"the config's dataset {dataset_type} has {len(table['classes'])} classes, the weights predict {n}; "
+                     f"its names are not used")
+        table = None
+    if classes is None and table is not None:
+        classes = table["classes"]
+        if palette is None:
+            palette = table["palette"]
     if isinstance(classes, (list, tuple)) and len(classes) == n and all(isinstance(c, str) for c in classes):
         classes = [str(c) for c in classes]
     else:
@@ -137,13 +186,35 @@ def _load_strict(model: PSPNet, state: dict, where: str, what: str) -> None:
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
 
 
+def _no_config(where: str, found: str, assume: str | None) -> None:
+    """A checkpoint without a config converts only on an explicit ``--assume-defaults`` of its family."""
+    want = "mmseg-d8" if found == "mmseg" else "semseg"
+    if assume is None:
+        what = "mmseg config (--config FILE, or a shipped config's name)" if found == "mmseg" \
+            else "semseg YAML config (--config config/<dataset>/<dataset>_pspnet<N>.yaml)"
+        raise UserError(f"{where}: no config in the checkpoint, and its weights do not say the output stride, bins, "
+                        f"align_corners or preprocessing: pass its {what}, or --assume-defaults {want} to take "
+                        f"{ASSUME_DEFAULTS[want][1]}")
+    if ASSUME_DEFAULTS[assume][0] != found:
+        raise UserError(f"{where}: --assume-defaults {assume} is for {ASSUME_DEFAULTS[assume][0]} checkpoints, these "
+                        f"weights are in {found}'s layout; use --assume-defaults {want}")
+
+
 def convert_checkpoint(src: str | Path, out: str | Path, source: str | None = None, config: str | Path | None = None,
-                       input_size: tuple[int, int] | None = None) -> dict:
-    """Convert ``src`` to a pspnet-deploy checkpoint at ``out``; returns a summary dict."""
+                       input_size: tuple[int, int] | None = None, assume_defaults: str | None = None) -> dict:
+    """Convert ``src`` to a pspnet-deploy checkpoint at ``out``; returns a summary dict.
+
+    A checkpoint without a config needs ``config`` or ``assume_defaults`` (a key of
+    :data:`ASSUME_DEFAULTS`); a ``config`` that disagrees with the checkpoint's embedded config on
+    any option of the forward pass is refused, naming the first disagreement."""
     src, out = Path(src), Path(out)
     where = str(src)
     if source is not None and source not in SOURCES:
         raise UserError(f"--from must be one of {', '.join(SOURCES)}, got {source!r}")
+    if assume_defaults is not None and assume_defaults not in ASSUME_DEFAULTS:
+        raise UserError(f"--assume-defaults must be one of {', '.join(ASSUME_DEFAULTS)}, got {assume_defaults!r}")
+    if assume_defaults is not None and config is not None:
+        raise UserError("--assume-defaults and --config exclude each other: the config says what the defaults would guess")
     if out.exists() and src.exists() and out.resolve() == src.resolve():
         raise UserError(f"{out}: output would overwrite the source checkpoint; choose another path")
     payload = safe_load(src)
@@ -153,30 +224,57 @@ def convert_checkpoint(src: str | Path, out: str | Path, source: str | None = No
     info: dict = {"source": found, "file": src.name, "sha256": sha256_file(src)}
     ignore_index = IGNORE_INDEX
     dataset_name = None
+    dataset_type = None
+    test_time = None
     if found == "mmseg":
-        cfg, cfg_from = (read_config_file(config), str(config)) if config else _embedded_config(meta, where)
+        embedded, emb_from = _embedded_config(meta, where)
+        if embedded is not None and assume_defaults is not None:
+            raise UserError(f"{where}: --assume-defaults given, but the checkpoint carries its config "
+                            f"({emb_from}); omit --assume-defaults")
+        cfg, cfg_from = (read_config_file(config), str(config)) if config else (embedded, emb_from)
         if cfg is not None:
             conf, facts = mm.model_config_from_mmseg(cfg, cfg_from)
+            if config and embedded is not None:
+                own, _ = mm.model_config_from_mmseg(embedded, f"{where} {emb_from}")
+                diff = _first_disagreement((own, mm.preprocess_from_mmseg(embedded)[0]),
+                                           (conf, mm.preprocess_from_mmseg(cfg)[0]))
+                if diff:
+                    raise UserError(f"{config}: disagrees with the config embedded in {src.name}: {diff}; omit "
+                                    f"--config (the embedded config describes these weights) or give the right one")
+                cfg_from = f"{config} (agrees with the embedded config)"
             info["mmseg_test_cfg"] = facts.get("test_cfg")
+            test_time, tt_notes = mm.test_time_from_mmseg(cfg)
+            notes += tt_notes
             ignore_index = int(get(cfg, "model.decode_head.ignore_index", IGNORE_INDEX))
-            dataset_name = get(cfg, "dataset_type") if isinstance(get(cfg, "dataset_type"), str) else None
+            dataset_type = get(cfg, "dataset_type") if isinstance(get(cfg, "dataset_type"), str) else None
+            dataset_name = dataset_type
         else:
+            _no_config(where, found, assume_defaults)
             conf, assumed = mm.infer_model_config(state, where)
-            notes += [f"assumed {a} (no config in the checkpoint; pass --config to be exact)" for a in assumed]
-            cfg_from = "inferred from the weights' shapes"
+            notes += [f"assumed {a} (--assume-defaults {assume_defaults})" for a in assumed]
+            cfg_from = f"the weights' shapes and --assume-defaults {assume_defaults}"
+            info["assumed_defaults"] = {"name": assume_defaults, "what": ASSUME_DEFAULTS[assume_defaults][1]}
         mapped = mm.map_keys(state, where)
         pre, assumed = mm.preprocess_from_mmseg(cfg)
         notes += [f"assumed {a}" for a in assumed]
         info["mmseg_version"] = meta.get("mmseg_version") or meta.get("mmengine_version") or meta.get("mmcv_version")
     else:
+        if not config:
+            _no_config(where, found, assume_defaults)
+            info["assumed_defaults"] = {"name": assume_defaults, "what": ASSUME_DEFAULTS[assume_defaults][1]}
         opts = ss.read_semseg_yaml(config) if config else {}
-        cfg_from = str(config) if config else "inferred from the weights' shapes (semseg's fixed design)"
+        cfg_from = str(config) if config else "the weights' shapes and --assume-defaults semseg (semseg's fixed design)"
         conf, assumed = ss.model_config_from_semseg(state, where, opts)
         notes += [f"assumed {a}" for a in assumed]
         mapped = ss.map_keys(state, where)
         pre, assumed = ss.preprocess_from_semseg(opts)
         notes += [f"assumed {a}" for a in assumed]
         ignore_index = int(opts.get("ignore_label", IGNORE_INDEX))
+        dataset_type = ss.dataset_type_from_semseg(opts)
+        dataset_name = dataset_type
+        test_time = ss.test_time_from_semseg(opts)
+        if test_time is None:
+            notes.append("no test-time procedure recorded (the semseg YAML gives no base_size / test_h / test_w)")
     has_aux = any(k.startswith("aux_head.") for k in mapped)
     if not has_aux:
         conf.pop("aux_channels", None)
@@ -196,12 +294,14 @@ def convert_checkpoint(src: str | Path, out: str | Path, source: str | None = No
                         f"{conf['bins']} at output stride {model.config['output_stride']}: at least {need} per side")
     preprocess = Preprocess(input_size=tuple(pre["input_size"]), mean=tuple(pre["mean"]), std=tuple(pre["std"]),
                             channel_order=pre["channel_order"])
-    classes, palette = _classes_palette(meta, conf["num_classes"], notes)
+    classes, palette = _classes_palette(meta, conf["num_classes"], notes, dataset_type)
     info.update(config=cfg_from, notes=notes)
     out_meta = {"classes": classes, "palette": palette, "ignore_index": ignore_index,
                 "preprocess": preprocess.to_dict(),
                 "dataset": {"name": dataset_name or f"{found} (converted)", "path": None},
                 "converted_from": info, "versions": versions()}
+    if test_time is not None:
+        out_meta["test_time"] = test_time
     save_checkpoint(out, model, out_meta)
     return {"path": str(out), "source": found, "config": cfg_from, "model": model.config,
             "num_classes": conf["num_classes"], "input_size": pre["input_size"], "channel_order": pre["channel_order"],

@@ -114,5 +114,34 @@ def read_semseg_yaml(path) -> dict:
         if isinstance(sec, dict):
             flat.update(sec)
     return {k: flat[k] for k in ("layers", "classes", "zoom_factor", "train_h", "train_w", "test_h", "test_w",
-                                 "ignore_label")
+                                 "ignore_label", "base_size", "scales", "data_root")
             if k in flat}
+
+
+def test_time_from_semseg(options: dict) -> dict | None:
+    """semseg's ``tool/test.py`` procedure from its YAML: the image resized so its long side is
+    ``base_size`` x scale (keep ratio), sliding ``test_h x test_w`` windows with stride
+    ceil(2/3 of the window), each window averaged with its mirror image (``net_process``'s
+    flip=True), over ``scales``. None when the YAML does not give base_size and the test size."""
+    import math
+
+    base, h, w = options.get("base_size"), options.get("test_h"), options.get("test_w")
+    if not all(isinstance(v, int) for v in (base, h, w)):
+        return None
+    scales = options.get("scales") or [1.0]
+    return {"source": "semseg tool/test.py", "mode": "slide", "resize": {"long": int(base), "short": None,
+                                                                            "keep_ratio": True},
+            "crop": [int(h), int(w)], "stride": [math.ceil(h * 2 / 3), math.ceil(w * 2 / 3)],
+            "scales": [float(s) for s in scales], "flip": True}
+
+
+#: semseg's three datasets (``data_root: dataset/<name>``) -> mmseg's dataset class of the same
+#: classes in the same order (semseg's ``data/<name>/<name>_names.txt``)
+SEMSEG_DATASETS = {"ade20k": "ADE20KDataset", "voc2012": "PascalVOCDataset", "cityscapes": "CityscapesDataset"}
+
+
+def dataset_type_from_semseg(options: dict) -> str | None:
+    root = options.get("data_root")
+    if not isinstance(root, str) or not root.strip("/"):
+        return None
+    return SEMSEG_DATASETS.get(root.rstrip("/").split("/")[-1].lower())

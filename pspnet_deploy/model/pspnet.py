@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..geometry import feature_size, min_input_size  # noqa: F401 - re-exported
+from .mobilenet_v2 import mobilenet_v2
+from .resnest import resnest as resnest_backbone
 from .resnet import resnet
 
 __all__ = ["PyramidPooling", "PSPNet", "feature_size", "build_model"]
@@ -73,22 +75,41 @@ class PSPNet(nn.Module):
                  deep_stem: bool = False, bins: Sequence[int] = (1, 2, 3, 6), head_channels: int = 512,
                  aux: bool = True, aux_channels: int = 256, dropout: float = 0.1, stem_channels=None,
                  strides=None, dilations=None, contract_dilation: bool = True, basic_conv2_dilated: bool = True,
-                 ppm_channels: int | None = None, align_corners: bool = True, ppm_align_corners: bool | None = None):
+                 ppm_channels: int | None = None, align_corners: bool = True, ppm_align_corners: bool | None = None,
+                 widen_factor: float | None = None, resnest: dict | None = None):
         super().__init__()
-        self.backbone = resnet(backbone, output_stride=output_stride, deep_stem=deep_stem,
-                               stem_channels=stem_channels, strides=strides, dilations=dilations,
-                               contract_dilation=contract_dilation, basic_conv2_dilated=basic_conv2_dilated)
-        bb = self.backbone
+        if backbone.startswith("resnest"):  # mmseg's layout (model/resnest.py); its own options in ``resnest``
+            opts = dict(resnest or {})
+            self.backbone = resnest_backbone(backbone, stem_channels=(stem_channels or [64, 64, 128])[-1],
+                                             strides=strides or (1, 2, 1, 1), dilations=dilations or (1, 1, 2, 4),
+                                             contract_dilation=contract_dilation, **opts)
+            bb = self.backbone
+            bb_conf = dict(deep_stem=True, stem_channels=[bb.stem_channels // 2, bb.stem_channels // 2, bb.stem_channels],
+                           strides=list(bb.strides), dilations=list(bb.dilations), contract_dilation=bb.contract_dilation,
+                           resnest=dict(base_channels=bb.base_channels, radix=bb.radix,
+                                        reduction_factor=bb.reduction_factor, avg_down_stride=bb.avg_down_stride))
+        elif backbone == "mobilenet_v2":  # mmseg's layout (model/mobilenet_v2.py); widen_factor, 7 strides/dilations
+            self.backbone = mobilenet_v2(widen_factor=1.0 if widen_factor is None else widen_factor,
+                                         strides=strides, dilations=dilations)
+            bb = self.backbone
+            bb_conf = dict(widen_factor=bb.widen_factor, strides=list(bb.strides), dilations=list(bb.dilations))
+        else:
+            if widen_factor is not None:
+                raise ValueError(f"widen_factor is a MobileNetV2 option, not one of {backbone}")
+            self.backbone = resnet(backbone, output_stride=output_stride, deep_stem=deep_stem,
+                                   stem_channels=stem_channels, strides=strides, dilations=dilations,
+                                   contract_dilation=contract_dilation, basic_conv2_dilated=basic_conv2_dilated)
+            bb = self.backbone
+            bb_conf = dict(deep_stem=bool(bb.deep_stem), stem_channels=list(bb.stem_channels), strides=list(bb.strides),
+                           dilations=list(bb.dilations), contract_dilation=bb.contract_dilation,
+                           basic_conv2_dilated=bb.basic_conv2_dilated)
         self.align_corners = bool(align_corners)
         ppm_ac = self.align_corners if ppm_align_corners is None else bool(ppm_align_corners)
         self.ppm = PyramidPooling(bb.out_channels, bins, ppm_channels, align_corners=ppm_ac)
         red = self.ppm.stages[0][0].out_channels
         self.config = dict(num_classes=int(num_classes), backbone=backbone, output_stride=int(bb.output_stride),
-                           deep_stem=bool(bb.deep_stem), bins=[int(b) for b in bins], head_channels=int(head_channels),
-                           aux_channels=int(aux_channels), dropout=float(dropout),
-                           stem_channels=list(bb.stem_channels), strides=list(bb.strides),
-                           dilations=list(bb.dilations), contract_dilation=bb.contract_dilation,
-                           basic_conv2_dilated=bb.basic_conv2_dilated, ppm_channels=int(red),
+                           bins=[int(b) for b in bins], head_channels=int(head_channels),
+                           aux_channels=int(aux_channels), dropout=float(dropout), **bb_conf, ppm_channels=int(red),
                            align_corners=self.align_corners, ppm_align_corners=ppm_ac)
         self.head = _head(self.ppm.out_channels, head_channels, num_classes, dropout)
         self.aux_head = _head(self.backbone.aux_channels, aux_channels, num_classes, dropout) if aux else None
