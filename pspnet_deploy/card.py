@@ -505,6 +505,8 @@ def _read_sidecar_card(path: Path) -> ModelCard:
         fixed = inputs[0]["shape"][0]
     card = _card_from_meta(path, SUFFIX_KINDS[path.suffix.lower()], meta, precision=sc.get("precision"), inputs=inputs, outputs=outputs,
                            fixed_batch=fixed, batch_range=rng, files=files, sidecar=sc)
+    if card.static_size:  # built at one fixed size from a dynamic-shape ONNX (--static-size): static
+        card.size_range = None
     onnx = sc.get("onnx") if isinstance(sc.get("onnx"), dict) else {}
     card.provenance.update({"engine_sha256": sc["engine"].get("sha256"), "onnx_path": onnx.get("path"),
                             "onnx_sha256": onnx.get("sha256"), "source_onnx_sha256": onnx.get("source_sha256")})

@@ -158,3 +158,28 @@ def test_triton_dims_are_symbolic(dyn_fp32, tmp_path):
     cfg = parse_config(tmp_path / "repo" / "dyn" / "config.pbtxt")
     assert [list(i.dims) for i in cfg.input] == [[1, 3, -1, -1]]
     assert [list(o.dims) for o in cfg.output] == [[1, 4, -1, -1]]
+
+
+def test_openvino_bounded_and_static_ir(dyn_fp32, tmp_path):
+    from pspnet_deploy.compare import check, compare_outputs, tolerances_for
+    from pspnet_deploy.data import Preprocess
+    from pspnet_deploy.data.samples import generated_images
+    from pspnet_deploy.engine.openvino import OVBuildOptions, build_openvino
+    from pspnet_deploy.errors import UserError
+    from pspnet_deploy.runners import load_runner
+
+    quiet = lambda m: None  # noqa: E731
+    sc = build_openvino(dyn_fp32[0], tmp_path / "dyn.fp32.xml", OVBuildOptions(), log=quiet)
+    assert sc["io"]["inputs"][0]["shape"] == [1, 3, -1, -1]
+    with load_runner(tmp_path / "dyn.fp32.xml", threads=THREADS) as r:
+        assert r.card.size_range == (MIN, OPT, MAX) and r.input_size == OPT
+        for h, w in SIZES[:2]:
+            x = Preprocess(input_size=(h, w)).batch(generated_images(h, w, 1, seed=1)).astype(np.float32)
+            assert check(compare_outputs(_reference(x), r.infer(x)), tolerances_for("fp32")) == []
+        with pytest.raises(UserError, match="outside the model's size range"):
+            r.infer(np.zeros((1, 3, 300, 100), np.float32))
+    build_openvino(dyn_fp32[0], tmp_path / "s.fp32.xml", OVBuildOptions(static_size=[97, 131]), log=quiet)
+    with load_runner(tmp_path / "s.fp32.xml", threads=THREADS) as r:  # reshaped on request: a static IR
+        assert r.card.static_size and r.card.size_range is None and r.input_size == (97, 131)
+    with pytest.raises(UserError, match="outside the model's size range"):
+        build_openvino(dyn_fp32[0], tmp_path / "t.fp32.xml", OVBuildOptions(static_size=[20, 20]), log=quiet)
