@@ -183,3 +183,26 @@ def test_openvino_bounded_and_static_ir(dyn_fp32, tmp_path):
         assert r.card.static_size and r.card.size_range is None and r.input_size == (97, 131)
     with pytest.raises(UserError, match="outside the model's size range"):
         build_openvino(dyn_fp32[0], tmp_path / "t.fp32.xml", OVBuildOptions(static_size=[20, 20]), log=quiet)
+
+
+def test_int8_dynamic_graph_runs_at_unseen_sizes(dyn_fp32, tmp_path):
+    """pspnet-calibrate takes the dynamic graph (calibrated at its optimise-for size; mixed-size
+    calibration is not implemented). On this UNTRAINED tiny net INT8 agrees with FP32 at
+    0.97-0.98 of pixels, below the 0.98 / cosine 0.999 that test_calibrate states for its trained
+    net; the bounds here are what this untrained net gives, not the documented agreement."""
+    from pspnet_deploy.compare import compare_outputs
+    from pspnet_deploy.data import Preprocess
+    from pspnet_deploy.data.samples import generated_images
+    from pspnet_deploy.ort_session import make_session
+    from pspnet_deploy.parser_check import check_onnx_for_tensorrt
+    from pspnet_deploy.precision.calibrate import calibrate_onnx
+
+    out = tmp_path / "dyn.int8.onnx"
+    calibrate_onnx(dyn_fp32[0], out, "synthetic", num_images=12, cache_dir=tmp_path / "c", progress=False,
+                   threads=THREADS)
+    assert check_onnx_for_tensorrt(str(out), trt_major=10) == []
+    ref, q = make_session(dyn_fp32[0], THREADS), make_session(out, THREADS)
+    for h, w in SIZES:
+        x = Preprocess(input_size=(h, w)).batch(generated_images(h, w, 1, seed=1)).astype(np.float32)
+        m = compare_outputs(ref.run(None, {"input": x})[0], q.run(None, {"input": x})[0])
+        assert m["nonfinite"] == 0 and m["argmax_agreement"] >= 0.95 and m["cosine"] >= 0.995, (h, w, m)
