@@ -186,6 +186,8 @@ class ModelCard:
     outputs: list = field(default_factory=list)
     fixed_batch: int | None = None
     batch_range: tuple | None = None  # (min, opt, max) recorded for a dynamic batch, else None
+    #: ((min H, min W), (opt H, opt W), (max H, max W)) of a dynamic spatial input, else None
+    size_range: tuple | None = None
     provenance: dict = field(default_factory=dict)
     files: list = field(default_factory=list)  # every file the model consists of (ONNX external data)
     meta: dict = field(default_factory=dict)
@@ -202,7 +204,10 @@ class ModelCard:
 
     @property
     def input_size(self) -> tuple[int, int] | None:
-        """(H, W) the model takes: the IO's static spatial dims, else the preprocessing's size."""
+        """(H, W) the model takes: the IO's static spatial dims, the size a dynamic-shape model is
+        optimised for, else the preprocessing's size."""
+        if self.size_range is not None:
+            return tuple(self.size_range[1])
         if self.inputs:
             shape = self.inputs[0]["shape"]
             if len(shape) == 4 and all(isinstance(d, int) and d > 0 for d in shape[2:]):
@@ -239,6 +244,16 @@ class ModelCard:
             raise UserError(f"{self.path}: the file records no input size; pass --input-size H W")
         return check_input_size(eff, what if size is not None else f"{self.path}: stored input size", batch=batch,
                                 training=training, min_side=self.min_side)
+
+    def check_bounds(self, h: int, w: int) -> None:
+        """UserError (one line) when an H x W input is outside a dynamic-shape model's declared
+        bounds (the one check every runner makes); no-op for other models."""
+        if self.size_range is None:
+            return
+        (lo_h, lo_w), _, (hi_h, hi_w) = self.size_range
+        if not (lo_h <= h <= hi_h and lo_w <= w <= hi_w):
+            raise UserError(f"{self.path}: input {h}x{w} is outside the model's size range {lo_h}x{lo_w} .. "
+                            f"{hi_h}x{hi_w}; resize the image or re-export with wider --min-size/--max-size")
 
     def preprocessing(self) -> Preprocess:
         """The :class:`Preprocess` of this file at its input size."""
@@ -345,6 +360,14 @@ def validate_card(card: ModelCard) -> ModelCard:
         except (TypeError, ValueError):
             raise _bad(p, "batch range (MIN <= OPT <= MAX)", card.batch_range, fix) from None
         card.batch_range = (lo, opt, hi)
+    if card.size_range is not None:
+        try:
+            lo, opt, hi = (tuple(int(v) for v in s) for s in card.size_range)
+            if not (len(lo) == len(opt) == len(hi) == 2 and all(1 <= a <= b <= c for a, b, c in zip(lo, opt, hi))):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise _bad(p, f"{label}export.dynamic_shape (min <= opt <= max, H W each)", card.size_range, fix) from None
+        card.size_range = (lo, opt, hi)
     return card
 
 
@@ -354,11 +377,15 @@ def _card_from_meta(path: Path, kind: str, meta: dict, precision: str | None = N
     metadata does not (an ONNX graph's Q/DQ or FP16 tensors)."""
     prov = {k: meta[k] for k in ("checkpoint_sha256", "checkpoint", "source_onnx", "released_from", "toolkit_version",
                                  "versions", "dataset", "sha256") if k in meta}
+    exp = meta.get("export")
+    dyn = exp.get("dynamic_shape") if isinstance(exp, dict) else None
+    if dyn is not None:  # a dynamic spatial input: {"min": [H, W], "opt": [H, W], "max": [H, W]}
+        dyn = tuple(dyn.get(k) for k in ("min", "opt", "max")) if isinstance(dyn, dict) else dyn
     return ModelCard(path=str(path), kind=kind, classes=meta.get("classes"), palette=meta.get("palette"),
                      ignore_index=meta.get("ignore_index", 255), preprocess=meta.get("preprocess"),
                      model=meta.get("model"), output_kind=meta.get("output_kind", "logits"),
                      precision=precision or meta.get("precision") or "fp32",
-                     provenance=prov, meta=meta, **io)
+                     provenance=prov, meta=meta, size_range=dyn, **io)
 
 
 def card_from_meta(meta: dict, path: str | Path = "<in memory>", kind: str = "torch") -> ModelCard:
@@ -620,6 +647,8 @@ def _read_sidecar_card(path: Path) -> ModelCard:
         fixed = inputs[0]["shape"][0]
     card = _card_from_meta(path, SUFFIX_KINDS[path.suffix.lower()], meta, precision=sc.get("precision"), inputs=inputs, outputs=outputs,
                            fixed_batch=fixed, batch_range=rng, files=files, sidecar=sc)
+    if card.static_size:  # built at one fixed size from a dynamic-shape ONNX (--static-size): static
+        card.size_range = None
     onnx = sc.get("onnx") if isinstance(sc.get("onnx"), dict) else {}
     card.provenance.update({"engine_sha256": sc["engine"].get("sha256"), "onnx_path": onnx.get("path"),
                             "onnx_sha256": onnx.get("sha256"), "source_onnx_sha256": onnx.get("source_sha256")})

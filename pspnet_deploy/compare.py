@@ -91,7 +91,9 @@ class Comparison:
     :func:`compare_outputs` on the concatenated arrays (up to float summation order).
     """
 
-    def __init__(self):
+    def __init__(self, any_size: bool = False):
+        #: accept batches of different H x W (a dynamic-shape model); channels and kind must agree
+        self.any_size = bool(any_size)
         self.shape = None
         self.kind = None
         self.n_images = 0
@@ -119,7 +121,8 @@ class Comparison:
                 raise ValueError(f"candidate label map {cand.shape} does not match reference logits {ref.shape}")
         elif cand.shape != ref.shape:
             raise ValueError(f"candidate shape {cand.shape} differs from reference shape {ref.shape}")
-        if self.shape is not None and (tuple(ref.shape[1:]) != self.shape or kind != self.kind):
+        seen = self.shape[:1] if self.any_size and self.shape is not None else self.shape
+        if self.shape is not None and (tuple(ref.shape[1:1 + len(seen)]) != seen or kind != self.kind):
             raise ValueError(f"batch of shape {ref.shape} ({kind}) does not match earlier batches {self.shape} ({self.kind})")
         self.shape, self.kind = tuple(ref.shape[1:]), kind
         self.n_images += n

@@ -44,7 +44,7 @@ from .precision.batches import fitted_batches
 from .precision.fp16 import check_margin, fp16_proto, storage_failures
 from .utils import atomic_path, check_writable, say, versions
 
-__all__ = ["export_onnx", "default_output_path", "DEFAULT_OPSET", "INPUT_NAME"]
+__all__ = ["export_onnx", "default_output_path", "parity_sizes", "resolve_size_range", "DEFAULT_OPSET", "INPUT_NAME"]
 
 DEFAULT_OPSET = 20
 MIN_OPSET = 18  # the dynamo exporter emits opset 18 and above
@@ -108,9 +108,17 @@ def _rename_and_strip(model, bins: Sequence[int], pool_modes: Sequence[str]) -> 
         used[base] = k + 1
         return base if k == 0 else f"{base}_{k}"
 
+    pool_dyn_seen = False  # the dynamic pyramid pooling's first MatMul pools rows, the second columns
     for node in graph.node:
         scopes = [s[len("model."):] if s.startswith("model.") else s for s in _scopes(node)]
         modules = [s for s in scopes[1:-1] if s and s != "model"] if len(scopes) >= 2 else []
+        if node.op_type in POOL_OPS and any(s == "ppm.dynamic_pool" for s in modules):
+            op = node.op_type if node.op_type != "MatMul" else ("MatMul_w" if pool_dyn_seen else "MatMul_h")
+            pool_dyn_seen = pool_dyn_seen or node.op_type == "MatMul"
+            node.name = unique(f"ppm.dynamic_pool/{op}")
+            del node.metadata_props[:]
+            node.doc_string = ""
+            continue
         pool_idx = None
         for s in modules:
             m = re.match(r"^ppm\.pools\.(\d+)(\.|$)", s)
@@ -143,7 +151,7 @@ def _rename_and_strip(model, bins: Sequence[int], pool_modes: Sequence[str]) -> 
     del model.metadata_props[:]
     graph.doc_string = ""
     model.doc_string = ""
-    expected = sum(1 if m == "avgpool" else 2 for m in pool_modes)
+    expected = sum(1 if m == "avgpool" else 2 for m in pool_modes) if pool_modes else 2
     found = static_pool_node_names(model)
     if len(found) != expected:
         raise RuntimeError(f"expected {expected} static pooling nodes for bins {list(bins)} ({list(pool_modes)}), "
@@ -221,16 +229,22 @@ def _quiet_exporter():
             lg.setLevel(lv)
 
 
-def _torch_to_onnx(module, batch: int, input_size: tuple[int, int], dynamic_batch, opset: int, output_name: str):
+def _torch_to_onnx(module, batch: int, input_size: tuple[int, int], dynamic_batch, opset: int, output_name: str,
+                   size_range=None):
     import torch
 
     h, w = input_size
     example_batch = batch
-    dynamic_shapes = None
+    dims = {}
     if dynamic_batch is not None:
         lo, _opt, hi = dynamic_batch
         example_batch = min(max(2, lo), hi) if hi >= 2 else 1
-        dynamic_shapes = ({0: torch.export.Dim("batch", min=lo, max=hi)},)
+        dims[0] = torch.export.Dim("batch", min=lo, max=hi)
+    if size_range is not None:  # symbolic H and W within the declared bounds
+        (lo_h, lo_w), _opt, (hi_h, hi_w) = size_range
+        dims[2] = torch.export.Dim("height", min=lo_h, max=hi_h)
+        dims[3] = torch.export.Dim("width", min=lo_w, max=hi_w)
+    dynamic_shapes = (dims,) if dims else None
     example = torch.zeros(example_batch, 3, h, w)
     try:
         with _quiet_exporter(), torch.inference_mode(False), torch.no_grad():
@@ -240,6 +254,24 @@ def _torch_to_onnx(module, batch: int, input_size: tuple[int, int], dynamic_batc
     except Exception as e:  # noqa: BLE001
         raise RuntimeError(f"torch.onnx.export failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
     return prog.model_proto
+
+
+def _dynamic_graph(model, size_range, dynamic_batch, batch: int, output_kind: str, opset: int):
+    """Deployed ONNX ModelProto with symbolic H and W and the exact dynamic pyramid pooling
+    (:mod:`pspnet_deploy.model.dynamic_pool`) plus pool info; exported at the optimise-for size."""
+    import onnx
+
+    from .model.dynamic_pool import make_dynamic
+
+    dyn = make_dynamic(model)
+    module = _deploy_module(dyn, output_kind)
+    output_name = "labels" if output_kind == "labels" else "logits"
+    proto = _torch_to_onnx(module, batch, tuple(size_range[1]), dynamic_batch, opset, output_name, size_range)
+    prune(proto.graph)
+    _rename_and_strip(proto, dyn.ppm.bins, [])
+    proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+    return proto, {"feature_size": None, "pools": [{"bin": [b, b], "mode": "dynamic"} for b in dyn.ppm.bins],
+                   "nodes": static_pool_node_names(proto)}
 
 
 def _static_graph(model, input_size, dynamic_batch, batch: int, output_kind: str, opset: int):
@@ -299,7 +331,7 @@ def export_onnx(checkpoint, out=None, input_size=None, batch: int = 1, dynamic_b
                 output_kind: str = "logits", opset: int | None = None, verify: bool = True, verify_data=None,
                 verify_split: str = "val", num_verify: int = 4, tolerances: dict | None = None,
                 progress: bool = True, trt_major: int = 10, fp16_margin: float = 4.0, threads: int | None = None,
-                seed: int = 0) -> dict:
+                seed: int = 0, dynamic_shape: bool = False, min_size=None, max_size=None) -> dict:
     """Export ``checkpoint`` to ONNX at ``out`` (see :func:`default_output_path`); returns the report.
 
     ``input_size`` (H, W) defaults to the checkpoint's preprocessing size. ``batch`` fixes the
@@ -309,6 +341,12 @@ def export_onnx(checkpoint, out=None, input_size=None, batch: int = 1, dynamic_b
     ``num_verify`` images of ``verify_data`` (``verify_split``) or generated ones, with
     ``tolerances`` overriding :data:`pspnet_deploy.compare.DEFAULT_TOLERANCES`. Raises
     :class:`UserError` (nothing written) on bad input, a TensorRT parser problem or a parity failure.
+
+    ``dynamic_shape``: symbolic H and W between ``min_size`` (default: the model's smallest input,
+    :func:`pspnet_deploy.geometry.min_input_size`) and ``max_size`` (default: twice
+    ``input_size``), ``input_size`` being the size to optimise for; the pyramid pooling stays exact
+    at every size (:mod:`pspnet_deploy.model.dynamic_pool`) and the parity gate runs at several
+    sizes (:func:`parity_sizes`). The bounds go to the metadata (``pspnet.export.dynamic_shape``).
     """
     import torch
 
@@ -334,17 +372,33 @@ def export_onnx(checkpoint, out=None, input_size=None, batch: int = 1, dynamic_b
     if h <= 0 or w <= 0:
         raise UserError(f"input size must be positive, got {h}x{w}")
     pre = pre.with_size(h, w)
+    size_range = None
+    if dynamic_shape:
+        size_range = resolve_size_range(meta.get("model", {}), (h, w), min_size, max_size,
+                                        int(dynamic_batch[2]) if dynamic_batch else int(batch))
+    elif min_size is not None or max_size is not None:
+        raise UserError("--min-size and --max-size need --dynamic-shape")
     check_writable(out_path, "an .onnx file path")
     if threads is None:
         threads = ort_threads() or torch.get_num_threads()
 
-    _log(progress, f"exporting {checkpoint} at {h}x{w} ({precision}, {output_kind}, opset {opset}, "
+    shape_note = "" if size_range is None else \
+        f" (dynamic {size_range[0][0]}x{size_range[0][1]} .. {size_range[2][0]}x{size_range[2][1]})"
+    _log(progress, f"exporting {checkpoint} at {h}x{w}{shape_note} ({precision}, {output_kind}, opset {opset}, "
                    f"{'batch ' + '/'.join(map(str, dynamic_batch)) if dynamic_batch else f'batch {batch}'})")
     images = src = None
     if verify or fp16:  # read the images first: a bad --verify-data fails before the long export
         images, src = verification_images(pre, verify_data, verify_split, num_verify, seed)
     batches = fitted_batches(images, int(batch), dynamic_batch) if images is not None else []
-    proto, pool = _static_graph(model, (h, w), dynamic_batch, int(batch), output_kind, opset)
+    if size_range is not None:
+        if images is not None:  # one more image at each other size: the gate covers the range
+            for sh, sw in parity_sizes(size_range)[1:]:
+                more, _ = verification_images(pre.with_size(sh, sw), verify_data, verify_split, 1, seed)
+                batches += fitted_batches(more, int(batch), dynamic_batch)
+            src = dict(src, sizes=[list(b.shape[2:]) for b in batches])
+        proto, pool = _dynamic_graph(model, size_range, dynamic_batch, int(batch), output_kind, opset)
+    else:
+        proto, pool = _static_graph(model, (h, w), dynamic_batch, int(batch), output_kind, opset)
     n_pool = len(pool["nodes"])
     fp16_info = None
     if fp16:
@@ -356,14 +410,16 @@ def export_onnx(checkpoint, out=None, input_size=None, batch: int = 1, dynamic_b
                    "dynamic_batch": list(dynamic_batch) if dynamic_batch else None, "output_kind": output_kind,
                    "fp16": bool(fp16), "input_name": INPUT_NAME, "output_name": proto.graph.output[0].name,
                    "label_dtype": "int32" if output_kind == "labels" else None, "trt_major": trt_major}
+    if size_range is not None:
+        export_opts["dynamic_shape"] = {k: list(v) for k, v in zip(("min", "opt", "max"), size_range)}
     onnx_meta = {
         "format": "pspnet-deploy/onnx", "preprocess": pre.to_dict(), "classes": list(meta["classes"]),
         "palette": [list(map(int, c)) for c in meta["palette"]], "ignore_index": int(meta.get("ignore_index", 255)),
         "input_size": [h, w], "output_kind": output_kind, "precision": precision,
         "checkpoint_sha256": meta.get("sha256"), "checkpoint": Path(checkpoint).name,
         "toolkit_version": __version__, "versions": versions(), "model": meta.get("model", {}),
-        "export": export_opts, "static_pool": {"feature_size": pool["feature_size"], "pools": pool["pools"],
-                                                "nodes": pool["nodes"]},
+        "export": export_opts, ("dynamic_pool" if size_range else "static_pool"): {
+            "feature_size": pool["feature_size"], "pools": pool["pools"], "nodes": pool["nodes"]},
         "dataset": meta.get("dataset"),
     }
     if fp16_info is not None:
@@ -379,10 +435,11 @@ def export_onnx(checkpoint, out=None, input_size=None, batch: int = 1, dynamic_b
         op_counts[n.op_type] = op_counts.get(n.op_type, 0) + 1
     report = {
         "path": str(out_path), "precision": precision, "input_size": [h, w], "output_kind": output_kind,
+        "dynamic_shape": export_opts.get("dynamic_shape"),
         "batch": export_opts["batch"], "dynamic_batch": export_opts["dynamic_batch"], "opset": opset,
         "checkpoint": {"path": str(checkpoint), "sha256": meta.get("sha256")},
         "nodes": len(proto.graph.node), "op_counts": dict(sorted(op_counts.items())),
-        "static_pool": onnx_meta["static_pool"], "checks": checks, "versions": onnx_meta["versions"],
+        "static_pool": onnx_meta.get("static_pool", onnx_meta.get("dynamic_pool")), "checks": checks, "versions": onnx_meta["versions"],
     }
     if fp16_info is not None:
         report["fp16"] = fp16_info
@@ -406,26 +463,69 @@ def export_onnx(checkpoint, out=None, input_size=None, batch: int = 1, dynamic_b
     return report
 
 
+def resolve_size_range(model_config: dict, opt, min_size=None, max_size=None, batch: int = 1):
+    """((min H, min W), (opt H, opt W), (max H, max W)) of a dynamic-shape export, checked.
+
+    ``min_size`` defaults to the model's smallest input (the feature map must hold the deepest
+    bin: :func:`pspnet_deploy.geometry.min_input_size`, checked by
+    :func:`pspnet_deploy.utils.check_input_size`), ``max_size`` to twice ``opt`` (at most
+    :data:`pspnet_deploy.utils.MAX_SIDE`); each side must satisfy min <= opt <= max."""
+    from .geometry import min_input_size
+    from .utils import MAX_SIDE, check_input_size
+
+    need = min_input_size(model_config.get("bins", (1, 2, 3, 6)), int(model_config.get("output_stride", 8)))
+    opt = check_input_size(opt, "--input-size", min_side=need)
+    lo = check_input_size(min_size, "--min-size", min_side=need) if min_size is not None else (need, need)
+    hi = check_input_size(max_size, "--max-size", batch=batch, min_side=need) if max_size is not None else \
+        (min(2 * opt[0], MAX_SIDE), min(2 * opt[1], MAX_SIDE))
+    if not all(a <= b <= c for a, b, c in zip(lo, opt, hi)):
+        raise UserError(f"--dynamic-shape needs --min-size <= --input-size <= --max-size on each side, got "
+                        f"{lo[0]}x{lo[1]}, {opt[0]}x{opt[1]}, {hi[0]}x{hi[1]}")
+    return lo, opt, hi
+
+
+#: sizes the dynamic-shape parity gate adds (clipped to the bounds): not multiples of 8 or of the bins
+PARITY_EXTRA_SIZES = ((97, 131), (241, 319), (360, 480))
+
+
+def parity_sizes(size_range) -> list[tuple[int, int]]:
+    """Sizes the parity gate of a dynamic-shape export runs at: the optimise-for size first, then
+    the minimum, the maximum and :data:`PARITY_EXTRA_SIZES` clipped to the bounds (no repeats)."""
+    lo, opt, hi = size_range
+    sizes = [tuple(opt), tuple(lo), tuple(hi)]
+    sizes += [(min(max(h, lo[0]), hi[0]), min(max(w, lo[1]), hi[1])) for h, w in PARITY_EXTRA_SIZES]
+    return list(dict.fromkeys(sizes))
+
+
 def _parity(model, onnx_path: Path, batches: list[np.ndarray], threads: int, tol: dict, src: dict,
             fp16_model=None) -> dict:
     import torch
 
     sess = make_session(onnx_path, threads)
     in_name, out_name = sess.get_inputs()[0].name, sess.get_outputs()[0].name
-    comp = Comparison()
+    comp = Comparison(any_size=True)
+    per_size: dict[tuple, Comparison] = {}  # a dynamic-shape model is gated at each size on its own too
     model.eval()
     with torch.inference_mode():
         for b in batches:
             cand = sess.run([out_name], {in_name: np.ascontiguousarray(b, dtype=np.float32)})[0]
-            comp.update(model(torch.from_numpy(b)).float().numpy(),
-                        cand.astype(np.float32) if cand.dtype == np.float16 else cand)
+            ref = model(torch.from_numpy(b)).float().numpy()
+            cand = cand.astype(np.float32) if cand.dtype == np.float16 else cand
+            comp.update(ref, cand)
+            per_size.setdefault(tuple(b.shape[2:]), Comparison()).update(ref, cand)
     metrics = comp.result()
     failures = check_tolerances(metrics, tol)
+    sizes = {}
+    if len(per_size) > 1:  # every value tolerance at each size; argmax agreement over all pixels only (one
+        per_tol = {k: v for k, v in tol.items() if k != "argmax_agreement"}  # small image: too few pixels)
+        for (h, w), c in per_size.items():
+            sizes[f"{h}x{w}"] = m = c.result()
+            failures += [f"{h}x{w}: {f}" for f in check_tolerances(m, per_tol)]
     if fp16_model is not None:
         failures += storage_failures(fp16_model, batches, threads, metrics)
     return {"reference": "pytorch fp32 (adaptive pooling, eval)", "candidate": "onnxruntime " + _ort_version(),
             "images": src, "batches": [int(len(b)) for b in batches], "tolerances": tol, "metrics": metrics,
-            "failures": failures, "passed": not failures}
+            "failures": failures, "passed": not failures, **({"sizes": sizes} if sizes else {})}
 
 
 def _ort_version() -> str:

@@ -28,7 +28,9 @@ SHAPE_INPUTS = {"Reshape": (1,), "Expand": (1,), "Tile": (1,), "Slice": (1, 2, 3
                 "Resize": (1, 2, 3), "Unsqueeze": (1,), "Squeeze": (1,), "Split": (1,)}
 #: op types of the static pyramid pooling nodes (named ``ppm.pools.<i>.static_pool/<Op>`` by export)
 POOL_OPS = ("MatMul", "AveragePool", "GlobalAveragePool")
-_POOL_NAME = re.compile(r"^ppm\.pools\.(\d+)\.static_pool/")
+_POOL_NAME = re.compile(r"^ppm\.(pools\.(\d+)\.static_pool|dynamic_pool)/")
+#: what a dynamic-shape graph (symbolic H and W) may compute from its input's shape
+DYNAMIC_SHAPE_OPS = frozenset({"Shape", "Range"})
 
 
 def static_pool_node_names(onnx_model) -> list[str]:
@@ -67,14 +69,22 @@ def check_static_graph(model, expected_pool_nodes: int | None = None) -> list[st
     No gathers, control flow or shape arithmetic (:data:`BANNED_OPS`); shape inputs (Reshape,
     Slice, Resize sizes, ...) constant; Resize bilinear (``align_corners``, or ``half_pixel`` for
     models with ``align_corners=False`` such as converted mmseg ones) with constant sizes; every weight inline (no external data); spatial input dims static; under 2 GB.
+    A dynamic-shape graph (input H and W both symbolic) may use Shape and Range and computed
+    shape inputs (its pooling windows and resize sizes come from the input's shape); the rest holds.
     """
     graph = model.graph
     consts = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
     out = []
+    # a dynamic-shape graph (symbolic input H and W, pspnet-export --dynamic-shape) computes its
+    # pooling windows and resize sizes from shapes: Shape/Range and computed shape inputs allowed
+    dims = graph.input[0].type.tensor_type.shape.dim if graph.input else []
+    dynamic = len(dims) == 4 and all(d.HasField("dim_param") for d in dims[2:])
     for node in graph.node:
+        if dynamic and node.op_type in DYNAMIC_SHAPE_OPS:
+            continue
         if node.op_type in BANNED_OPS:
             out.append(f"node {node.name!r} is {node.op_type} (no gathers, control flow or shape arithmetic allowed)")
-        for idx in SHAPE_INPUTS.get(node.op_type, ()):
+        for idx in () if dynamic else SHAPE_INPUTS.get(node.op_type, ()):
             if len(node.input) > idx and node.input[idx] and node.input[idx] not in consts:
                 out.append(f"node {node.name!r} ({node.op_type}) takes a computed shape input {node.input[idx]!r}")
         if node.op_type == "Resize":
@@ -91,8 +101,8 @@ def check_static_graph(model, expected_pool_nodes: int | None = None) -> list[st
             break
     for v in graph.input:
         dims = v.type.tensor_type.shape.dim
-        if len(dims) != 4 or not all(d.HasField("dim_value") for d in dims[1:]):
-            out.append(f"input {v.name!r} must be N x 3 x H x W with static C, H, W")
+        if len(dims) != 4 or not all(d.HasField("dim_value") for d in dims[1:2 if dynamic else 4]):
+            out.append(f"input {v.name!r} must be N x 3 x H x W with static C{'' if dynamic else ', H, W'}")
     if model.ByteSize() >= MAX_PROTO_BYTES:
         out.append("model is 2 GB or more; ONNX protobuf cannot hold it in one file")
     if expected_pool_nodes is not None:

@@ -50,6 +50,9 @@ def build_parser():
     p.add_argument("--batch", type=int, nargs=3, default=None, metavar=("MIN", "OPT", "MAX"),
                    help="optimisation profile for an ONNX with a dynamic batch (default: the range given to "
                         "pspnet-export --dynamic-batch, else 1 8 8)")
+    p.add_argument("--static-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="--backend openvino, a dynamic-shape ONNX: fix the IR's input at H x W (faster; default: "
+                        "H and W bounded by the export's --min-size/--max-size)")
     p.add_argument("--version-compatible", action="store_true",
                    help="engine that later TensorRT versions can run (may be slower)")
     p.add_argument("--hardware-compatible", action="store_true",
@@ -207,7 +210,8 @@ def main_openvino(a, parser) -> int:
     if trt_only:
         raise UserError(f"{', '.join(trt_only)}: TensorRT option(s), not used by --backend openvino; drop them")
     opts = OVBuildOptions(precision="bf16" if a.bf16 else "int8" if a.int8 else None, calib_data=a.calib_data,
-                          calib_split=a.calib_split, calib_images=a.calib_images, calib_method=a.calib_method)
+                          calib_split=a.calib_split, calib_images=a.calib_images, calib_method=a.calib_method,
+                          static_size=a.static_size)
     plan = plan_openvino_build(a.onnx, opts, a.engine)
     # the IR, its weights and its sidecar are one unit
     declare_files(a, plan, [(plan.xml_path, "IR"), (plan.bin_path, "IR weights"), (plan.sidecar_path, "IR sidecar")])
@@ -237,6 +241,9 @@ def main(argv=None) -> int:
         check_output_file(a.engine, "--engine file")
     if a.backend == "openvino":
         return main_openvino(a, parser)
+    if a.static_size:
+        raise UserError("--static-size goes with --backend openvino (a TensorRT engine of a dynamic-shape ONNX takes "
+                        "its sizes from optimisation profiles)")
     if a.bf16:
         raise UserError("--bf16 goes with --backend openvino (TensorRT builds take the precision from the ONNX)")
     if a.timing_cache:

@@ -34,6 +34,13 @@ def build_parser():
     g.add_argument("--batch", type=int, default=1, help="fixed batch size")
     g.add_argument("--dynamic-batch", type=int, nargs=3, metavar=("MIN", "OPT", "MAX"), default=None,
                    help="symbolic batch dimension; the range is stored for TensorRT optimisation profiles")
+    p.add_argument("--dynamic-shape", action="store_true",
+                   help="symbolic H and W (exact pyramid pooling at every size); --input-size is then the size "
+                        "to optimise for")
+    p.add_argument("--min-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="with --dynamic-shape: smallest input (default: the model's minimum)")
+    p.add_argument("--max-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="with --dynamic-shape: largest input (default: twice --input-size)")
     p.add_argument("--fp16", action="store_true",
                    help="write the FP16 variant (FP16 weights and activations, FP32 inputs/outputs, nodes that "
                         "would overflow FP16 on the verification images kept FP32)")
@@ -75,6 +82,8 @@ def main(argv=None) -> int:
         raise UserError(f"--threads must be at least 1, got {a.threads}")
     if not Path(a.checkpoint).is_file():
         raise UserError(f"{a.checkpoint}: checkpoint not found")
+    if (a.min_size or a.max_size) and not a.dynamic_shape:
+        raise UserError("--min-size and --max-size need --dynamic-shape")
     size_arg(a.input_size)  # the argument's own form first (no checkpoint read for a typo)
     from ..card import read_card
 
@@ -98,7 +107,7 @@ def main(argv=None) -> int:
         dynamic_batch=a.dynamic_batch, fp16=a.fp16, output_kind=a.output_kind, opset=a.opset,
         verify=not a.no_verify, verify_data=a.verify_data, verify_split=a.verify_split, num_verify=a.num_verify,
         tolerances=tolerances, progress=not a.quiet, trt_major=a.trt_major, fp16_margin=a.fp16_margin,
-        threads=a.threads)
+        threads=a.threads, dynamic_shape=a.dynamic_shape, min_size=a.min_size, max_size=a.max_size)
     if a.json:
         atomic_write_json(a.json, jsonable(report))
     summary = {"path": report["path"], "precision": report["precision"], "nodes": report["nodes"],

@@ -155,11 +155,20 @@ class OVBuildOptions:
     calib_split: str = "train"
     calib_images: int | None = None
     calib_method: str = DEFAULT_METHOD
+    static_size: list | None = None  # a dynamic-shape ONNX: reshape the IR to this fixed H W (faster)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def validate(self) -> None:
+        if self.static_size is not None:
+            try:
+                h, w = (int(v) for v in self.static_size)
+                if h < 1 or w < 1:
+                    raise ValueError
+            except (TypeError, ValueError):
+                raise UserError(f"--static-size takes a positive H W, got {self.static_size}") from None
+            self.static_size = [h, w]
         if self.precision is not None and self.precision not in PRECISIONS:
             raise UserError(f"OpenVINO builds {', '.join(PRECISIONS)}, not {self.precision!r} "
                             f"(FP16 on CPUs: use --bf16)")
@@ -214,6 +223,11 @@ def plan_openvino_build(onnx_path: str | Path, opts: OVBuildOptions, xml_path: s
                                                           "classes, palette and preprocessing")
     if len(card.inputs) != 1:
         raise UserError(f"{src}: expected one image input, found {len(card.inputs)}")
+    if opts.static_size is not None:
+        if card.size_range is None:
+            raise UserError(f"{src}: --static-size reshapes a dynamic-shape ONNX (pspnet-export --dynamic-shape); "
+                            f"this one is fixed at {card.input_size[0]}x{card.input_size[1]}")
+        card.check_bounds(*opts.static_size)
     xml = Path(xml_path) if xml_path is not None else default_ir_path(src, want)
     if xml.suffix.lower() != ".xml":
         raise UserError(f"{xml}: OpenVINO IR files end in .xml (the weights go to {xml.with_suffix('.bin').name})")
@@ -229,6 +243,8 @@ def build_argv(onnx: str | Path, xml: str | Path, opts: OVBuildOptions) -> list[
         argv.append("--bf16")
     elif opts.precision == "int8":
         argv.append("--int8")
+    if opts.static_size:
+        argv += ["--static-size", *map(str, opts.static_size)]
     for flag, value, default in (("--calib-data", opts.calib_data, None), ("--calib-split", opts.calib_split, "train"),
                                  ("--calib-images", opts.calib_images, None),
                                  ("--calib-method", opts.calib_method, DEFAULT_METHOD)):
@@ -344,6 +360,17 @@ def _save_ir(model, xml: Path) -> tuple[int, int]:
     return xml.stat().st_size, weights_path(xml).stat().st_size
 
 
+def _shape_input(ov, model, size_range, static_size=None) -> None:
+    """A dynamic-shape model's input: H and W bounded by the export's range, or fixed at
+    ``static_size`` (the CPU plugin compiles a static shape once, a bounded one per new shape)."""
+    (lo_h, lo_w), _opt, (hi_h, hi_w) = size_range
+    port = model.inputs[0]
+    ps = port.get_partial_shape()
+    hw = [ov.Dimension(int(v)) for v in static_size] if static_size else \
+        [ov.Dimension(lo_h, hi_h), ov.Dimension(lo_w, hi_w)]
+    model.reshape({port: ov.PartialShape([ps[0], ps[1], *hw])})
+
+
 def build_openvino(onnx_path: str | Path | OVBuildPlan, xml_path: str | Path | None = None,
                    opts: OVBuildOptions | None = None, log=lambda msg: print(msg, file=sys.stderr),
                    command: list[str] | None = None) -> dict:
@@ -369,6 +396,8 @@ def build_openvino(onnx_path: str | Path | OVBuildPlan, xml_path: str | Path | N
     except Exception as e:  # noqa: BLE001 - the frontend raises several types
         raise UserError(f"{plan.build_onnx}: OpenVINO cannot convert this ONNX: "
                         f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__}") from e
+    if plan.card.size_range is not None:
+        _shape_input(ov, model, plan.card.size_range, opts.static_size)
     hint = HINTS[plan.precision]
     model.set_rt_info(plan.precision, ["pspnet", "precision"])
     model.set_rt_info(hint, ["pspnet", "inference_precision_hint"])

@@ -74,7 +74,8 @@ def inspect_fp32_onnx(path: str | Path) -> SourceModel:
                         f"pspnet-export") from e
     from ..card import card_from_onnx_proto, validate_card
 
-    meta = validate_card(card_from_onnx_proto(model, path)).meta
+    card = validate_card(card_from_onnx_proto(model, path))
+    meta = card.meta
     ops = {n.op_type for n in model.graph.node}
     precision = str(meta.get("precision", "")).lower()
     if ops & QUANTIZED_OPS or precision == "int8":
@@ -100,6 +101,8 @@ def inspect_fp32_onnx(path: str | Path) -> SourceModel:
     if len(dims) != 4 or dims[1].dim_value not in (0, 3):
         raise UserError(f"{path}: input {inp.name!r} is not Nx3xHxW; pass the ONNX written by pspnet-export")
     h, w = dims[2].dim_value, dims[3].dim_value
+    if (not h or not w) and card.size_range is not None:  # dynamic-shape export: at the optimise-for size
+        h, w = card.input_size
     if not h or not w:
         raise UserError(f"{path}: input height/width are not fixed; re-export with a fixed --input-size")
     batch = dims[0].dim_value or None

@@ -42,7 +42,7 @@ def fp16_block_list(fp32_model, ranges: dict[str, float], margin: float = 4.0,
                     block_ops: Sequence[str] = ()) -> tuple[list[str], dict]:
     """Nodes to keep in FP32: every node that reads or writes a tensor whose observed max |value|
     exceeds ``FP16_MAX / margin``, or has a weight beyond the FP16 range, or whose op type is in
-    ``block_ops``. Blocking both the producer and the consumers keeps such a tensor FP32 end to
+    ``block_ops``, and the dynamic-shape export's pyramid pooling (``ppm.dynamic_pool/*``). Blocking both the producer and the consumers keeps such a tensor FP32 end to
     end (a cast to FP16 between them would overflow)."""
     from onnx import numpy_helper
 
@@ -61,6 +61,8 @@ def fp16_block_list(fp32_model, ranges: dict[str, float], margin: float = 4.0,
         why += [f"weight {t} max |w| {big_weights[t]:.4g}" for t in node.input if t in big_weights]
         if node.op_type in block_ops:
             why.append(f"op type {node.op_type} kept FP32 on request")
+        if node.name.startswith("ppm.dynamic_pool/"):  # averaging matrices built from the shape: exact in FP32
+            why.append("dynamic pyramid pooling kept FP32")
         if why:
             blocked.append(node.name)
             reasons[node.name] = "; ".join(why[:3])

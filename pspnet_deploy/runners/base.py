@@ -5,6 +5,8 @@ gives a runner built from a model file and its :class:`~pspnet_deploy.card.Model
 
 - ``infer(batch)``: float32 NCHW array already preprocessed at ``input_size`` -> numpy logits
   (N, C, H, W) float32 or labels (N, H, W) integer, per ``output_kind``;
+- ``prepare(image)``: one RGB image preprocessed for the model (at its own size for a
+  dynamic-shape model, whose bounds ``card.check_size`` enforces, else at ``input_size``);
 - ``infer_items(items)``: any number of preprocessed 3xHxW arrays, run in batches the model
   accepts (a fixed batch padded by repeating the last item, a batch range respected) - the one
   place padding happens;
@@ -129,6 +131,19 @@ class Runner(ABC):
             limit = max(min(limit, self.batch_range[1]), self.batch_range[0])
         return max(limit, 1)
 
+    @property
+    def dynamic_size(self) -> bool:
+        """True for a dynamic-shape model (any H x W within ``card.size_range``)."""
+        return self.card.size_range is not None
+
+    def prepare(self, image_rgb: np.ndarray) -> np.ndarray:
+        """One HxWx3 RGB image -> model input (3xHxW float32): resized to ``input_size``, or for a
+        dynamic-shape model at the image's own size (refused with one line outside its bounds)."""
+        if self.dynamic_size:
+            self.card.check_bounds(*image_rgb.shape[:2])
+            return self.preprocess.normalize(image_rgb)
+        return self.preprocess(image_rgb)
+
     def infer_items(self, items: list[np.ndarray], batch: int | None = None) -> list[np.ndarray]:
         """Run preprocessed 3xHxW arrays (at ``input_size``) in batches this model accepts.
 
@@ -139,8 +154,10 @@ class Runner(ABC):
         limit = self.batch_limit(batch)
         minimum = self.batch_range[0] if self.batch_range is not None else 1
         outs: list[np.ndarray] = []
-        for start in range(0, len(items), limit):
-            chunk = items[start:start + limit]
+        chunks = [items[s:s + limit] for s in range(0, len(items), limit)]
+        if self.dynamic_size:  # items of a dynamic-shape model may differ in size: batch equal sizes only
+            chunks = [c[i:j] for c in chunks for i, j in _runs([x.shape for x in c])]
+        for chunk in chunks:
             real = len(chunk)
             need = limit if self.fixed_batch else max(real, minimum)
             arr = np.stack(chunk).astype(np.float32, copy=False)
@@ -163,6 +180,9 @@ class Runner(ABC):
 
     def check_batch(self, batch: np.ndarray) -> None:
         h, w = self.input_size
+        if self.card.size_range is not None and batch.ndim == 4 and batch.shape[1] == 3:
+            self.card.check_bounds(*batch.shape[2:])  # a dynamic-shape model takes any size in its bounds
+            h, w = batch.shape[2:]
         if batch.ndim != 4 or batch.shape[1] != 3 or tuple(batch.shape[2:]) != (h, w):
             raise UserError(f"{self.path}: model takes Nx3x{h}x{w} input, got {'x'.join(map(str, batch.shape))}; "
                             f"preprocess images with the model's preprocessing")
@@ -172,3 +192,13 @@ class Runner(ABC):
         if self.batch_range is not None and not (self.batch_range[0] <= batch.shape[0] <= self.batch_range[1]):
             raise UserError(f"{self.path}: model accepts batches of {self.batch_range[0]}..{self.batch_range[1]}, got "
                             f"{batch.shape[0]}; rebuild with a wider --batch range")
+
+
+def _runs(keys: list) -> list[tuple[int, int]]:
+    """(start, end) of each run of equal consecutive ``keys``."""
+    out, start = [], 0
+    for i in range(1, len(keys) + 1):
+        if i == len(keys) or keys[i] != keys[start]:
+            out.append((start, i))
+            start = i
+    return out

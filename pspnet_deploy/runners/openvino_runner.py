@@ -65,10 +65,12 @@ class OpenVINORunner(Runner):
         self.note = precision_note(self.precision, self.resolved, env["native"])
         inp = self.compiled.inputs[0]
         ps = inp.get_partial_shape()
-        if len(ps) != 4 or not all(d.is_static for d in list(ps)[1:]):
+        dynamic = card.size_range is not None  # a dynamic-shape IR: any H x W in its bounds, sized per call
+        if len(ps) != 4 or not all(d.is_static for d in list(ps)[1:2 if dynamic else 4]):
             raise UserError(f"{path}: expected an N x 3 x H x W input with a fixed size, got {ps}")
-        h, w = int(ps[2].get_length()), int(ps[3].get_length())
-        self.preprocess = self.preprocess.with_size(h, w)
+        if not dynamic:
+            h, w = int(ps[2].get_length()), int(ps[3].get_length())
+            self.preprocess = self.preprocess.with_size(h, w)
         self.model_batch = int(ps[0].get_length()) if ps[0].is_static else None
         # a batch-1 IR takes any batch (one image per request); another fixed batch is fixed
         self.fixed_batch = self.model_batch if self.model_batch not in (None, 1) else None
