@@ -219,7 +219,7 @@ def end2end_call(runner, paths: Sequence[Path], batch: int) -> Callable[[], floa
         chosen = [paths[(i + k) % len(paths)] for k in range(batch)]
         state["i"] = (i + batch) % len(paths)
         images = [read_image(p) for p in chosen]
-        x = np.stack([runner.preprocess(im) for im in images])
+        x = np.stack([runner.prepare(im) for im in images])
         out = runner.infer(x)
         return [labels_at(o, im.shape[:2]) for o, im in zip(out, images)]
 
@@ -273,7 +273,7 @@ class _Capture:
 
         from .evaluate import labels_at
 
-        labels = labels_at(runner.infer_items([runner.preprocess(image)], batch=1)[0], image.shape[:2])
+        labels = labels_at(runner.infer_items([runner.prepare(image)], batch=1)[0], image.shape[:2])
         lab16 = labels.astype(np.uint16)
         path = self.folder / f"{self.i:06d}.png"
         if self.is_reference:
@@ -454,7 +454,7 @@ def run_bench(models: Sequence, out_dir: str | Path | None = None, *, labels: Se
                     pool_imgs = [read_image(p) for p in images] if images else \
                         generated_images(*runner.input_size, max(batches))
                 for b in batches:
-                    staged = np.stack([runner.preprocess(pool_imgs[k % len(pool_imgs)]) for k in range(b)])
+                    staged = np.stack([runner.prepare(pool_imgs[k % len(pool_imgs)]) for k in range(b)])
                     for sc in scopes:
                         memory.reset()
                         gpu_mem.reset()

@@ -50,7 +50,7 @@ def evaluate(runner, dataset, limit: int | None = None, batch_size: int = 1, pro
     def flush():
         if not pending:
             return
-        outs = runner.infer_items([runner.preprocess(img) for img, _ in pending], batch=bs)
+        outs = runner.infer_items([runner.prepare(img) for img, _ in pending], batch=bs)
         for o, (_, mask) in zip(outs, pending):
             cm.update(labels_at(o, mask.shape), mask)
         pending.clear()

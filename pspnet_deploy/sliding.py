@@ -59,7 +59,7 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
 def whole_logits(runner, image_rgb: np.ndarray) -> np.ndarray:
     """Scores (CxHxW) at the image's size from one pass at the model's input size."""
     img = ensure_rgb(image_rgb)
-    out = runner.infer_items([runner.preprocess(img)], batch=1)[0]
+    out = runner.infer_items([runner.prepare(img)], batch=1)[0]
     scores = _as_scores(out, runner.num_classes)
     size = img.shape[:2]
     if out.ndim == 2 and tuple(out.shape) != tuple(size):  # votes: nearest keeps them one-hot

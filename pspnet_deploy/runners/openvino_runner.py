@@ -66,8 +66,9 @@ class OpenVINORunner(Runner):
         inp = self.compiled.inputs[0]
         ps = inp.get_partial_shape()
         if len(ps) != 4 or not all(d.is_static for d in list(ps)[1:]):
-            raise UserError(f"{path}: expected an N x 3 x H x W input with a fixed size, got {ps}")
-        h, w = int(ps[2].get_length()), int(ps[3].get_length())
+            raise UserError(f"{path}: expected an N x 3 x H x W (uint8: N x H x W x 3) input with a fixed size, got {ps}")
+        hw = (1, 2) if self.input_kind == "uint8" else (2, 3)
+        h, w = int(ps[hw[0]].get_length()), int(ps[hw[1]].get_length())
         self.preprocess = self.preprocess.with_size(h, w)
         self.model_batch = int(ps[0].get_length()) if ps[0].is_static else None
         # a batch-1 IR takes any batch (one image per request); another fixed batch is fixed
@@ -110,8 +111,7 @@ class OpenVINORunner(Runner):
         self._results[index] = np.array(request.get_output_tensor(0).data, copy=True)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        self.check_batch(batch)
-        x = np.ascontiguousarray(batch, dtype=np.float32)
+        x = self.model_input(batch)
         n = x.shape[0]
         if self.model_batch is None or self.model_batch == n:
             out = self._request.infer({0: x})[self.output]
