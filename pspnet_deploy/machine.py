@@ -62,18 +62,14 @@ def cpu_has_bf16(flags: set[str] | None = None) -> bool:
 
 def bf16_choice(mode: str, option: str) -> bool:
     """Whether a CPU run uses BF16 autocast for ``mode`` (auto: where the CPU has native BF16, an
-    assumption from the flags that it says on stderr - nothing is measured; on: required, refused
+    assumption from the flags - nothing is measured, and on an Intel Xeon with AVX-512 BF16 but no
+    AMX BF16 autocast ran slower than FP32 (issue 25); on: required, refused
     without it; off: never). ``option`` names the switch in the messages."""
     if mode not in AUTO_ON_OFF:
         raise UserError(f"{option} must be auto, on or off, got {mode!r}")
     if mode == "off":
         return False
     if cpu_has_bf16():
-        if mode == "auto":  # not measured: on some CPUs with AVX-512 BF16 and no AMX, BF16 ran slower than FP32
-            import sys
-
-            print(f"{option} auto: BF16 chosen from the CPU flags (avx512_bf16 / amx_bf16), assumed faster, not "
-                  f"measured on this machine; pass {option} off to compare", file=sys.stderr)
         return True
     if mode == "on":
         raise UserError(f"{option} on: this CPU has no native BF16 (no avx512_bf16 / amx_bf16), so BF16 autocast "
