@@ -13,6 +13,8 @@ gives a runner built from a model file and its :class:`~pspnet_deploy.card.Model
 - ``infer_items(items)``: any number of preprocessed 3xHxW arrays, run in batches the model
   accepts (a fixed batch padded by repeating the last item, a batch range respected) - the one
   place padding happens;
+- ``request_workers(batch, n)``: ``n`` zero-argument callables, each one request on ``batch``,
+  safe to call from ``n`` threads at once (the load sweep of ``pspnet-bench --concurrency``);
 - ``model_timer(batch)``: a zero-argument callable timing one model-scope call in milliseconds,
   and its name; a backend overrides it with its device clock;
 - ``describe()``: backend, precision, input size, device, file and its hash;
@@ -177,6 +179,13 @@ class Runner(ABC):
                 arr = np.concatenate([arr, np.repeat(arr[-1:], need - real, 0)])
             outs.extend(np.asarray(self.infer(arr))[:real])
         return outs
+
+    def request_workers(self, batch: np.ndarray, n: int) -> tuple[list[Callable[[], object]], str]:
+        """(``n`` callables, how): one request each on ``batch``, callable from ``n`` threads at once.
+        Here: ``n`` threads sharing this runner (ONNX Runtime sessions and PyTorch modules in eval
+        mode run concurrent calls); a backend with its own request objects overrides this."""
+        x = self.model_input(batch)
+        return [lambda: self.infer(x) for _ in range(int(n))], f"{n} threads sharing one {self.backend} model"
 
     def model_timer(self, batch: np.ndarray) -> tuple[Callable[[], float], str]:
         """(call, timer name): ``call()`` runs one model-scope call on ``batch`` and returns its

@@ -126,7 +126,25 @@ class OpenVINORunner(Runner):
         self._queue.wait_all()
         return np.concatenate(self._results)
 
+    def request_workers(self, batch: np.ndarray, n: int):
+        """``n`` infer requests of the IR compiled again with ``PERFORMANCE_HINT`` THROUGHPUT and
+        ``NUM_STREAMS`` ``n`` (one stream per request in flight); each callable runs one request
+        synchronously (the GIL is released while OpenVINO works), so ``n`` threads keep ``n`` in flight."""
+        x = self.model_input(batch)
+        if self.model_batch not in (None, x.shape[0]):
+            raise UserError(f"{self.path}: the load sweep sends batches the IR takes ({self.model_batch}), got "
+                            f"{x.shape[0]}")
+        core = ov_core()
+        cfg = compile_config(self.precision, self.threads, "throughput", int(n))
+        compiled = core.compile_model(core.read_model(str(self.path)), DEVICE, cfg)
+        streams = resolved_precision(compiled).get("num_streams")
+        reqs = [compiled.create_infer_request() for _ in range(int(n))]
+        self._sweep = (compiled, reqs)  # kept alive while the callables are used
+        return ([lambda r=r: r.infer({0: x}) for r in reqs],
+                f"{n} OpenVINO infer requests, THROUGHPUT hint, NUM_STREAMS {n} (resolved {streams})")
+
     def close(self) -> None:
+        self._sweep = None
         self._queue = None
         self._request = None
         self.compiled = None

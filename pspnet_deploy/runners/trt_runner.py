@@ -287,6 +287,14 @@ class TrtRunner(Runner):
         out = self.session.run(self.model_input(batch))
         return out.astype(np.float32) if out.dtype == np.float16 else out
 
+    def request_workers(self, batch: np.ndarray, n: int):
+        """One request at a time: this runner owns one execution context on one stream; several
+        contexts on their own streams are not written yet, so a sweep above 1 is refused."""
+        if int(n) != 1:
+            raise UserError(f"{self.path}: --concurrency above 1 is not implemented for TensorRT engines (one "
+                            f"execution context per runner); sweep ONNX Runtime or OpenVINO models, or use 1")
+        return super().request_workers(batch, n)
+
     def model_timer(self, batch: np.ndarray) -> tuple[Callable[[], float], str]:
         """CUDA events on the engine's stream around copy in, execution (or graph replay) and copy out."""
         n = self.session.stage(self.model_input(batch))
