@@ -19,6 +19,18 @@ call (input staged on the GPU, the output stays there); a backend without a devi
 own is timed by wall clock (``time.perf_counter``) around a call that takes and returns host
 arrays, so it includes the copies and the device synchronisation. Each row names its timer.
 
+Load sweep (``concurrency``, like Triton's perf_analyzer): per model and level N, N requests of one
+image are kept in flight by N threads (:meth:`Runner.request_workers
+<pspnet_deploy.runners.base.Runner.request_workers>`: ONNX Runtime and PyTorch share one model
+between the threads, OpenVINO gets N infer requests on N streams); each request's wall time is a
+latency sample and the throughput is the images completed over the wall time of the level.
+``report["load"]`` holds one row per model and level (``concurrency``, ``throughput_ips``,
+p50/p99), plotted as a latency-throughput curve.
+
+Recommendation (:func:`recommend`): with accuracy measured and ``max_miou_drop`` (points against
+the reference, the first model), the fastest (model, concurrency) within the budget and the
+optional ``max_latency_ms`` on p50, and why each faster candidate was rejected.
+
 Memory: :mod:`pspnet_deploy.memory` (process RSS high-water mark, CUDA memory), reset before each
 measurement; the report names the method.
 """
@@ -28,6 +40,7 @@ import gc
 import math
 import os
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,7 +232,7 @@ def end2end_call(runner, paths: Sequence[Path], batch: int) -> Callable[[], floa
         chosen = [paths[(i + k) % len(paths)] for k in range(batch)]
         state["i"] = (i + batch) % len(paths)
         images = [read_image(p) for p in chosen]
-        x = np.stack([runner.preprocess(im) for im in images])
+        x = np.stack([runner.prepare(im) for im in images])
         out = runner.infer(x)
         return [labels_at(o, im.shape[:2]) for o, im in zip(out, images)]
 
@@ -255,6 +268,112 @@ def _dataset_images(ds, folder: Path, count: int) -> list[Path]:
     return out
 
 
+# ----------------------------------------------------------------------------- load sweep
+
+def load_level(workers: Sequence[Callable[[], object]], warmup: int, iterations: int | None,
+               duration: float | None) -> tuple[list[float], float]:
+    """Run ``workers`` (one per thread, all at once) after ``warmup`` untimed calls each:
+    ``iterations`` requests in all (split over the threads) or for ``duration`` seconds. Returns
+    (per-request milliseconds, wall seconds from the common start to the last request's end); the
+    first error of any thread is raised."""
+    n = len(workers)
+    per = None if iterations is None else max(1, math.ceil(iterations / n))
+    lat: list[list[float]] = [[] for _ in range(n)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(n + 1)
+    stop_at = [math.inf]
+
+    def work(i: int) -> None:
+        try:
+            for _ in range(warmup):
+                workers[i]()
+        except BaseException as e:  # noqa: BLE001 - raised in the caller
+            errors.append(e)
+        barrier.wait()
+        if errors:
+            return
+        try:
+            while (per is None or len(lat[i]) < per) and time.perf_counter() < stop_at[0]:
+                t = time.perf_counter()
+                workers[i]()
+                lat[i].append((time.perf_counter() - t) * 1e3)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    if duration is not None:
+        stop_at[0] = time.perf_counter() + duration
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    if errors:
+        raise errors[0]
+    return [v for x in lat for v in x], wall
+
+
+def check_concurrency(levels) -> list[int]:
+    levels = [int(v) for v in levels]
+    if not levels or any(v < 1 for v in levels):
+        raise UserError(f"--concurrency levels must be at least 1, got {levels}")
+    if any(v > 64 for v in levels):
+        raise UserError(f"--concurrency levels above 64 are not useful on one machine, got {max(levels)}")
+    return sorted(dict.fromkeys(levels))
+
+
+def recommend(models: Sequence[dict], points: Sequence[dict], max_miou_drop: float,
+              max_latency_ms: float | None = None, reference: str | None = None) -> dict:
+    """The fastest (model, concurrency) whose mIoU is within ``max_miou_drop`` points of the
+    reference's (``reference``, default the first model) and whose p50 is at most ``max_latency_ms``.
+
+    ``models``: rows with ``model`` and ``miou``; ``points``: rows with ``model``, ``concurrency``,
+    ``throughput_ips`` and ``latency_ms.p50`` (the load sweep, or the model scope at concurrency
+    1). Returns ``{model, concurrency, miou, p50_ms, throughput_ips, reason, rejected: [...]}``;
+    ``model`` is None when nothing meets the budget (every candidate is then in ``rejected``).
+    """
+    acc = {m["model"]: m.get("miou") for m in models}
+    ref = reference or (models[0]["model"] if models else None)
+    ref_miou = acc.get(ref)
+    if ref_miou is None:
+        raise UserError("a recommendation needs the reference model's mIoU: pass --data")
+    cands = sorted(points, key=lambda p: -p["throughput_ips"])
+    rejected = []
+    chosen = None
+    for p in cands:
+        miou = acc.get(p["model"])
+        p50 = p["latency_ms"]["p50"]
+        why = []
+        if miou is None:
+            why.append("no mIoU measured")
+        elif 100 * (ref_miou - miou) > max_miou_drop + 1e-9:
+            why.append(f"mIoU {100 * miou:.2f} % is {100 * (ref_miou - miou):.2f} points below the reference "
+                       f"{ref} ({100 * ref_miou:.2f} %), budget {max_miou_drop:g}")
+        if max_latency_ms is not None and p50 > max_latency_ms:
+            why.append(f"p50 {p50:.2f} ms over the {max_latency_ms:g} ms limit")
+        entry = {"model": p["model"], "concurrency": p["concurrency"], "miou": miou, "p50_ms": p50,
+                 "throughput_ips": p["throughput_ips"]}
+        if why:
+            rejected.append({**entry, "why": "; ".join(why)})
+            continue
+        chosen = entry
+        break
+    budget = f"mIoU within {max_miou_drop:g} points of {ref} ({100 * ref_miou:.2f} %)" + (
+        f" and p50 <= {max_latency_ms:g} ms" if max_latency_ms is not None else "")
+    if chosen is None:
+        return {"model": None, "concurrency": None, "miou": None, "p50_ms": None, "throughput_ips": None,
+                "reason": f"no candidate meets the budget ({budget})", "rejected": rejected,
+                "reference": ref, "max_miou_drop": max_miou_drop, "max_latency_ms": max_latency_ms}
+    chosen["reason"] = (f"highest throughput ({chosen['throughput_ips']:.1f} img/s at {chosen['concurrency']} in "
+                        f"flight, p50 {chosen['p50_ms']:.2f} ms) among {len(cands)} candidates with {budget}; "
+                        f"{len(rejected)} faster candidate(s) rejected")
+    chosen.update({"rejected": rejected, "reference": ref, "max_miou_drop": max_miou_drop,
+                   "max_latency_ms": max_latency_ms})
+    return chosen
+
+
 # ----------------------------------------------------------------------------- accuracy
 
 class _Capture:
@@ -273,7 +392,7 @@ class _Capture:
 
         from .evaluate import labels_at
 
-        labels = labels_at(runner.infer_items([runner.preprocess(image)], batch=1)[0], image.shape[:2])
+        labels = labels_at(runner.infer_items([runner.prepare(image)], batch=1)[0], image.shape[:2])
         lab16 = labels.astype(np.uint16)
         path = self.folder / f"{self.i:06d}.png"
         if self.is_reference:
@@ -295,7 +414,9 @@ def run_bench(models: Sequence, out_dir: str | Path | None = None, *, labels: Se
               iterations: int | None = 50, duration: float | None = None, threads: int | None = None,
               scope: str = "both", data=None, split: str = "val", limit: int | None = None, device: str = "cpu",
               image_size: tuple[int, int] | None = None, peak: bool = True, peak_size: int = 2048,
-              keep_samples: bool = True, progress: bool = True, write: bool = True, cuda_graph: bool = False) -> dict:
+              keep_samples: bool = True, progress: bool = True, write: bool = True, cuda_graph: bool = False,
+              concurrency: Sequence[int] | None = None, max_miou_drop: float | None = None,
+              max_latency_ms: float | None = None) -> dict:
     """Benchmark ``models`` and (unless ``write`` is False) write the reports into ``out_dir``.
 
     ``models``: paths, ``"path:label"`` strings, ``(path, label)`` pairs or :class:`ModelSpec`; the
@@ -304,8 +425,10 @@ def run_bench(models: Sequence, out_dir: str | Path | None = None, *, labels: Se
     agreement with the reference are measured on the first ``limit`` images of ``split``.
     ``image_size`` (H, W): size of the generated end-to-end images when there is no ``data``
     (default: the reference model's input size). ``cuda_graph``: TensorRT engines replay each input
-    shape as a CUDA graph (the runners' option; other backends ignore it). Returns the report dict
-    (see :mod:`.report`).
+    shape as a CUDA graph (the runners' option; other backends ignore it). ``concurrency``: levels of
+    the load sweep (requests of one image in flight). ``max_miou_drop`` (points; needs ``data``) and
+    ``max_latency_ms``: the recommendation (:func:`recommend`) over the sweep's points, or the model
+    scope's at batch 1. Returns the report dict (see :mod:`.report`).
     """
     from . import report as rep
 
@@ -333,6 +456,22 @@ def run_bench(models: Sequence, out_dir: str | Path | None = None, *, labels: Se
         raise UserError(f"--limit must be positive, got {limit}")
     if threads is not None and threads <= 0:
         raise UserError(f"--threads must be positive, got {threads}")
+    levels = check_concurrency(concurrency) if concurrency else []
+    if max_miou_drop is not None:
+        if data is None:
+            raise UserError("--max-miou-drop compares mIoU: pass --data DIR (or synthetic) as well")
+        if not (0 <= float(max_miou_drop) < 100):
+            raise UserError(f"--max-miou-drop is in mIoU points and must be in [0, 100), got {max_miou_drop}")
+        if not levels and 1 not in batches:
+            raise UserError("the recommendation compares batch-1 requests: add --batch 1 or --concurrency")
+        if not levels and "model" not in scopes:
+            raise UserError("the recommendation compares model-scope timings: use --scope model or both, or "
+                            "--concurrency")
+    if max_latency_ms is not None:
+        if max_miou_drop is None:
+            raise UserError("--max-latency-ms is a limit of the recommendation: pass --max-miou-drop as well")
+        if not (max_latency_ms > 0 and math.isfinite(max_latency_ms)):
+            raise UserError(f"--max-latency-ms must be a positive number, got {max_latency_ms}")
     if input_size is not None and (len(input_size) != 2 or min(input_size) <= 0):
         raise UserError(f"input size must be two positive numbers H W, got {input_size}")
     if image_size is not None and (len(image_size) != 2 or min(image_size) <= 0):
@@ -405,6 +544,7 @@ def run_bench(models: Sequence, out_dir: str | Path | None = None, *, labels: Se
 
     results: list[dict] = []
     model_rows: list[dict] = []
+    load_rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="pspnet-bench-") as tmp:
         tmp = Path(tmp)
         (tmp / "ref").mkdir()
@@ -456,7 +596,7 @@ def run_bench(models: Sequence, out_dir: str | Path | None = None, *, labels: Se
                     pool_imgs = [read_image(p) for p in images] if images else \
                         generated_images(*runner.input_size, max(batches))
                 for b in batches:
-                    staged = np.stack([runner.preprocess(pool_imgs[k % len(pool_imgs)]) for k in range(b)])
+                    staged = np.stack([runner.prepare(pool_imgs[k % len(pool_imgs)]) for k in range(b)])
                     for sc in scopes:
                         memory.reset()
                         gpu_mem.reset()
@@ -471,6 +611,7 @@ def run_bench(models: Sequence, out_dir: str | Path | None = None, *, labels: Se
                                "precision": runner.precision, "precision_used": mrow["precision_used"],
                                "device": str(runner.device()), "batch": b, "scope": sc,
                                "input_size": list(runner.input_size), "timer": timer, "warmup": warmup,
+                               "concurrency": 1,
                                "iterations": len(samples), "latency_ms": {k: stats[k] for k in
                                                                           ("mean", "std", "p50", "p90", "p95", "p99",
                                                                            "min", "max")},
@@ -487,6 +628,23 @@ def run_bench(models: Sequence, out_dir: str | Path | None = None, *, labels: Se
                         if keep_samples:
                             row["samples_ms"] = [round(v, 6) for v in samples]
                         results.append(row)
+                if levels:
+                    one = np.stack([runner.prepare(pool_imgs[0])])
+                    for n in levels:
+                        workers, how = runner.request_workers(one, n)
+                        if progress:
+                            tqdm.write(f"{s.label}: {n} in flight ({how})")
+                        samples, wall = load_level(workers, warmup, iterations, duration)
+                        del workers
+                        stats = latency_stats(samples)
+                        load_rows.append({
+                            "model": s.label, "path": str(s.path), "backend": runner.backend,
+                            "precision": runner.precision, "precision_used": mrow["precision_used"],
+                            "device": str(runner.device()), "batch": 1, "scope": "load", "concurrency": n,
+                            "requests": len(samples), "wall_s": wall, "how": how,
+                            "timer": "wall clock per request (time.perf_counter), all requests of a level started together",
+                            "latency_ms": {k: stats[k] for k in ("mean", "p50", "p90", "p99", "min", "max")},
+                            "throughput_ips": len(samples) / wall if wall > 0 else None})
                 if dataset is not None:
                     from .evaluate import evaluate
 
@@ -515,6 +673,13 @@ def run_bench(models: Sequence, out_dir: str | Path | None = None, *, labels: Se
         m = accuracy[r["model"]]
         for k in ("miou", "pixel_accuracy", "pixel_agreement"):
             r[k] = m.get(k)
+    for r in load_rows:
+        r["miou"] = accuracy[r["model"]].get("miou")
+    recommendation = None
+    if max_miou_drop is not None:
+        points = load_rows or [r for r in results if r["scope"] == "model" and r["batch"] == 1]
+        recommendation = recommend(model_rows, points, float(max_miou_drop), max_latency_ms, ref)
+        recommendation["points"] = "load sweep" if load_rows else "model scope, batch 1, one request at a time"
     try:
         env["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     except OSError:  # pragma: no cover
@@ -532,9 +697,14 @@ def run_bench(models: Sequence, out_dir: str | Path | None = None, *, labels: Se
                                               f"{len(images)} generated PNGs of "
                                               f"{'x'.join(map(str, image_size or peeks[0]['input_size'] or (360, 480)))}")
                            if images else None,
-                           "reference": ref},
+                           "reference": ref, "concurrency": levels or None,
+                           "max_miou_drop": max_miou_drop, "max_latency_ms": max_latency_ms},
               "scope_definitions": rep.SCOPE_DEFINITIONS,
               "models": model_rows, "results": results}
+    if load_rows:
+        report["load"] = load_rows
+    if recommendation is not None:
+        report["recommendation"] = recommendation
     if write:
         report["files"] = rep.write_reports(report, out_dir)
     return report

@@ -36,6 +36,10 @@ SUFFIX_KINDS = {".pt": "torch", ".pth": "torch", ".onnx": "onnx",
 #: bf16: an inference precision of an FP32 OpenVINO IR (recorded in its sidecar), no file format
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 OUTPUT_KINDS = ("logits", "labels")
+#: what the image input takes: float (N x 3 x H x W, preprocessed) or uint8 (N x H x W x 3 pixels in
+#: ``input_channel_order``, preprocessing in the graph: pspnet-export --input-kind uint8)
+INPUT_KINDS = ("float", "uint8")
+CHANNEL_ORDERS = ("RGB", "BGR")
 #: the model facts a sidecar's ``model`` section carries (and what a runner needs from any file)
 MODEL_KEYS = ("classes", "palette", "ignore_index", "preprocess", "output_kind")
 ONNX_PREFIX = "pspnet."
@@ -181,6 +185,7 @@ class ModelCard:
     preprocess: dict | None = None
     model: dict | None = None
     output_kind: str = "logits"
+    input_kind: str = "float"  # float or uint8 (INPUT_KINDS); a uint8 model's channel order: input_channel_order
     precision: str = "fp32"
     inputs: list = field(default_factory=list)  # [{"name", "dtype", "shape"}]; shape dims int or symbolic str
     outputs: list = field(default_factory=list)
@@ -209,7 +214,7 @@ class ModelCard:
         if self.size_range is not None:
             return tuple(self.size_range[1])
         if self.inputs:
-            shape = self.inputs[0]["shape"]
+            shape = self._nchw(self.inputs[0]["shape"])
             if len(shape) == 4 and all(isinstance(d, int) and d > 0 for d in shape[2:]):
                 return int(shape[2]), int(shape[3])
         if self.preprocess is not None:
@@ -220,7 +225,18 @@ class ModelCard:
     def static_size(self) -> bool:
         """True when the file fixes the spatial input size (ONNX / engines, not checkpoints)."""
         return bool(self.inputs) and len(self.inputs[0]["shape"]) == 4 and \
-            all(isinstance(d, int) and d > 0 for d in self.inputs[0]["shape"][2:])
+            all(isinstance(d, int) and d > 0 for d in self._nchw(self.inputs[0]["shape"])[2:])
+
+    def _nchw(self, shape: list) -> list:
+        """An input shape in N, C, H, W order (a uint8 model's is N, H, W, C)."""
+        if self.input_kind == "uint8" and len(shape) == 4:
+            return [shape[0], shape[3], shape[1], shape[2]]
+        return list(shape)
+
+    @property
+    def input_channel_order(self) -> str:
+        """RGB or BGR: the channel order a uint8 model's pixels come in (``pspnet.input_channel_order``)."""
+        return str(self.meta.get("input_channel_order", "RGB")).upper()
 
     @property
     def min_side(self) -> int | None:
@@ -326,6 +342,15 @@ def validate_card(card: ModelCard) -> ModelCard:
         raise _bad(p, f"{label}model (the PSPNet configuration)", card.model, fix)
     if card.output_kind not in OUTPUT_KINDS:
         raise _bad(p, f"{label}output_kind (logits or labels)", card.output_kind, fix)
+    if card.input_kind not in INPUT_KINDS:
+        raise _bad(p, f"{label}input_kind (float or uint8)", card.input_kind, fix)
+    if str(card.meta.get("input_channel_order", "RGB")).upper() not in CHANNEL_ORDERS:
+        raise _bad(p, f"{label}input_channel_order (RGB or BGR)", card.meta.get("input_channel_order"), fix)
+    if card.inputs and card.kind == "onnx":  # the graph and its metadata must agree on the input's type
+        dtype = card.inputs[0]["dtype"]
+        if (card.input_kind == "uint8") != (dtype == "uint8"):
+            raise UserError(f"{p}: input is {dtype} but the metadata says input_kind {card.input_kind}; the file was "
+                            f"edited or mixed up, {fix}")
     if card.precision not in PRECISIONS:
         raise _bad(p, f"{label}precision ({', '.join(PRECISIONS)})", card.precision, fix)
     for section in ("inputs", "outputs"):
@@ -384,6 +409,7 @@ def _card_from_meta(path: Path, kind: str, meta: dict, precision: str | None = N
     return ModelCard(path=str(path), kind=kind, classes=meta.get("classes"), palette=meta.get("palette"),
                      ignore_index=meta.get("ignore_index", 255), preprocess=meta.get("preprocess"),
                      model=meta.get("model"), output_kind=meta.get("output_kind", "logits"),
+                     input_kind=meta.get("input_kind", "float"),
                      precision=precision or meta.get("precision") or "fp32",
                      provenance=prov, meta=meta, size_range=dyn, **io)
 
@@ -699,7 +725,7 @@ def write_onnx_metadata(model_proto, meta: dict) -> None:
         e.key, e.value = k, v
 
 
-__all__ = ["MODEL_KEYS", "ModelCard", "PRECISIONS", "READERS", "SIDECAR_FORMAT", "SIDECAR_VERSION", "SUFFIX_KINDS",
+__all__ = ["INPUT_KINDS", "CHANNEL_ORDERS", "MODEL_KEYS", "ModelCard", "PRECISIONS", "READERS", "SIDECAR_FORMAT", "SIDECAR_VERSION", "SUFFIX_KINDS",
            "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "card_from_meta", "card_from_onnx_proto", "dump_checkpoint_meta", "load_onnx_proto", "model_kind",
            "onnx_graph_precision", "onnx_meta_from_proto", "read_card", "read_checkpoint_payload",
            "read_sidecar_json", "sidecar_path", "strip_model_suffix", "validate_card", "write_onnx_metadata"]

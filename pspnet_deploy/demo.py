@@ -1,6 +1,8 @@
 """The main job on the built-in default: synthetic data -> train -> export FP32/FP16 -> INT8 by
 calibration -> parity -> OpenVINO IRs (INT8 from the same Q/DQ file, BF16) -> benchmark with
-accuracy -> report folder. CPU only, no download.
+accuracy, a load sweep (1 and 2 requests in flight) and a recommendation -> report folder. CPU
+only, no download. The OpenVINO INT8 model is the fast path: uint8 pixels in, labels out
+(``pspnet-export --input-kind uint8 --output-kind labels``), calibrated with the same ranges.
 
     python -m pspnet_deploy.demo --out runs/demo      (what `make demo` runs)
 """
@@ -25,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, nargs=2, default=None, metavar=("H", "W"))
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--iterations", type=int, default=30, help="timed iterations per benchmark row")
+    p.add_argument("--max-miou-drop", type=float, default=1.0,
+                   help="the recommendation's budget in mIoU points against PyTorch FP32 (the first model)")
     p.add_argument("--debug", action="store_true")
     return p
 
@@ -79,22 +83,31 @@ def main(argv=None) -> int:
                    cache_dir=out / "calib-cache")
     # same ranges, ONNX Runtime's placement: the file ONNX Runtime's CPU kernels run in INT8
     calibrate_onnx(fp32, int8_ort, table=int8.with_suffix(".calib.json"), placement="ort", progress=False)
-    print(f"  {int8.name} (TensorRT placement), {int8_ort.name} (ONNX Runtime placement)")
+    # the fast path: uint8 pixels in, labels out; the same ranges (its float body is the FP32 graph with an ArgMax)
+    fast32 = out / "export" / "model.u8labels.fp32.onnx"
+    fast8 = out / "export" / "model.u8labels.int8.onnx"
+    export_onnx(ckpt, fast32, size, verify_data=a.data, progress=False, input_kind="uint8", output_kind="labels")
+    calibrate_onnx(fast32, fast8, table=int8.with_suffix(".calib.json"), force=True, progress=False)
+    print(f"  {int8.name} (TensorRT placement), {int8_ort.name} (ONNX Runtime placement), {fast8.name} (uint8 in, "
+          f"labels out, same ranges)")
 
     from .engine.openvino import OVBuildOptions, build_openvino
 
-    ov_int8 = build_openvino(int8, log=lambda m: None)  # the TensorRT-placement Q/DQ file, as it is
+    ov_int8 = build_openvino(fast8, log=lambda m: None)  # the TensorRT-placement Q/DQ file, as it is
     ov_bf16 = build_openvino(fp32, opts=OVBuildOptions(precision="bf16"), log=lambda m: None)
     for sc in (ov_int8, ov_bf16):
         note = sc["openvino"]["precision_note"]
         print(f"  {Path(sc['engine']['path']).name}: OpenVINO {sc['openvino']['version']}, runs as "
               f"{sc['openvino']['runs_as']}" + (f" ({note})" if note else ""))
 
-    _step(4, total, "benchmark PyTorch FP32, ONNX Runtime FP32/FP16/INT8, OpenVINO INT8/BF16 with accuracy")
-    models = [(str(ckpt), "torch-fp32"), (str(fp32), "ort-fp32"), (str(fp16), "ort-fp16"), (str(int8), "ort-int8-trtqdq"),
-              (str(int8_ort), "ort-int8"), (ov_int8["engine"]["path"], "ov-int8"), (ov_bf16["engine"]["path"], "ov-bf16")]
+    _step(4, total, "benchmark PyTorch FP32 (reference), ONNX Runtime FP32/FP16/INT8, OpenVINO INT8 "
+                    "(uint8 in, labels out)/BF16 with accuracy, load sweep and recommendation")
+    models = [(str(ckpt), "torch-fp32"), (str(fp32), "ort-fp32"), (str(fp16), "ort-fp16"),
+              (str(int8), "ort-int8-trtqdq"), (str(int8_ort), "ort-int8"), (ov_int8["engine"]["path"], "ov-int8-u8labels"),
+              (ov_bf16["engine"]["path"], "ov-bf16")]
     report = run_bench(models, out / "report", data=a.data, split="val",
-                       iterations=a.iterations, warmup=5, threads=a.threads, scope="both", progress=True)
+                       iterations=a.iterations, warmup=5, threads=a.threads, scope="both", progress=True,
+                       concurrency=[1, 2], max_miou_drop=a.max_miou_drop)
 
     _step(5, total, "done")
     print((out / "report" / "report.md").read_text() if (out / "report" / "report.md").exists() else "")

@@ -15,8 +15,12 @@ The flow of :func:`export_onnx`:
    FP16, IO kept FP32, nodes whose values come near the FP16 limit on real images kept FP32;
 5. checks (:func:`pspnet_deploy.onnx_graph.run_checks`): ``onnx.checker`` (full), the
    static-graph rules and the TensorRT parser support matrix;
+   With ``input_kind="uint8"`` the float graph (FP32 or FP16) gets the in-graph preprocessing
+   (:func:`pspnet_deploy.onnx_graph.add_uint8_input`): uint8 N x H x W x 3 pixels in
+   ``channel_order`` in; cast, mean/std from the checkpoint's Preprocess and transpose inside;
 6. ``pspnet.*`` metadata (JSON values: preprocessing, classes, palette, provenance, options);
-7. parity gate: ONNX Runtime against PyTorch on real or generated images
+7. parity gate: ONNX Runtime against PyTorch on real or generated images (a uint8 model gets the
+   uint8 pixels, PyTorch the NumPy preprocessing of the same pixels)
    (:mod:`pspnet_deploy.compare`); a failure raises :class:`UserError` and leaves nothing at OUT.
    The report goes beside the model as ``<OUT stem>.parity.json``; when the gate fails no model is
    written and the report goes to ``<OUT stem>.parity-failed.json``.
@@ -38,7 +42,7 @@ import numpy as np
 from .compare import Comparison, format_metrics, parity_failure, parity_report_path, tolerances_for, write_parity_report
 from .compare import check as check_tolerances
 from .errors import UserError
-from .onnx_graph import POOL_OPS, prune, run_checks, static_pool_node_names, write_onnx_metadata
+from .onnx_graph import POOL_OPS, add_uint8_input, prune, run_checks, static_pool_node_names, write_onnx_metadata
 from .ort_session import make_session, ort_threads
 from .precision.batches import fitted_batches
 from .precision.fp16 import check_margin, fp16_proto, storage_failures
@@ -300,9 +304,13 @@ def _static_graph(model, input_size, dynamic_batch, batch: int, output_kind: str
 # --------------------------------------------------------------------------------------------
 
 
-def _validate(batch, dynamic_batch, output_kind, opset, trt_major, num_verify):
+def _validate(batch, dynamic_batch, output_kind, opset, trt_major, num_verify, input_kind="float", channel_order="RGB"):
     from .parser_check import OPSET_RANGE
 
+    if input_kind not in ("float", "uint8"):
+        raise UserError(f"input kind must be 'float' or 'uint8', got {input_kind!r}")
+    if str(channel_order).upper() not in ("RGB", "BGR"):
+        raise UserError(f"--channel-order must be RGB or BGR, got {channel_order!r}")
     if output_kind not in ("logits", "labels"):
         raise UserError(f"output kind must be 'logits' or 'labels', got {output_kind!r}")
     if dynamic_batch is not None:
@@ -331,7 +339,8 @@ def export_onnx(checkpoint, out=None, input_size=None, batch: int = 1, dynamic_b
                 output_kind: str = "logits", opset: int | None = None, verify: bool = True, verify_data=None,
                 verify_split: str = "val", num_verify: int = 4, tolerances: dict | None = None,
                 progress: bool = True, trt_major: int = 10, fp16_margin: float = 4.0, threads: int | None = None,
-                seed: int = 0, dynamic_shape: bool = False, min_size=None, max_size=None) -> dict:
+                seed: int = 0, dynamic_shape: bool = False, min_size=None, max_size=None,
+                input_kind: str = "float", channel_order: str = "RGB") -> dict:
     """Export ``checkpoint`` to ONNX at ``out`` (see :func:`default_output_path`); returns the report.
 
     ``input_size`` (H, W) defaults to the checkpoint's preprocessing size. ``batch`` fixes the
@@ -339,7 +348,10 @@ def export_onnx(checkpoint, out=None, input_size=None, batch: int = 1, dynamic_b
     engine profiles). ``fp16`` writes the FP16 variant (IO FP32). ``output_kind`` ``"labels"``
     puts ArgMax in the graph (int32 label map N x H x W). ``verify`` runs the parity gate on
     ``num_verify`` images of ``verify_data`` (``verify_split``) or generated ones, with
-    ``tolerances`` overriding :data:`pspnet_deploy.compare.DEFAULT_TOLERANCES`. Raises
+    ``tolerances`` overriding :data:`pspnet_deploy.compare.DEFAULT_TOLERANCES`. ``input_kind``
+    ``"uint8"`` makes the input uint8 N x H x W x 3 pixels in ``channel_order`` (``RGB``, what the
+    toolkit's image reader gives, or ``BGR``, what ``cv2.imread`` gives) with the preprocessing in
+    the graph. Raises
     :class:`UserError` (nothing written) on bad input, a TensorRT parser problem or a parity failure.
 
     ``dynamic_shape``: symbolic H and W between ``min_size`` (default: the model's smallest input,
@@ -356,7 +368,9 @@ def export_onnx(checkpoint, out=None, input_size=None, batch: int = 1, dynamic_b
     from .data.samples import verification_images
 
     t0 = time.time()
-    dynamic_batch, opset = _validate(batch, dynamic_batch, output_kind, opset, trt_major, num_verify)
+    dynamic_batch, opset = _validate(batch, dynamic_batch, output_kind, opset, trt_major, num_verify, input_kind,
+                                     channel_order)
+    channel_order = str(channel_order).upper()
     if fp16:
         check_margin(fp16_margin)
     precision = "fp16" if fp16 else "fp32"
@@ -405,23 +419,35 @@ def export_onnx(checkpoint, out=None, input_size=None, batch: int = 1, dynamic_b
         _log(progress, f"FP16: calibrating activation ranges on {len(images)} images ({src['kind']})")
         proto, fp16_info = fp16_proto(proto, batches, fp16_margin, threads)
         fp16_info["calibration"] = src
+    fp16_body = proto if fp16 else None  # what the FP16 storage check runs (float in)
+    if input_kind == "uint8":  # after FP16: the pixel path stays FP32 and the precision steps see the float body
+        import onnx
+
+        if fp16:
+            fp16_body = onnx.ModelProto()
+            fp16_body.CopyFrom(proto)
+        add_uint8_input(proto, pre.to_dict(), channel_order)
+        proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
 
     export_opts = {"exporter": "torch.onnx.export(dynamo=True)", "opset": opset, "batch": None if dynamic_batch else int(batch),
                    "dynamic_batch": list(dynamic_batch) if dynamic_batch else None, "output_kind": output_kind,
                    "fp16": bool(fp16), "input_name": INPUT_NAME, "output_name": proto.graph.output[0].name,
-                   "label_dtype": "int32" if output_kind == "labels" else None, "trt_major": trt_major}
+                   "label_dtype": "int32" if output_kind == "labels" else None, "trt_major": trt_major,
+                   "input_kind": input_kind}
     if size_range is not None:
         export_opts["dynamic_shape"] = {k: list(v) for k, v in zip(("min", "opt", "max"), size_range)}
     onnx_meta = {
         "format": "pspnet-deploy/onnx", "preprocess": pre.to_dict(), "classes": list(meta["classes"]),
         "palette": [list(map(int, c)) for c in meta["palette"]], "ignore_index": int(meta.get("ignore_index", 255)),
-        "input_size": [h, w], "output_kind": output_kind, "precision": precision,
+        "input_size": [h, w], "output_kind": output_kind, "precision": precision, "input_kind": input_kind,
         "checkpoint_sha256": meta.get("sha256"), "checkpoint": Path(checkpoint).name,
         "toolkit_version": __version__, "versions": versions(), "model": meta.get("model", {}),
         "export": export_opts, ("dynamic_pool" if size_range else "static_pool"): {
             "feature_size": pool["feature_size"], "pools": pool["pools"], "nodes": pool["nodes"]},
         "dataset": meta.get("dataset"),
     }
+    if input_kind == "uint8":
+        onnx_meta["input_channel_order"] = channel_order
     if fp16_info is not None:
         onnx_meta["fp16"] = fp16_info
     if meta.get("test_time"):  # the source's test-time procedure (pspnet-convert), for --test-time source
@@ -436,6 +462,7 @@ def export_onnx(checkpoint, out=None, input_size=None, batch: int = 1, dynamic_b
     report = {
         "path": str(out_path), "precision": precision, "input_size": [h, w], "output_kind": output_kind,
         "dynamic_shape": export_opts.get("dynamic_shape"),
+        "input_kind": input_kind,
         "batch": export_opts["batch"], "dynamic_batch": export_opts["dynamic_batch"], "opset": opset,
         "checkpoint": {"path": str(checkpoint), "sha256": meta.get("sha256")},
         "nodes": len(proto.graph.node), "op_counts": dict(sorted(op_counts.items())),
@@ -448,7 +475,8 @@ def export_onnx(checkpoint, out=None, input_size=None, batch: int = 1, dynamic_b
         tmp.write_bytes(proto.SerializeToString())
         if verify:
             _log(progress, f"parity: ONNX Runtime vs PyTorch on {len(images)} images ({src['kind']})")
-            parity = _parity(model, tmp, batches, threads, tol, src, fp16_model=proto if fp16 else None)
+            feed = (lambda b: pre.to_uint8(b, channel_order)) if input_kind == "uint8" else None
+            parity = _parity(model, tmp, batches, threads, tol, src, fp16_model=fp16_body, feed=feed)
             report["parity"] = parity
             if not parity["passed"]:
                 raise parity_failure(report, out_path, t0, f"{out_path}: parity check failed ({precision}): "
@@ -498,7 +526,9 @@ def parity_sizes(size_range) -> list[tuple[int, int]]:
 
 
 def _parity(model, onnx_path: Path, batches: list[np.ndarray], threads: int, tol: dict, src: dict,
-            fp16_model=None) -> dict:
+            fp16_model=None, feed=None) -> dict:
+    """``feed(batch)``: what the ONNX takes for a preprocessed float batch (a uint8 model: the
+    pixels the batch was normalised from); PyTorch always gets the float batch."""
     import torch
 
     sess = make_session(onnx_path, threads)
@@ -508,7 +538,8 @@ def _parity(model, onnx_path: Path, batches: list[np.ndarray], threads: int, tol
     model.eval()
     with torch.inference_mode():
         for b in batches:
-            cand = sess.run([out_name], {in_name: np.ascontiguousarray(b, dtype=np.float32)})[0]
+            x = feed(b) if feed is not None else np.ascontiguousarray(b, dtype=np.float32)
+            cand = sess.run([out_name], {in_name: x})[0]
             ref = model(torch.from_numpy(b)).float().numpy()
             cand = cand.astype(np.float32) if cand.dtype == np.float16 else cand
             comp.update(ref, cand)

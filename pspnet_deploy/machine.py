@@ -61,8 +61,10 @@ def cpu_has_bf16(flags: set[str] | None = None) -> bool:
 
 
 def bf16_choice(mode: str, option: str) -> bool:
-    """Whether a CPU run uses BF16 autocast for ``mode`` (auto: where the CPU has native BF16; on:
-    required, refused without it; off: never). ``option`` names the switch in the messages."""
+    """Whether a CPU run uses BF16 autocast for ``mode`` (auto: where the CPU has native BF16, an
+    assumption from the flags - nothing is measured, and on an Intel Xeon with AVX-512 BF16 but no
+    AMX BF16 autocast ran slower than FP32 (issue 25); on: required, refused
+    without it; off: never). ``option`` names the switch in the messages."""
     if mode not in AUTO_ON_OFF:
         raise UserError(f"{option} must be auto, on or off, got {mode!r}")
     if mode == "off":

@@ -5,7 +5,11 @@
 - pruning of dead nodes, initializers and value_info;
 - the rules of a clean static graph (:func:`check_static_graph`) and the checks every written
   ONNX passes (:func:`run_checks`: ``onnx.checker``, those rules, the TensorRT parser matrix);
-- writing ``pspnet.*`` metadata.
+- writing ``pspnet.*`` metadata;
+- the uint8 image input (:func:`add_uint8_input` / :func:`strip_uint8_input`): the one builder of
+  the in-graph preprocessing of ``pspnet-export --input-kind uint8``. The precision steps (FP16,
+  INT8 calibration) work on the float body and put the prefix back, so the uint8 path is never
+  quantized or cast to FP16.
 """
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ from .card import write_onnx_metadata  # noqa: F401 - re-exported: the card owns
 from .errors import UserError
 
 __all__ = ["BANNED_OPS", "SHAPE_INPUTS", "POOL_OPS", "MAX_PROTO_BYTES", "static_pool_node_names", "prune",
-           "check_static_graph", "run_checks", "write_onnx_metadata"]
+           "check_static_graph", "run_checks", "write_onnx_metadata", "add_uint8_input", "strip_uint8_input",
+           "has_uint8_input", "UINT8_PREFIX"]
 
 MAX_PROTO_BYTES = 2 * 1024 ** 3
 #: operators a clean static PSPNet graph must not contain (gathers, control flow, shape arithmetic)
@@ -63,6 +68,111 @@ def prune(graph) -> None:
     graph.value_info.extend(vis)
 
 
+#: node and initializer name prefix of the in-graph preprocessing of a uint8 model
+UINT8_PREFIX = "input_prep/"
+#: the float N x 3 x H x W tensor the uint8 prefix hands to the network
+UINT8_NCHW = "input_prep/nchw"
+
+
+def has_uint8_input(model) -> bool:
+    """True when the graph's image input is uint8 (an ``--input-kind uint8`` export)."""
+    from onnx import TensorProto
+
+    inits = {t.name for t in model.graph.initializer}
+    ins = [v for v in model.graph.input if v.name not in inits]
+    return bool(ins) and ins[0].type.tensor_type.elem_type == TensorProto.UINT8
+
+
+def add_uint8_input(model, preprocess: dict, channel_order: str = "RGB") -> None:
+    """Make ``model``'s float N x 3 x H x W image input a uint8 N x H x W x 3 one in ``channel_order``
+    (RGB or BGR), in place: Cast, a channel flip when ``channel_order`` differs from the
+    preprocessing's, Sub mean, Div std (the float32 ops of :meth:`Preprocess.normalize`, in its
+    order, so FP32 results match the NumPy preprocessing bit for bit) and Transpose to NCHW."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from .data.preprocess import Preprocess
+
+    order = channel_order.upper()
+    if order not in ("RGB", "BGR"):
+        raise UserError(f"channel order must be RGB or BGR, got {channel_order!r}")
+    pre = Preprocess.from_dict(preprocess)
+    graph = model.graph
+    inits = {t.name for t in graph.initializer}
+    inp = [v for v in graph.input if v.name not in inits][0]
+    t = inp.type.tensor_type
+    if t.elem_type != TensorProto.FLOAT or len(t.shape.dim) != 4:
+        raise ValueError(f"input {inp.name!r} is not a float N x 3 x H x W tensor")
+    name = inp.name
+    for node in graph.node:
+        for k, i in enumerate(node.input):
+            if i == name:
+                node.input[k] = UINT8_NCHW
+    dims = list(t.shape.dim)
+    P = UINT8_PREFIX
+    nodes = [helper.make_node("Cast", [name], [P + "float"], to=TensorProto.FLOAT, name=P + "Cast")]
+    x = P + "float"
+    if order != pre.channel_order.upper():
+        for nm, v in (("starts", [-1]), ("ends", [-(2 ** 62)]), ("axes", [3]), ("steps", [-1])):
+            graph.initializer.append(numpy_helper.from_array(np.asarray(v, np.int64), P + nm))
+        nodes.append(helper.make_node("Slice", [x, P + "starts", P + "ends", P + "axes", P + "steps"], [P + "flip"],
+                                      name=P + "Slice"))
+        x = P + "flip"
+    graph.initializer.append(numpy_helper.from_array(np.asarray(pre.mean, np.float32).reshape(1, 1, 1, 3), P + "mean"))
+    graph.initializer.append(numpy_helper.from_array(np.asarray(pre.std, np.float32).reshape(1, 1, 1, 3), P + "std"))
+    nodes += [helper.make_node("Sub", [x, P + "mean"], [P + "centred"], name=P + "Sub"),
+              helper.make_node("Div", [P + "centred", P + "std"], [P + "normalized"], name=P + "Div"),
+              helper.make_node("Transpose", [P + "normalized"], [UINT8_NCHW], perm=[0, 3, 1, 2], name=P + "Transpose")]
+    body = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes + body)
+    t.elem_type = TensorProto.UINT8
+    new = [dims[0], dims[2], dims[3], dims[1]]
+    copies = [type(d)() for d in new]
+    for c, d in zip(copies, new):
+        c.CopyFrom(d)
+    del t.shape.dim[:]
+    t.shape.dim.extend(copies)
+
+
+def strip_uint8_input(model) -> bool:
+    """Undo :func:`add_uint8_input` in place (the float N x 3 x H x W body the precision steps work
+    on); returns False (model untouched) when the input is not uint8."""
+    from onnx import TensorProto
+
+    if not has_uint8_input(model):
+        return False
+    graph = model.graph
+    inits = {t.name for t in graph.initializer}
+    inp = [v for v in graph.input if v.name not in inits][0]
+    if not any(n.name.startswith(UINT8_PREFIX) for n in graph.node):
+        raise UserError(f"input {inp.name!r} is uint8 but the graph has no {UINT8_PREFIX}* preprocessing; "
+                        f"export it with pspnet-export --input-kind uint8")
+    body = [n for n in graph.node if not n.name.startswith(UINT8_PREFIX)]
+    for node in body:
+        for k, i in enumerate(node.input):
+            if i == UINT8_NCHW:
+                node.input[k] = inp.name
+    del graph.node[:]
+    graph.node.extend(body)
+    keep = [t for t in graph.initializer if not t.name.startswith(UINT8_PREFIX)]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    vis = [v for v in graph.value_info if not v.name.startswith(UINT8_PREFIX)]
+    del graph.value_info[:]
+    graph.value_info.extend(vis)
+    t = inp.type.tensor_type
+    dims = list(t.shape.dim)
+    new = [dims[0], dims[3], dims[1], dims[2]]
+    copies = [type(d)() for d in new]
+    for c, d in zip(copies, new):
+        c.CopyFrom(d)
+    del t.shape.dim[:]
+    t.shape.dim.extend(copies)
+    t.elem_type = TensorProto.FLOAT
+    return True
+
+
 def check_static_graph(model, expected_pool_nodes: int | None = None) -> list[str]:
     """Rules for a clean static graph; returns the violations ([] = clean).
 
@@ -101,8 +211,10 @@ def check_static_graph(model, expected_pool_nodes: int | None = None) -> list[st
             break
     for v in graph.input:
         dims = v.type.tensor_type.shape.dim
-        if len(dims) != 4 or not all(d.HasField("dim_value") for d in dims[1:2 if dynamic else 4]):
-            out.append(f"input {v.name!r} must be N x 3 x H x W with static C{'' if dynamic else ', H, W'}")
+        hw_static = dims[1:2] if dynamic else dims[1:]
+        if len(dims) != 4 or not all(d.HasField("dim_value") for d in hw_static):
+            out.append(f"input {v.name!r} must be N x 3 x H x W (N x H x W x 3 uint8) with static C"
+                       f"{'' if dynamic else ', H, W'}")
     if model.ByteSize() >= MAX_PROTO_BYTES:
         out.append("model is 2 GB or more; ONNX protobuf cannot hold it in one file")
     if expected_pool_nodes is not None:

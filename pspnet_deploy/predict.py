@@ -11,11 +11,21 @@ A video ``CLIP.mp4`` (read with OpenCV) gives videos, not thousands of files: ``
 (and ``video/CLIP.overlay.mp4`` with ``overlay``) at the source frame rate, MPEG-4 Part 2 (``mp4v``).
 Video codecs are lossy, so class ids are never stored in a video: ``video_frames=True`` also writes
 ``labels/CLIP/000000.png`` ... per frame. Every file is written atomically.
+
+Images run pipelined (:meth:`Predictor.run`): a reader thread decodes and prepares the next images
+(:meth:`Runner.prepare <pspnet_deploy.runners.base.Runner.prepare>`: uint8 pixels for a uint8
+model) while the model runs on the current one, and a writer thread colours and writes the finished
+ones; the queues between them hold at most ``queue_depth`` images each, so memory stays flat on any
+number of images, and the writer takes them in input order. With ``resume`` an image whose outputs
+all exist (a killed run's finished ones: each file is renamed into place only when complete) is
+skipped.
 """
 from __future__ import annotations
 
 import os
+import queue
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -45,9 +55,11 @@ class PredictResult:
     videos: int = 0
     frames: int = 0
     files: list[str] = field(default_factory=list)
+    skipped: int = 0  # images whose outputs were all there already (resume)
 
     def to_dict(self) -> dict:
-        return {"images": self.images, "videos": self.videos, "frames": self.frames, "files": list(self.files)}
+        return {"images": self.images, "videos": self.videos, "frames": self.frames, "files": list(self.files),
+                "skipped": self.skipped}
 
 
 def collect_inputs(inputs: list[str | Path], exclude: str | Path | None = None) -> list[Item]:
@@ -122,7 +134,8 @@ class Predictor:
 
     def __init__(self, runner, output_dir: str | Path, mode: str = "whole", flip: bool = False, stride: float = 2 / 3,
                  scales=(1.0,), overlay: bool = False, alpha: float = 0.5, video_frames: bool = False, max_frames: int | None = None,
-                 fourcc: str = "mp4v", progress: bool = False, resize: dict | None = None):
+                 fourcc: str = "mp4v", progress: bool = False, resize: dict | None = None, resume: bool = False,
+                 queue_depth: int = 4):
         if not (0.0 <= alpha <= 1.0):
             raise UserError(f"--alpha must be between 0 and 1, got {alpha}")
         if max_frames is not None and max_frames <= 0:
@@ -138,6 +151,12 @@ class Predictor:
         self.max_frames = max_frames
         self.fourcc = fourcc
         self.progress = progress
+        self.resume = resume
+        if int(queue_depth) < 1:
+            raise UserError(f"queue depth must be at least 1, got {queue_depth}")
+        self.queue_depth = int(queue_depth)
+        # whole image, one scale, no flip: one model call on the prepared image, labels_at after
+        self.fast = mode == "whole" and not flip and tuple(float(v) for v in scales) == (1.0,)
         self.lut = palette_array(runner.palette, runner.num_classes)
         self.result = PredictResult()
 
@@ -148,15 +167,108 @@ class Predictor:
     def segment(self, image_rgb: np.ndarray) -> np.ndarray:
         return self.predict(self.runner, ensure_rgb(image_rgb))
 
+    def image_outputs(self, item: Item) -> list[Path]:
+        """The files an image gives (labels, colour, overlay with ``overlay``)."""
+        kinds = ("labels", "color") + (("overlay",) if self.overlay else ())
+        return [self.out / k / f"{item.name}.png" for k in kinds]
+
     def image(self, item: Item) -> None:
         img = read_image(item.path)
-        labels = self.segment(img)
+        self._write_image(item, img, self.segment(img))
+
+    def _write_image(self, item: Item, img: np.ndarray, labels: np.ndarray) -> None:
         color = colorize(labels, self.lut)
         self._write_png(self.out / "labels" / f"{item.name}.png", label_image(labels, self.runner.num_classes))
         self._write_png(self.out / "color" / f"{item.name}.png", color)
         if self.overlay:
             self._write_png(self.out / "overlay" / f"{item.name}.png", overlay(img, color, self.alpha))
         self.result.images += 1
+
+    def _read(self, item: Item):
+        img = ensure_rgb(read_image(item.path))
+        return img, (self.runner.prepare(img) if self.fast else None)
+
+    def _infer(self, img: np.ndarray, x) -> np.ndarray:
+        if x is None:
+            return self.predict(self.runner, img)
+        from .evaluate import labels_at
+
+        return labels_at(self.runner.infer_items([x], batch=1)[0], img.shape[:2])
+
+    def images_pipelined(self, items: list[Item]) -> None:
+        """Decode + prepare (reader thread) | inference (this thread) | colour + write (writer
+        thread), bounded queues between them, written in input order; the first error stops all
+        three and is raised here."""
+        if not items:
+            return
+        read_q: queue.Queue = queue.Queue(self.queue_depth)
+        write_q: queue.Queue = queue.Queue(self.queue_depth)
+        stop = threading.Event()
+        errors: list[BaseException] = []
+        END = object()
+
+        def put(q, v) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(v, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def reader():
+            try:
+                for it in items:
+                    if stop.is_set() or not put(read_q, (it,) + self._read(it)):
+                        return
+            except BaseException as e:  # noqa: BLE001 - handed to the main thread
+                errors.append(e)
+                stop.set()
+            finally:
+                put(read_q, END)
+
+        def writer():
+            try:
+                while True:
+                    v = write_q.get()
+                    if v is END:
+                        return
+                    self._write_image(*v)
+                    if self.progress and self.result.images % 50 == 0:
+                        print(f"{self.result.images}/{len(items)} images", file=sys.stderr)
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+                stop.set()
+
+        threads = [threading.Thread(target=reader, daemon=True), threading.Thread(target=writer, daemon=True)]
+        for t in threads:
+            t.start()
+        try:
+            while not stop.is_set():
+                try:
+                    v = read_q.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if v is END:
+                    break
+                it, img, x = v
+                if not put(write_q, (it, img, self._infer(img, x))):
+                    break
+        except BaseException:
+            stop.set()
+            raise
+        finally:
+            while True:  # the writer finishes what it has, then ends
+                try:
+                    write_q.put(END, timeout=0.1)
+                    break
+                except queue.Full:
+                    if not threads[1].is_alive():
+                        break
+            for t in threads:
+                t.join()
+        if errors:
+            raise errors[0]
 
     def _frames(self, cap, path: Path) -> Iterator[np.ndarray]:
         n = 0
@@ -213,10 +325,18 @@ class Predictor:
     def run(self, inputs: list[str | Path]) -> PredictResult:
         items = collect_inputs(inputs, exclude=self.out)
         with output_dir(self.out):  # a run that fails before writing anything leaves no empty folders
-            for i, item in enumerate(items):
-                (self.video if item.kind == "video" else self.image)(item)
-                if self.progress and item.kind == "image" and (i + 1) % 50 == 0:
-                    print(f"{i + 1}/{len(items)} inputs", file=sys.stderr)
+            run: list[Item] = []  # consecutive images go through the pipeline together, in input order
+            for item in items + [None]:
+                if item is not None and item.kind == "image":
+                    if self.resume and all(p.is_file() for p in self.image_outputs(item)):
+                        self.result.skipped += 1
+                    else:
+                        run.append(item)
+                    continue
+                self.images_pipelined(run)
+                run = []
+                if item is not None:
+                    self.video(item)
         return self.result
 
 

@@ -29,7 +29,8 @@ from pathlib import Path
 from .utils import atomic_write_bytes, atomic_write_text
 
 SCOPE_DEFINITIONS = {
-    "model": "inputs already preprocessed at the model size and staged in the runner's memory; one call = "
+    "model": "inputs already preprocessed at the model size and staged in the runner's memory (a uint8 model: "
+             "the resized pixels, its preprocessing runs in the graph); one call = "
              "runner.infer(batch) (the network plus the runner's input/output handling)",
     "end2end": "one call = decode the image files from disk (page cache), preprocess, infer, and postprocess "
                "each output to a label map at the original image size",
@@ -44,6 +45,7 @@ PLOT_PARETO = "latency_vs_miou.png"
 PLOT_DISTRIBUTION = "latency_distribution.png"
 #: every file a report folder gets (declared to the run's file plan before a benchmark starts)
 REPORT_FILES = ("report.json", "report.md", "report.csv", PLOT_PARETO, PLOT_DISTRIBUTION)
+PLOT_LOAD = "latency_vs_throughput.png"
 
 
 def _png_bytes(fig) -> bytes:
@@ -185,6 +187,28 @@ def render_markdown(report: dict) -> str:
                 crs = [[c] + [_fmt((m.get("per_class_iou") or {}).get(c), pct=True) for m in models] for c in classes]
                 lines += ["### Per-class IoU (%)", ""] + _table(["class"] + [m["model"] for m in models], crs) + [""]
 
+    load = report.get("load") or []
+    if load:
+        hdr = ["model", "backend", "precision", "in flight", "requests", "p50 ms", "p99 ms", "img/s", "how"]
+        lrs = [[r["model"], r["backend"], r["precision"], str(r["concurrency"]), str(r["requests"]),
+                _fmt(r["latency_ms"]["p50"]), _fmt(r["latency_ms"]["p99"]), _fmt(r["throughput_ips"], 1), r["how"]]
+               for r in load]
+        lines += ["## Load sweep", "", "Requests of one image kept in flight together; latency per request, "
+                  "throughput = images completed / wall time of the level.", ""]
+        lines += _table(hdr, lrs, ["l", "l", "l"] + ["r"] * 5 + ["l"]) + [""]
+    rec = report.get("recommendation")
+    if rec:
+        lines += ["## Recommendation", ""]
+        if rec.get("model") is not None:
+            lines += [f"**{rec['model']}** at {rec['concurrency']} in flight: {_fmt(rec['throughput_ips'], 1)} img/s, "
+                      f"p50 {_fmt(rec['p50_ms'])} ms, mIoU {_fmt(rec['miou'], pct=True)} %. {rec['reason']} "
+                      f"(points: {rec.get('points')}).", ""]
+        else:
+            lines += [rec["reason"] + ".", ""]
+        if rec.get("rejected"):
+            lines += _table(["rejected", "in flight", "img/s", "p50 ms", "why"],
+                            [[r["model"], str(r["concurrency"]), _fmt(r["throughput_ips"], 1), _fmt(r["p50_ms"]),
+                              r["why"]] for r in rec["rejected"]], ["l", "r", "r", "r", "l"]) + [""]
     plots = [p for p in report.get("plots", []) if p]
     if plots:
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
@@ -265,10 +289,47 @@ def plot_latency_distribution(report: dict) -> bytes | None:
         plt.close(fig)
 
 
+def plot_load(report: dict) -> bytes | None:
+    """Latency-throughput curve per model (p50 solid, p99 dashed), points labelled with the number in
+    flight, like perf_analyzer's. None without a load sweep."""
+    load = report.get("load") or []
+    if not load:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    try:
+        for model in dict.fromkeys(r["model"] for r in load):
+            rows = sorted((r for r in load if r["model"] == model), key=lambda r: r["concurrency"])
+            x = [r["throughput_ips"] for r in rows]
+            line, = ax.plot(x, [r["latency_ms"]["p50"] for r in rows], "o-", label=f"{model} p50")
+            ax.plot(x, [r["latency_ms"]["p99"] for r in rows], "x--", color=line.get_color(), alpha=0.6,
+                    label=f"{model} p99")
+            for r in rows:
+                ax.annotate(str(r["concurrency"]), (r["throughput_ips"], r["latency_ms"]["p50"]),
+                            textcoords="offset points", xytext=(4, 4), fontsize=8)
+        rec = report.get("recommendation") or {}
+        if rec.get("model") is not None:
+            ax.scatter([rec["throughput_ips"]], [rec["p50_ms"]], s=160, facecolors="none", edgecolors="red",
+                       zorder=4, label="recommended")
+        ax.set_xlabel("throughput (images/s)")
+        ax.set_ylabel("latency per request (ms)")
+        ax.set_title("Latency vs throughput (labels: requests in flight)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+        return _png_bytes(fig)
+    finally:
+        plt.close(fig)
+
+
 def write_reports(report: dict, out_dir: str | Path) -> list[str]:
     """Render everything in memory, then write each file atomically; report.json last."""
     out_dir = Path(out_dir)
-    pngs = {PLOT_PARETO: plot_pareto(report), PLOT_DISTRIBUTION: plot_latency_distribution(report)}
+    pngs = {PLOT_PARETO: plot_pareto(report), PLOT_DISTRIBUTION: plot_latency_distribution(report),
+            PLOT_LOAD: plot_load(report)}
     report["plots"] = [name for name, data in pngs.items() if data is not None]
     files = list(report["plots"]) + ["report.csv", "report.md", "report.json"]
     report["files"] = files

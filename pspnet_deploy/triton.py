@@ -276,7 +276,8 @@ def write_triton_repo(model_path: str | Path, repo_dir: str | Path, name: str | 
         if not vdir.exists():
             rmdirs_if_empty(created)
     atomic_write_text(model_dir / "config.pbtxt", text)
-    client = {k: meta[k] for k in ("classes", "palette", "ignore_index", "preprocess", "output_kind", "precision")
+    client = {k: meta[k] for k in ("classes", "palette", "ignore_index", "preprocess", "output_kind", "precision",
+                                   "input_kind", "input_channel_order")
               if k in meta}
     client.update({"source": str(path), "kind": kind, "max_batch_size": mb,
                    "input": tensors["inputs"][0]["name"], "output": tensors["outputs"][0]["name"]})

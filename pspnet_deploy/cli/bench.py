@@ -39,6 +39,15 @@ def build_parser():
     p.add_argument("--peak-size", type=int, default=2048, help="matrix size of the FP32 peak benchmark")
     p.add_argument("--no-peak", action="store_true", help="skip the FP32 peak benchmark")
     p.add_argument("--no-samples", action="store_true", help="leave the raw per-call timings out of report.json")
+    p.add_argument("--concurrency", type=int, nargs="+", default=None, metavar="N",
+                   help="load sweep: keep N requests of one image in flight per level (OpenVINO: N infer requests on "
+                        "N streams; ONNX Runtime / PyTorch: N threads on one model); throughput and p50/p99 per level, "
+                        "latency-throughput plot")
+    p.add_argument("--max-miou-drop", type=float, default=None, metavar="P",
+                   help="with --data: recommend the fastest model (and concurrency) within P mIoU points of the "
+                        "first model")
+    p.add_argument("--max-latency-ms", type=float, default=None, metavar="L",
+                   help="with --max-miou-drop: the recommended point's p50 must be at most L ms")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -93,7 +102,8 @@ def main(argv=None) -> int:
                     warmup=a.warmup, iterations=None if a.duration is not None else a.iterations,
                     duration=a.duration, threads=a.threads, scope=a.scope, data=a.data, split=a.split, limit=a.limit,
                     device=a.device, image_size=image_size, peak=not a.no_peak, peak_size=a.peak_size,
-                    keep_samples=not a.no_samples, progress=not a.no_progress, cuda_graph=a.cuda_graph)
+                    keep_samples=not a.no_samples, progress=not a.no_progress, cuda_graph=a.cuda_graph,
+                    concurrency=a.concurrency, max_miou_drop=a.max_miou_drop, max_latency_ms=a.max_latency_ms)
     for r in rep["results"]:
         lat = r["latency_ms"]
         sp = r.get("speedup_vs_ref")
@@ -104,6 +114,14 @@ def main(argv=None) -> int:
         if m.get("miou") is not None:
             print(f"{m['model']:<20} mIoU {100 * m['miou']:.2f} %  pixel acc {100 * m['pixel_accuracy']:.2f} %"
                   + (f"  agreement {100 * m['pixel_agreement']:.2f} %" if m.get("pixel_agreement") is not None else ""))
+    for r in rep.get("load", []):
+        lat = r["latency_ms"]
+        print(f"{r['model']:<20} {r['backend']:<12} {r['precision']:<5} {r['concurrency']:>2} in flight  "
+              f"p50 {lat['p50']:8.2f} ms  p99 {lat['p99']:8.2f}  {r['throughput_ips']:8.1f} img/s")
+    rec = rep.get("recommendation")
+    if rec:
+        print(f"recommendation: {rec['model']} at {rec['concurrency']} in flight - {rec['reason']}"
+              if rec["model"] is not None else f"recommendation: none - {rec['reason']}")
     print(f"reports in {a.out}: {', '.join(rep.get('files', []))}")
     return 0
 

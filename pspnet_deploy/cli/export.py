@@ -6,6 +6,7 @@ Examples::
         --verify-data ../shared/data/camvid
     pspnet-export runs/ref/best.pt --onnx camvid --fp16          # -> export/camvid/model.fp16.onnx
     pspnet-export runs/ref/best.pt --onnx m.onnx --dynamic-batch 1 4 8 --output-kind labels
+    pspnet-export runs/ref/best.pt --onnx fast.onnx --input-kind uint8 --output-kind labels   # pixels in, labels out
 
 Other output formats add their own options to :func:`build_parser` and their step to
 :func:`main` (after the ONNX step, which they can build on).
@@ -48,6 +49,11 @@ def build_parser():
                    help="keep a node FP32 when its values exceed 65504 / MARGIN on the verification images")
     p.add_argument("--output-kind", choices=["logits", "labels"], default="logits",
                    help="logits (N x C x H x W float32) or labels (ArgMax in the graph, N x H x W int32)")
+    p.add_argument("--input-kind", choices=["float", "uint8"], default="float",
+                   help="float (N x 3 x H x W, preprocessed by the caller) or uint8 (N x H x W x 3 pixels; cast, "
+                        "mean/std and transpose in the graph)")
+    p.add_argument("--channel-order", type=str.upper, choices=["RGB", "BGR"], default="RGB",
+                   help="uint8 input: the pixels' channel order (RGB: the toolkit's image reader; BGR: cv2.imread)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 20, the newest TensorRT 10 parses)")
     p.add_argument("--trt-major", type=int, default=10, help="TensorRT major version whose ONNX parser to check against")
     p.add_argument("--verify-data", default=None,
@@ -77,7 +83,10 @@ def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     # cheap checks first: a bad argument should not wait for torch to import
     tolerances = parse_tolerances(a.tolerance)
-    _validate(a.batch, a.dynamic_batch, a.output_kind, a.opset, a.trt_major, a.num_verify)
+    _validate(a.batch, a.dynamic_batch, a.output_kind, a.opset, a.trt_major, a.num_verify, a.input_kind,
+              a.channel_order)
+    if a.channel_order != "RGB" and a.input_kind != "uint8":
+        raise UserError("--channel-order applies to --input-kind uint8 (a float input is preprocessed by the caller)")
     if a.threads is not None and a.threads < 1:
         raise UserError(f"--threads must be at least 1, got {a.threads}")
     if not Path(a.checkpoint).is_file():
@@ -107,7 +116,8 @@ def main(argv=None) -> int:
         dynamic_batch=a.dynamic_batch, fp16=a.fp16, output_kind=a.output_kind, opset=a.opset,
         verify=not a.no_verify, verify_data=a.verify_data, verify_split=a.verify_split, num_verify=a.num_verify,
         tolerances=tolerances, progress=not a.quiet, trt_major=a.trt_major, fp16_margin=a.fp16_margin,
-        threads=a.threads, dynamic_shape=a.dynamic_shape, min_size=a.min_size, max_size=a.max_size)
+        threads=a.threads, dynamic_shape=a.dynamic_shape, min_size=a.min_size, max_size=a.max_size,
+        input_kind=a.input_kind, channel_order=a.channel_order)
     if a.json:
         atomic_write_json(a.json, jsonable(report))
     summary = {"path": report["path"], "precision": report["precision"], "nodes": report["nodes"],

@@ -25,6 +25,8 @@ def build_parser():
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (engines always run on a GPU)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch / onnxruntime")
     p.add_argument("--cuda-graph", action="store_true", help="engines: replay inference as a CUDA graph")
+    p.add_argument("--resume", action="store_true",
+                   help="skip images whose outputs all exist already (continue a killed run)")
     p.add_argument("--progress", action="store_true", help="print progress to stderr")
     return p
 
@@ -67,8 +69,10 @@ def main(argv=None) -> int:
                                           input_size=size)) as runner:
         res = Predictor(runner, a.output, mode=a.mode, flip=a.flip, stride=a.stride, scales=a.scales,
                         overlay=a.overlay, alpha=a.alpha, video_frames=a.video_frames, max_frames=a.max_frames,
-                        progress=a.progress, resize=a.resize).run(a.inputs)
+                        progress=a.progress, resize=a.resize, resume=a.resume).run(a.inputs)
     parts = [f"{res.images} image{'s' if res.images != 1 else ''}"]
+    if res.skipped:
+        parts.append(f"{res.skipped} skipped (--resume: outputs already there)")
     if res.videos:
         parts.append(f"{res.videos} video{'s' if res.videos != 1 else ''} ({res.frames} frames)")
     print(f"{PROG}: segmented {', '.join(parts)} with {runner.backend} ({describe(a.mode, a.flip, a.scales)}); "

@@ -64,6 +64,37 @@ class Preprocess:
     def batch(self, images: list[np.ndarray]) -> np.ndarray:
         return np.stack([self(im) for im in images])
 
+    # ---- uint8 models (pspnet-export --input-kind uint8): cast, mean/std and transpose run in the graph
+    def resized_uint8(self, image_rgb: np.ndarray, channel_order: str = "RGB") -> np.ndarray:
+        """HxWx3 RGB uint8 -> HxWx3 uint8 at ``input_size`` in ``channel_order`` (what a uint8 model takes)."""
+        h, w = self.input_size
+        if image_rgb.shape[:2] != (h, w):
+            interp = cv2.INTER_LINEAR if self.interpolation == "bilinear" else cv2.INTER_NEAREST
+            image_rgb = cv2.resize(image_rgb, (w, h), interpolation=interp)
+        if channel_order.upper() == "BGR":
+            image_rgb = image_rgb[..., ::-1]
+        return np.ascontiguousarray(image_rgb, dtype=np.uint8)
+
+    def from_uint8(self, batch_nhwc: np.ndarray, channel_order: str = "RGB") -> np.ndarray:
+        """N x H x W x 3 uint8 in ``channel_order`` -> N x 3 x H x W float32 normalised: the NumPy
+        twin of a uint8 graph's own preprocessing (same float32 ops, same order)."""
+        x = np.asarray(batch_nhwc)
+        if channel_order.upper() != "RGB":
+            x = x[..., ::-1]
+        return np.stack([self.normalize(im) for im in x]) if len(x) else np.zeros((0, 3) + x.shape[1:3], np.float32)
+
+    def to_uint8(self, batch_nchw: np.ndarray, channel_order: str = "RGB") -> np.ndarray:
+        """N x 3 x H x W normalised float -> N x H x W x 3 uint8 in ``channel_order``: the inverse of
+        :meth:`normalize` (exact for images that were uint8; a zero-padded border becomes the mean
+        colour rounded to integers)."""
+        x = np.asarray(batch_nchw, np.float32).transpose(0, 2, 3, 1)
+        x = x * np.asarray(self.std, np.float32) + np.asarray(self.mean, np.float32)
+        if self.channel_order.upper() == "BGR":  # the model's order -> RGB
+            x = x[..., ::-1]
+        if channel_order.upper() == "BGR":
+            x = x[..., ::-1]
+        return np.ascontiguousarray(np.clip(np.rint(x), 0, 255).astype(np.uint8))
+
 
 def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of a label map to (H, W)."""

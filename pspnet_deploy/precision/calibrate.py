@@ -130,7 +130,78 @@ def _same_data(a, b) -> bool:
 BIAS_CORRECTION_IMAGES = 64
 
 
-def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: str = "train",
+def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, *args, **kwargs) -> dict:
+    """Calibrate an FP32 ONNX (see :func:`calibrate_float_onnx` for every argument).
+
+    A uint8-input model (``pspnet-export --input-kind uint8``) is calibrated on its float body:
+    the in-graph preprocessing is taken off (:func:`~pspnet_deploy.onnx_graph.strip_uint8_input`),
+    the body calibrated with the preprocessed float images as any FP32 export, and the same
+    preprocessing put back in front of the Q/DQ graph, so the pixel path (Cast, Sub, Div,
+    Transpose) stays FP32 and the first convolution's input is quantized from the normalised
+    values, exactly as for the float model. The file's and the table's ``source_onnx_sha256``
+    name the uint8 file."""
+    import json
+    import shutil
+
+    import onnx
+
+    from ..card import onnx_meta_from_proto
+    from ..onnx_graph import add_uint8_input, has_uint8_input, strip_uint8_input
+
+    src = Path(fp32_onnx)
+    model = None
+    if src.is_file() and Path(output).suffix.lower() == ".onnx":
+        try:
+            model = onnx.load(str(src), load_external_data=False)
+        except Exception:  # noqa: BLE001 - the float path's inspection says what is wrong with the file
+            model = None
+    if model is None or not has_uint8_input(model):
+        return calibrate_float_onnx(fp32_onnx, output, data, *args, **kwargs)
+    meta = onnx_meta_from_proto(model)
+    order = str(meta.get("input_channel_order", "RGB")).upper()
+    if "preprocess" not in meta:
+        raise UserError(f"{src}: ONNX has no pspnet.preprocess metadata; export it with pspnet-export")
+    strip_uint8_input(model)
+    write_onnx_metadata(model, {"input_kind": "float"})
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    real_sha = sha256_file(src)
+    kwargs.setdefault("cache_dir", output.parent / "calib-cache")
+    with tempfile.TemporaryDirectory(prefix=".calib-u8-", dir=output.parent) as work_s:
+        work = Path(work_s)
+        body = work / src.name
+        onnx.save(model, str(body))
+        body_sha = sha256_file(body)
+        table = kwargs.get("table")
+        if table is not None and Path(table).is_file():  # a table of the uint8 file names its sha; the body runs
+            tdata = read_calibration_table(table)
+            if tdata.get("source_onnx_sha256") == real_sha:
+                tdata["source_onnx_sha256"] = body_sha
+                kwargs["table"] = work / Path(table).name
+                atomic_write_json(kwargs["table"], tdata)
+        tmp_out = work / "out" / output.name
+        tmp_out.parent.mkdir()
+        report = calibrate_float_onnx(body, tmp_out, data, *args, **kwargs)
+        q = onnx.load(str(tmp_out))
+        add_uint8_input(q, meta["preprocess"], order)
+        write_onnx_metadata(q, {"input_kind": "uint8", "input_channel_order": order, "source_onnx_sha256": real_sha})
+        onnx.checker.check_model(q)
+        tpath = table_path_for(output)
+        tdata = json.loads(table_path_for(tmp_out).read_text(encoding="utf-8"))
+        tdata["source_onnx"], tdata["source_onnx_sha256"] = src.name, real_sha
+        for f in tmp_out.parent.iterdir():  # reports written beside the output (sensitivity) move with it
+            if f.name not in (tmp_out.name, table_path_for(tmp_out).name):
+                shutil.move(str(f), str(output.parent / f.name))
+        with atomic_path(output) as tmp:
+            onnx.save(q, str(tmp))
+            atomic_write_json(tpath, tdata)
+    report.update({"source_onnx": str(src), "source_onnx_sha256": real_sha, "output": str(output),
+                   "table": str(tpath), "output_sha256": sha256_file(output),
+                   "input_kind": "uint8", "input_prefix": "FP32 (not quantized)"})
+    return report
+
+
+def calibrate_float_onnx(fp32_onnx: str | Path, output: str | Path, data=None, split: str = "train",
                    num_images: int = DEFAULT_NUM_IMAGES, method: str | None = None, max_miou_drop: float | None = None,
                    eval_split: str = "val", eval_limit: int | None = None, cache_dir: str | Path | None = None,
                    force: bool = False, progress: bool = True, *, eval_data=None,

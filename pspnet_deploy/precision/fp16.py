@@ -21,7 +21,7 @@ import numpy as np
 from ..compare import Comparison, parity_failure, tolerances_for, write_parity_report
 from ..compare import check as check_tolerances
 from ..errors import UserError
-from ..onnx_graph import prune, run_checks, static_pool_node_names, write_onnx_metadata
+from ..onnx_graph import add_uint8_input, prune, run_checks, static_pool_node_names, strip_uint8_input, write_onnx_metadata
 from ..ort_session import make_session, ort_threads
 from ..utils import atomic_path, check_writable, say, sha256_file, versions
 from .batches import fitted_batches
@@ -199,6 +199,8 @@ def convert_fp16(fp32_onnx_path, out_path, calibration_images=None, margin: floa
     if str(meta.get("precision", "fp32")) != "fp32":
         raise UserError(f"{src_path}: is {meta.get('precision')}, not an FP32 export; convert the FP32 ONNX")
     fp32 = onnx.load(str(src_path))
+    # a uint8-input model: FP16 of the float body, the pixel path put back in front in FP32
+    u8_order = str(meta.get("input_channel_order", "RGB")).upper() if strip_uint8_input(fp32) else None
     out_path = Path(out_path)
     check_writable(out_path, "an .onnx file path")
     inp = fp32.graph.input[0]
@@ -208,13 +210,13 @@ def convert_fp16(fp32_onnx_path, out_path, calibration_images=None, margin: floa
     dyn = meta.get("export", {}).get("dynamic_batch") if fixed_batch is None else None
     if fixed_batch is None and not dyn:
         dyn = [1, 1, 64]
+    pre = Preprocess.from_dict(meta["preprocess"]).with_size(h, w) if "preprocess" in meta else Preprocess((h, w))
     if isinstance(calibration_images, np.ndarray):
         images = calibration_images.astype(np.float32)
         if images.ndim != 4 or images.shape[1:] != (3, h, w):
             raise UserError(f"calibration images must be N x 3 x {h} x {w}, got {images.shape}")
         src = {"kind": "array", "count": int(len(images))}
     else:
-        pre = Preprocess.from_dict(meta["preprocess"]).with_size(h, w) if "preprocess" in meta else Preprocess((h, w))
         images, src = verification_images(pre, calibration_images, split, num_images)
     batches = fitted_batches(images, fixed_batch or 1, dyn)
     say(progress, f"pspnet-export: FP16: calibrating activation ranges on {len(images)} images ({src['kind']})")
@@ -223,6 +225,12 @@ def convert_fp16(fp32_onnx_path, out_path, calibration_images=None, margin: floa
     new_meta = dict(meta)
     new_meta.update(precision="fp16", fp16=info, source_onnx={"path": str(src_path), "sha256": sha256_file(src_path)})
     write_onnx_metadata(fp16, new_meta)
+    fp16_body = fp16
+    if u8_order is not None:
+        fp16_body = onnx.ModelProto()
+        fp16_body.CopyFrom(fp16)
+        add_uint8_input(fp16, meta["preprocess"], u8_order)
+        fp16 = onnx.shape_inference.infer_shapes(fp16)
     expected = len(static_pool_node_names(fp32))
     checks = run_checks(fp16, trt_major, expected, str(out_path))
     report = {"path": str(out_path), "precision": "fp16", "source": str(src_path), "fp16": info, "checks": checks,
@@ -236,7 +244,7 @@ def convert_fp16(fp32_onnx_path, out_path, calibration_images=None, margin: floa
             comp, agree, pixels = Comparison(), 0, 0
             for b in batches:
                 ref = ref_sess.run(None, {inp.name: b})[0]
-                cand = cand_sess.run(None, {inp.name: b})[0]
+                cand = cand_sess.run(None, {inp.name: b if u8_order is None else pre.to_uint8(b, u8_order)})[0]
                 if ref.ndim == 3:  # labels model: compare label maps only
                     agree, pixels = agree + int((ref == cand).sum()), pixels + int(ref.size)
                 else:
@@ -246,7 +254,7 @@ def convert_fp16(fp32_onnx_path, out_path, calibration_images=None, margin: floa
                            "nonfinite": 0, "candidate_kind": "labels"}
             else:
                 metrics = comp.result()
-            failures = check_tolerances(metrics, tol) + storage_failures(fp16, batches, threads, metrics)
+            failures = check_tolerances(metrics, tol) + storage_failures(fp16_body, batches, threads, metrics)
             report["parity"] = {"reference": "fp32 onnx (onnxruntime)", "images": src, "tolerances": tol,
                                 "metrics": metrics, "failures": failures, "passed": not failures}
             if failures:

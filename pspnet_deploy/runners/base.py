@@ -3,13 +3,20 @@
 ``with load_runner(path, **options) as runner:`` (see :func:`pspnet_deploy.runners.load_runner`)
 gives a runner built from a model file and its :class:`~pspnet_deploy.card.ModelCard`:
 
-- ``infer(batch)``: float32 NCHW array already preprocessed at ``input_size`` -> numpy logits
-  (N, C, H, W) float32 or labels (N, H, W) integer, per ``output_kind``;
-- ``prepare(image)``: one RGB image preprocessed for the model (at its own size for a
-  dynamic-shape model, whose bounds ``card.check_size`` enforces, else at ``input_size``);
+- ``infer(batch)``: float32 NCHW array already preprocessed at ``input_size``, or uint8 NHWC
+  pixels at ``input_size`` in ``channel_order`` -> numpy logits (N, C, H, W) float32 or labels
+  (N, H, W) integer, per ``output_kind``. Whichever the model takes (``input_kind``: ``float``, or
+  ``uint8`` for ``pspnet-export --input-kind uint8``), :meth:`Runner.model_input` converts the
+  other one - the one place that decides;
+- ``prepare(image_rgb)``: the cheapest item for this model from an RGB image (uint8 pixels
+  resized for a uint8 model, the NumPy preprocessing for a float one);
+- ``prepare(image)`` for a dynamic-shape model works at the image's own size, within the bounds
+  ``card.check_bounds`` enforces;
 - ``infer_items(items)``: any number of preprocessed 3xHxW arrays, run in batches the model
   accepts (a fixed batch padded by repeating the last item, a batch range respected) - the one
   place padding happens;
+- ``request_workers(batch, n)``: ``n`` zero-argument callables, each one request on ``batch``,
+  safe to call from ``n`` threads at once (the load sweep of ``pspnet-bench --concurrency``);
 - ``model_timer(batch)``: a zero-argument callable timing one model-scope call in milliseconds,
   and its name; a backend overrides it with its device clock;
 - ``describe()``: backend, precision, input size, device, file and its hash;
@@ -80,6 +87,8 @@ class Runner(ABC):
         self.palette = [list(c) for c in card.palette]
         self.ignore_index = int(card.ignore_index)
         self.output_kind = card.output_kind
+        self.input_kind = card.input_kind
+        self.channel_order = card.input_channel_order if card.input_kind == "uint8" else "RGB"
         self.precision = card.precision
         self.fixed_batch = card.fixed_batch
         self.path = card.path
@@ -109,8 +118,27 @@ class Runner(ABC):
 
     def describe(self) -> dict:
         return {"backend": self.backend, "precision": self.precision, "input_size": list(self.input_size),
-                "output_kind": self.output_kind, "device": self.device(), "path": self.path, "sha256": self.sha256,
+                "output_kind": self.output_kind, "input_kind": self.input_kind, "device": self.device(), "path": self.path, "sha256": self.sha256,
                 "fixed_batch": self.fixed_batch, "num_classes": self.num_classes}
+
+    # ---- inputs: the one place that decides between uint8 pixels and preprocessed floats
+    def prepare(self, image_rgb: np.ndarray) -> np.ndarray:
+        """One item for :meth:`infer_items` from an HxWx3 RGB uint8 image of any size: HxWx3 uint8
+        at ``input_size`` in ``channel_order`` for a uint8 model, else the 3xHxW float32 preprocessing."""
+        if self.input_kind == "uint8":
+            return self.preprocess.resized_uint8(image_rgb, self.channel_order)
+        return self.preprocess(image_rgb)
+
+    def model_input(self, batch: np.ndarray) -> np.ndarray:
+        """``batch`` (float NCHW preprocessed, or uint8 NHWC pixels in ``channel_order``) checked and
+        converted to what the model takes: contiguous float32 NCHW or uint8 NHWC."""
+        self.check_batch(batch)
+        is_pixels = batch.dtype == np.uint8
+        if self.input_kind == "uint8":
+            return np.ascontiguousarray(batch) if is_pixels else self.preprocess.to_uint8(batch, self.channel_order)
+        if is_pixels:
+            return self.preprocess.from_uint8(batch, self.channel_order)
+        return np.ascontiguousarray(batch, dtype=np.float32)
 
     # ---- inference
     @abstractmethod
@@ -145,7 +173,8 @@ class Runner(ABC):
         return self.preprocess(image_rgb)
 
     def infer_items(self, items: list[np.ndarray], batch: int | None = None) -> list[np.ndarray]:
-        """Run preprocessed 3xHxW arrays (at ``input_size``) in batches this model accepts.
+        """Run preprocessed 3xHxW arrays or HxWx3 uint8 pixels (at ``input_size``; see
+        :meth:`prepare`) in batches this model accepts.
 
         A fixed-batch model gets full batches (the last one padded by repeating its last item); a
         model with a batch range gets at least its minimum. Returns one output (CxHxW logits or
@@ -160,11 +189,20 @@ class Runner(ABC):
         for chunk in chunks:
             real = len(chunk)
             need = limit if self.fixed_batch else max(real, minimum)
-            arr = np.stack(chunk).astype(np.float32, copy=False)
+            arr = np.stack(chunk)
+            if arr.dtype != np.uint8:
+                arr = arr.astype(np.float32, copy=False)
             if need > real:
                 arr = np.concatenate([arr, np.repeat(arr[-1:], need - real, 0)])
             outs.extend(np.asarray(self.infer(arr))[:real])
         return outs
+
+    def request_workers(self, batch: np.ndarray, n: int) -> tuple[list[Callable[[], object]], str]:
+        """(``n`` callables, how): one request each on ``batch``, callable from ``n`` threads at once.
+        Here: ``n`` threads sharing this runner (ONNX Runtime sessions and PyTorch modules in eval
+        mode run concurrent calls); a backend with its own request objects overrides this."""
+        x = self.model_input(batch)
+        return [lambda: self.infer(x) for _ in range(int(n))], f"{n} threads sharing one {self.backend} model"
 
     def model_timer(self, batch: np.ndarray) -> tuple[Callable[[], float], str]:
         """(call, timer name): ``call()`` runs one model-scope call on ``batch`` and returns its
@@ -183,7 +221,11 @@ class Runner(ABC):
         if self.card.size_range is not None and batch.ndim == 4 and batch.shape[1] == 3:
             self.card.check_bounds(*batch.shape[2:])  # a dynamic-shape model takes any size in its bounds
             h, w = batch.shape[2:]
-        if batch.ndim != 4 or batch.shape[1] != 3 or tuple(batch.shape[2:]) != (h, w):
+        if batch.dtype == np.uint8:
+            if batch.ndim != 4 or batch.shape[3] != 3 or tuple(batch.shape[1:3]) != (h, w):
+                raise UserError(f"{self.path}: uint8 pixels must be Nx{h}x{w}x3, got {'x'.join(map(str, batch.shape))}; "
+                                f"resize images to the model's input size")
+        elif batch.ndim != 4 or batch.shape[1] != 3 or tuple(batch.shape[2:]) != (h, w):
             raise UserError(f"{self.path}: model takes Nx3x{h}x{w} input, got {'x'.join(map(str, batch.shape))}; "
                             f"preprocess images with the model's preprocessing")
         if self.fixed_batch is not None and batch.shape[0] != self.fixed_batch:

@@ -66,10 +66,11 @@ class OpenVINORunner(Runner):
         inp = self.compiled.inputs[0]
         ps = inp.get_partial_shape()
         dynamic = card.size_range is not None  # a dynamic-shape IR: any H x W in its bounds, sized per call
+        hw = (1, 2) if self.input_kind == "uint8" else (2, 3)
         if len(ps) != 4 or not all(d.is_static for d in list(ps)[1:2 if dynamic else 4]):
-            raise UserError(f"{path}: expected an N x 3 x H x W input with a fixed size, got {ps}")
+            raise UserError(f"{path}: expected an N x 3 x H x W (uint8: N x H x W x 3) input with a fixed size, got {ps}")
         if not dynamic:
-            h, w = int(ps[2].get_length()), int(ps[3].get_length())
+            h, w = int(ps[hw[0]].get_length()), int(ps[hw[1]].get_length())
             self.preprocess = self.preprocess.with_size(h, w)
         self.model_batch = int(ps[0].get_length()) if ps[0].is_static else None
         # a batch-1 IR takes any batch (one image per request); another fixed batch is fixed
@@ -112,8 +113,7 @@ class OpenVINORunner(Runner):
         self._results[index] = np.array(request.get_output_tensor(0).data, copy=True)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        self.check_batch(batch)
-        x = np.ascontiguousarray(batch, dtype=np.float32)
+        x = self.model_input(batch)
         n = x.shape[0]
         if self.model_batch is None or self.model_batch == n:
             out = self._request.infer({0: x})[self.output]
@@ -128,7 +128,25 @@ class OpenVINORunner(Runner):
         self._queue.wait_all()
         return np.concatenate(self._results)
 
+    def request_workers(self, batch: np.ndarray, n: int):
+        """``n`` infer requests of the IR compiled again with ``PERFORMANCE_HINT`` THROUGHPUT and
+        ``NUM_STREAMS`` ``n`` (one stream per request in flight); each callable runs one request
+        synchronously (the GIL is released while OpenVINO works), so ``n`` threads keep ``n`` in flight."""
+        x = self.model_input(batch)
+        if self.model_batch not in (None, x.shape[0]):
+            raise UserError(f"{self.path}: the load sweep sends batches the IR takes ({self.model_batch}), got "
+                            f"{x.shape[0]}")
+        core = ov_core()
+        cfg = compile_config(self.precision, self.threads, "throughput", int(n))
+        compiled = core.compile_model(core.read_model(str(self.path)), DEVICE, cfg)
+        streams = resolved_precision(compiled).get("num_streams")
+        reqs = [compiled.create_infer_request() for _ in range(int(n))]
+        self._sweep = (compiled, reqs)  # kept alive while the callables are used
+        return ([lambda r=r: r.infer({0: x}) for r in reqs],
+                f"{n} OpenVINO infer requests, THROUGHPUT hint, NUM_STREAMS {n} (resolved {streams})")
+
     def close(self) -> None:
+        self._sweep = None
         self._queue = None
         self._request = None
         self.compiled = None

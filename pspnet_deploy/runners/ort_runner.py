@@ -10,7 +10,7 @@ from ..errors import UserError
 from ..utils import sha256_file
 from .base import Runner, RunnerOptions
 
-ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
 
 
 def available_providers() -> list[str]:
@@ -76,8 +76,8 @@ class OrtRunner(Runner):
         return d
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        self.check_batch(batch)
-        out = self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(batch, dtype=self.input_dtype)})[0]
+        x = self.model_input(batch)
+        out = self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(x, dtype=self.input_dtype)})[0]
         return out.astype(np.float32) if out.dtype == np.float16 else out
 
     def close(self) -> None:

@@ -69,15 +69,13 @@ class TorchRunner(Runner):
         return out.argmax(1).to(torch.int32) if self.output_kind == "labels" else out
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        self.check_batch(batch)
-        return self.infer_tensor(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).cpu().numpy()
+        return self.infer_tensor(torch.from_numpy(self.model_input(batch))).cpu().numpy()
 
     def model_timer(self, batch: np.ndarray) -> tuple[Callable[[], float], str]:
         """On CUDA: CUDA events around the call, input staged on the GPU and output left there."""
         if self._device.type != "cuda":
             return super().model_timer(batch)
-        self.check_batch(batch)
-        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self._device)
+        x = torch.from_numpy(self.model_input(batch)).to(self._device)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 
         def call() -> float:

@@ -221,7 +221,8 @@ class EngineSession:
         cuda_check(self._rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """One batch (N x 3 x H x W, any float dtype) -> the first output as numpy (a copy)."""
+        """One batch (N x 3 x H x W float, or N x H x W x 3 uint8 for a uint8 engine) -> the first
+        output as numpy (a copy)."""
         n = self.stage(batch)
         self.execute(n)
         self.synchronize()
@@ -282,7 +283,8 @@ class TrtRunner(Runner):
         self.sidecar = card.sidecar
         self.fixed_batch = session.fixed_batch
         self.batch_range = session.batch_range
-        h, w = session.input_shape[2], session.input_shape[3]
+        hw = (1, 2) if self.input_kind == "uint8" else (2, 3)  # a uint8 engine takes N x H x W x 3 pixels
+        h, w = session.input_shape[hw[0]], session.input_shape[hw[1]]
         self.preprocess = self.preprocess.with_size(h, w)
         self._device = f"cuda:{device_index}"
 
@@ -308,14 +310,20 @@ class TrtRunner(Runner):
         return d
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        self.check_batch(batch)
-        out = self.session.run(batch)
+        out = self.session.run(self.model_input(batch))
         return out.astype(np.float32) if out.dtype == np.float16 else out
+
+    def request_workers(self, batch: np.ndarray, n: int):
+        """One request at a time: this runner owns one execution context on one stream; several
+        contexts on their own streams are not written yet, so a sweep above 1 is refused."""
+        if int(n) != 1:
+            raise UserError(f"{self.path}: --concurrency above 1 is not implemented for TensorRT engines (one "
+                            f"execution context per runner); sweep ONNX Runtime or OpenVINO models, or use 1")
+        return super().request_workers(batch, n)
 
     def model_timer(self, batch: np.ndarray) -> tuple[Callable[[], float], str]:
         """CUDA events on the engine's stream around copy in, execution (or graph replay) and copy out."""
-        self.check_batch(batch)
-        n = self.session.stage(batch)
+        n = self.session.stage(self.model_input(batch))
         return self.session.device_timer(n), "CUDA events (pinned host copies in and out included)"
 
     def close(self) -> None:
