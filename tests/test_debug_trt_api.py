@@ -118,11 +118,12 @@ class _Inspector:
 
 
 class _Context(T._Context):
-    def _run(self) -> bool:
+    def _run(self, shapes=None) -> bool:
+        shapes = self._shapes if shapes is None else shapes
         if set(self._addresses) != {t["name"] for t in self._engine._tensors}:
             return False
         cuda = sys.modules["cuda.bindings.runtime"]
-        feeds = {t["name"]: cuda.view(self._addresses[t["name"]], self._shapes[t["name"]], T._TRT_NP[t["dtype"]]).copy()
+        feeds = {t["name"]: cuda.view(self._addresses[t["name"]], shapes[t["name"]], T._TRT_NP[t["dtype"]]).copy()
                  for t in self._engine._plan["inputs"]}
         names = [t["name"] for t in self._engine._plan["outputs"]]
         for t, value in zip(self._engine._plan["outputs"], self._session.run(names, feeds)):

@@ -383,7 +383,7 @@ def test_cli_bad_input_one_line(case, tiny_checkpoint, tmp_path):
         ckpt.write_bytes(b"\x00garbage" * 100)
         needle = "cannot read checkpoint"
     elif case == "too_small":
-        extra, needle = ["--input-size", 32, 32], "smaller than the deepest pyramid bin"
+        extra, needle = ["--input-size", 32, 32], "too small for this model"
     elif case == "unwritable":
         blocker = tmp_path / "file"
         blocker.write_text("x")

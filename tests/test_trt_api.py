@@ -787,7 +787,8 @@ def test_build_and_run_a_fixed_batch_engine(trt, onnx_b1, tmp_path, rng):
     assert plan["strongly_typed"] and set(plan["flags"]) == {"VERSION_COMPATIBLE"}
     assert plan["pools"] == {"WORKSPACE": 1 << 30} and sc["build"]["options"]["workspace_bytes"] == 1 << 30
     assert plan["props"] == {"builder_optimization_level": "2",
-                             "hardware_compatibility_level": "HardwareCompatibilityLevel.AMPERE_PLUS"}
+                             "hardware_compatibility_level": "HardwareCompatibilityLevel.AMPERE_PLUS",
+                             "profiling_verbosity": "ProfilingVerbosity.DETAILED"}  # per-layer precision for pspnet-debug
     x = np.stack([rng.standard_normal((3, *TINY_SIZE)).astype(np.float32)])
     with load_runner(onnx_b1, threads=THREADS) as ref, load_runner(sc["engine"]["path"], device="cuda:1") as eng:
         want = ref.infer(x)

@@ -54,6 +54,12 @@ def main(argv=None) -> int:
 
         resolve_config_path(a.config)  # one line if neither a file nor a shipped config's name
     size = size_arg(a.input_size)
+    from ..runfiles import RunFiles
+
+    files = RunFiles().read(a.src, "source checkpoint")
+    if a.config is not None and Path(a.config).is_file():
+        files.read(a.config, "--config")
+    files.write(a.output, "--output checkpoint").check()
 
     from ..interop import convert_checkpoint
 

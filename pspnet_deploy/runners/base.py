@@ -125,6 +125,12 @@ class Runner(ABC):
     def prepare(self, image_rgb: np.ndarray) -> np.ndarray:
         """One item for :meth:`infer_items` from an HxWx3 RGB uint8 image of any size: HxWx3 uint8
         at ``input_size`` in ``channel_order`` for a uint8 model, else the 3xHxW float32 preprocessing."""
+        if self.dynamic_size:  # a dynamic-shape model: the image's own size, within its bounds
+            self.card.check_bounds(*image_rgb.shape[:2])
+            if self.input_kind == "uint8":
+                raise UserError(f"{self.path}: a dynamic-shape model with uint8 input is not supported; export one "
+                                f"of the two")
+            return self.preprocess.normalize(image_rgb)
         if self.input_kind == "uint8":
             return self.preprocess.resized_uint8(image_rgb, self.channel_order)
         return self.preprocess(image_rgb)
@@ -163,14 +169,6 @@ class Runner(ABC):
     def dynamic_size(self) -> bool:
         """True for a dynamic-shape model (any H x W within ``card.size_range``)."""
         return self.card.size_range is not None
-
-    def prepare(self, image_rgb: np.ndarray) -> np.ndarray:
-        """One HxWx3 RGB image -> model input (3xHxW float32): resized to ``input_size``, or for a
-        dynamic-shape model at the image's own size (refused with one line outside its bounds)."""
-        if self.dynamic_size:
-            self.card.check_bounds(*image_rgb.shape[:2])
-            return self.preprocess.normalize(image_rgb)
-        return self.preprocess(image_rgb)
 
     def infer_items(self, items: list[np.ndarray], batch: int | None = None) -> list[np.ndarray]:
         """Run preprocessed 3xHxW arrays or HxWx3 uint8 pixels (at ``input_size``; see
