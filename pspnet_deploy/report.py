@@ -111,10 +111,12 @@ def render_markdown(report: dict) -> str:
     # environment
     v = env.get("versions", {})
     gpu = env.get("gpu")
-    erows = [["CPU", env.get("cpu", "-")],
+    ident = " ".join(f"{k} {env[f'cpu_{k}']}" for k in ("vendor", "family", "model", "stepping")
+                     if env.get(f"cpu_{k}") is not None)
+    erows = [["CPU", env.get("cpu", "-") + (f" ({ident})" if ident else "")],
              ["CPUs (logical / physical cores / usable)", f"{env.get('logical_cpus')} / {env.get('physical_cores')} / "
                                                            f"{env.get('usable_cpus')}"],
-             ["ISA (the features that matter to OpenVINO / oneDNN)", ", ".join(env.get("isa") or []) or "-"],
+             ["ISA (the instruction sets that matter to OpenVINO / oneDNN / ONNX Runtime)", ", ".join(env.get("isa") or []) or "-"],
              ["torch threads", str(env.get("torch_threads"))],
              ["onnxruntime threads", str(env.get("onnxruntime_threads"))],
              ["device", str(env.get("device"))],
