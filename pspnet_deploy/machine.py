@@ -15,8 +15,8 @@ from pathlib import Path
 
 from .errors import UserError
 
-__all__ = ["ISA_FEATURES", "ISA_RECORDED", "AUTO_ON_OFF", "BF16_MARGIN", "cpu_flags", "cpu_model_name", "cpu_identity", "cpu_summary",
-           "cpu_has_bf16", "cpu_has_vnni", "bf16_probe", "bf16_decision", "bf16_choice", "cpu_info", "gpu_info",
+__all__ = ["ISA_FEATURES", "ISA_RECORDED", "AUTO_ON_OFF", "BF16_MARGIN", "cpu_flags", "cpu_model_name", "cpu_identity",
+           "cpu_summary", "cpu_has_bf16", "cpu_has_vnni", "bf16_probe", "bf16_decision", "bf16_choice", "cpu_info", "gpu_info",
            "environment", "record_summary"]
 #: the values of the precision switches (``pspnet-train --amp``, ``pspnet-qat --bf16``)
 AUTO_ON_OFF = ("auto", "on", "off")
@@ -124,7 +124,8 @@ def cpu_identity(cpuinfo: str | None = None) -> dict:
     # no /proc/cpuinfo (macOS, Windows), or one without the fields above: what the platform module says
     return {"vendor": None, "family": None, "model": None, "stepping": None,
             "model_name": f.get("model name") or platform.processor() or platform.machine() or None,
-            "isa": isa, "source": "platform module" if not text else "/proc/cpuinfo (no vendor fields) + platform module"}
+            "isa": isa,
+            "source": "platform module" if not text else "/proc/cpuinfo (no vendor fields) + platform module"}
 
 
 def cpu_summary(record: dict) -> str:
