@@ -40,7 +40,7 @@ from torch.nn.utils import parametrize
 from .card import qat_state_path, safe_torch_load
 from .train_config import QATConfig  # noqa: F401 - re-exported (checked before torch is imported)
 from .errors import UserError
-from .machine import bf16_choice, cpu_has_bf16
+from .machine import bf16_decision, cpu_has_bf16
 from .utils import atomic_path, check_output_file, say, sha256_file, work_dir
 
 __all__ = ["QATConfig", "QATPlan", "plan_from_qdq", "QATModel", "fake_quant", "run_qat"]
@@ -280,7 +280,8 @@ def run_qat(checkpoint: str | Path, output: str | Path, cfg: QATConfig, *, calib
         fp32_checkpoint = check_output_file(fp32_checkpoint, "--fp32-checkpoint")
         if fp32_checkpoint.suffix.lower() != ".pt":
             raise UserError(f"{fp32_checkpoint}: --fp32-checkpoint must be a .pt file (e.g. model.qat.fp32.pt)")
-    use_bf16 = bf16_choice(cfg.bf16, "--bf16")
+    if cfg.bf16 == "on":
+        bf16_decision("on", "--bf16")  # refused at once on a CPU without native BF16
     has_bf16 = cpu_has_bf16()
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
@@ -303,9 +304,14 @@ def run_qat(checkpoint: str | Path, output: str | Path, cfg: QATConfig, *, calib
             saved[k] = getattr(cfg, k)
         cfg = QATConfig(**saved)
         size = tuple(state["input_size"])
+    # auto: measured here (machine.bf16_decision); a resumed run decides from its state's measurement
+    recorded = (state or {}).get("bf16_decision") or {}
+    bf16_record = bf16_decision(cfg.bf16, "--bf16", probe=recorded.get("measured") if cfg.bf16 == "auto" else None)
+    use_bf16 = bf16_record["use_bf16"]
     report: dict = {"checkpoint": str(checkpoint), "checkpoint_sha256": src_sha, "output": str(output),
                     "input_size": list(size), "bf16": {"cpu_has_bf16": has_bf16, "used": use_bf16,
-                                                       "isa": torch.backends.cpu.get_cpu_capability()}}
+                                                       "isa": torch.backends.cpu.get_cpu_capability(),
+                                                       "decision": bf16_record}}
     with work_dir(output) as work:
         fp32 = work / "model.fp32.onnx"
         if state is None:
@@ -390,7 +396,7 @@ def run_qat(checkpoint: str | Path, output: str | Path, cfg: QATConfig, *, calib
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", epoch=epoch + 1, refresh=False)
             history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else None})
             _save_state(_state_path(output), model, opt, epoch + 1, step, history, cfg, plan, base_table,
-                        report["calibration"], src_sha, size)
+                        report["calibration"], src_sha, size, bf16_record)
         bar.close()
         report["history"] = history
         if end < cfg.epochs:
@@ -420,7 +426,7 @@ def run_qat(checkpoint: str | Path, output: str | Path, cfg: QATConfig, *, calib
                              parser_check=parser_check)
         qat_record = {"epochs": len(history), "steps": step, "data": str(cfg.data), "split": cfg.split,
                       "lr": cfg.lr, "batch_size": cfg.batch_size, "crop": list(crop), "bf16": use_bf16,
-                      "cpu_has_bf16": has_bf16, "source_checkpoint_sha256": src_sha,
+                      "bf16_decision": bf16_record, "cpu_has_bf16": has_bf16, "source_checkpoint_sha256": src_sha,
                       "calibration": report["calibration"], "final_loss": history[-1]["loss"] if history else None}
         _stamp_qat(output, qat_record, meta)
         if fp32_checkpoint is not None:
@@ -446,8 +452,9 @@ def _stamp_qat(path: Path, record: dict, src_meta: dict) -> None:
         onnx.save(m, str(tmp))
 
 
-def _save_state(path: Path, model, opt, epoch, step, history, cfg, plan, base_table, calibration, sha, size) -> None:
-    payload = {"format": "pspnet-deploy/qat-state", "model": model.state_dict(), "optimizer": opt.state_dict(),
+def _save_state(path: Path, model, opt, epoch, step, history, cfg, plan, base_table, calibration, sha, size,
+                bf16: dict | None = None) -> None:
+    payload = {"bf16_decision": bf16, "format": "pspnet-deploy/qat-state", "model": model.state_dict(), "optimizer": opt.state_dict(),
                "epoch": epoch, "step": step, "history": history, "config": asdict(cfg), "plan": plan.to_dict(),
                "base_table": base_table, "calibration": calibration, "checkpoint_sha256": sha,
                "input_size": list(size)}

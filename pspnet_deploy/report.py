@@ -102,19 +102,17 @@ def _table(header: list[str], rows: list[list[str]], align: list[str] | None = N
     return out
 
 
-def render_markdown(report: dict) -> str:
-    env = report["environment"]
-    st = report["settings"]
-    ref = st.get("reference")
-    lines = [f"# pspnet-bench report", "", f"Created {report.get('created', '')}. Reference model (speed-ups, "
-             f"agreement): **{ref}**.", ""]
-    # environment
+def _environment_rows(env: dict) -> list[list[str]]:
+    """The report's environment table: the machine record (CPU, ISA, threads, GPU, versions, load)."""
     v = env.get("versions", {})
     gpu = env.get("gpu")
-    erows = [["CPU", env.get("cpu", "-")],
+    ident = " ".join(f"{k} {env[f'cpu_{k}']}" for k in ("vendor", "family", "model", "stepping")
+                     if env.get(f"cpu_{k}") is not None)
+    erows = [["CPU", env.get("cpu", "-") + (f" ({ident})" if ident else "")],
              ["CPUs (logical / physical cores / usable)", f"{env.get('logical_cpus')} / {env.get('physical_cores')} / "
                                                            f"{env.get('usable_cpus')}"],
-             ["ISA (the features that matter to OpenVINO / oneDNN)", ", ".join(env.get("isa") or []) or "-"],
+             ["ISA (the instruction sets that matter to OpenVINO / oneDNN / ONNX Runtime)",
+              ", ".join(env.get("isa") or []) or "-"],
              ["torch threads", str(env.get("torch_threads"))],
              ["onnxruntime threads", str(env.get("onnxruntime_threads"))],
              ["device", str(env.get("device"))],
@@ -124,6 +122,16 @@ def render_markdown(report: dict) -> str:
     for dev, pk in (env.get("fp32_peak") or {}).items():
         erows.append([f"measured FP32 peak ({dev})", f"{pk['gflops']:.1f} GFLOP/s: {pk['method']}"])
     erows.append(["memory", env.get("memory_method", "-")])
+    return erows
+
+
+def render_markdown(report: dict) -> str:
+    env = report["environment"]
+    st = report["settings"]
+    ref = st.get("reference")
+    lines = [f"# pspnet-bench report", "", f"Created {report.get('created', '')}. Reference model (speed-ups, "
+             f"agreement): **{ref}**.", ""]
+    erows = _environment_rows(env)
     lines += ["## Environment", ""] + _table(["", ""], erows, ["l", "l"]) + [""]
     it = (f"{st['iterations']} timed calls" if st.get("iterations") else f"{st.get('duration_s')} s of calls")
     lines += [f"Settings: per measurement {it} after {st.get('warmup')} warm-up call(s); batches {st.get('batches')}; "

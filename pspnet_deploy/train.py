@@ -25,7 +25,7 @@ from .data import Preprocess, open_dataset
 from .data.transforms import TrainTransform
 from .errors import UserError
 from .evaluate import evaluate
-from .machine import bf16_choice
+from .machine import bf16_decision
 from .model import PSPNet, min_input_size
 from .runners.torch_runner import TorchRunner
 from .train_config import CLASS_WEIGHTS, TrainConfig  # noqa: F401 - TrainConfig re-exported
@@ -155,16 +155,39 @@ def _mismatch_hint(meta: dict, model, info, option: str) -> str:
     return f"{option} needs a checkpoint of the same model"
 
 
-def autocast_dtype(device: torch.device, amp: str) -> torch.dtype | None:
-    """The autocast precision of training steps, or None for FP32. CUDA: FP16 (with loss scaling)
-    unless ``amp == "off"``. CPU: BF16 where the CPU has it natively (AVX-512 BF16 or AMX-BF16;
-    a step at batch 4, 256x256, OS16 takes about 0.6x the FP32 time there), FP32 elsewhere, where
-    emulated BF16 would be slower than FP32; ``amp == "on"`` on such a CPU is refused."""
+def autocast_choice(device: torch.device, amp: str, probe: dict | None = None) -> tuple[torch.dtype | None, dict]:
+    """The autocast precision of training steps (None for FP32) and the record of how it was
+    chosen. CUDA: FP16 (with loss scaling) unless ``amp == "off"``. CPU: ``auto`` measures FP32
+    against BF16 autocast here and takes BF16 only when it is faster by a margin; ``on`` is refused
+    on a CPU without native BF16 (:func:`pspnet_deploy.machine.bf16_decision`; ``probe``: a
+    measurement to decide from instead)."""
     if device.type == "cuda":
-        return None if amp == "off" else torch.float16
-    if device.type == "cpu" and bf16_choice(amp, "--amp"):
-        return torch.bfloat16
-    return None
+        dtype = None if amp == "off" else torch.float16
+        return dtype, {"mode": amp, "device": "cuda", "dtype": "float16" if dtype else None,
+                       "decided_by": amp, "measured": None, "reason": f"--amp {amp} on CUDA: "
+                       + ("FP16 with loss scaling" if dtype else "FP32")}
+    decision = bf16_decision(amp, "--amp", probe=probe)
+    dtype = torch.bfloat16 if decision["use_bf16"] else None
+    return dtype, {**decision, "device": device.type, "dtype": "bfloat16" if dtype else None}
+
+
+def _recorded_amp_probe(cfg: TrainConfig, device: torch.device) -> dict | None:
+    """A resumed run decides ``--amp auto`` from the measurement its checkpoint recorded, so it
+    continues in the precision it started with (None: measure here)."""
+    if not cfg.resume or device.type != "cpu" or cfg.amp != "auto":
+        return None
+    from .card import read_card
+
+    try:
+        choice = read_card(cfg.resume, kind="torch").meta.get("autocast_choice") or {}
+    except UserError:
+        return None  # the resume checkpoint is checked (and refused) below
+    return choice.get("measured") if isinstance(choice, dict) else None
+
+
+def autocast_dtype(device: torch.device, amp: str) -> torch.dtype | None:
+    """The dtype of :func:`autocast_choice`."""
+    return autocast_choice(device, amp)[0]
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -178,7 +201,14 @@ def train(cfg: TrainConfig) -> dict:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     main = rank == 0
-    amp_dtype = autocast_dtype(device, cfg.amp)
+    amp_dtype, amp_record = autocast_choice(device, cfg.amp, probe=_recorded_amp_probe(cfg, device))
+    if world > 1 and device.type == "cpu" and cfg.amp == "auto":  # every rank takes rank 0's measured choice
+        shared = [amp_record]
+        dist.broadcast_object_list(shared, src=0)
+        amp_record = shared[0]
+        amp_dtype = torch.bfloat16 if amp_record["use_bf16"] else None
+    if main and cfg.progress:
+        print(f"autocast: {amp_record['reason']}", flush=True)
     use_amp = amp_dtype == torch.float16  # FP16 needs loss scaling; BF16 has FP32's exponent range and does not
 
     train_ds = open_dataset(cfg.data, cfg.train_split)
@@ -301,6 +331,7 @@ def train(cfg: TrainConfig) -> dict:
         "dataset": {"name": info.name, "path": str(cfg.data), "train_split": cfg.train_split, "val_split": cfg.val_split},
         "train_config": asdict(cfg),
         "autocast": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else None,
+        "autocast_choice": amp_record,  # how --amp chose it (measured for auto on a CPU)
         "backbone_weights": backbone_info,
         "versions": versions(),
     }
@@ -375,7 +406,8 @@ def train(cfg: TrainConfig) -> dict:
             dist.barrier()
     bar.close()
     result = {"best_val_miou": best if best >= 0 else None, "epochs": cfg.epochs, "steps": global_step,
-              "wall_time_s": time.time() - t_start, "out": str(out_dir), "history": history}
+              "wall_time_s": time.time() - t_start, "out": str(out_dir), "history": history,
+              "autocast_choice": amp_record}
     if world > 1:
         dist.destroy_process_group()
     return result

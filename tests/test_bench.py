@@ -210,6 +210,11 @@ def test_cli_real_run_pt_and_onnx_with_data(models, camvid_dir, tmp_path):
     assert env["torch_threads"] == 1 and env["onnxruntime_threads"] == 1
     assert env["fp32_peak"]["cpu"]["gflops"] > 0 and "torch.mm" in env["fp32_peak"]["cpu"]["method"]
     assert {"torch", "onnxruntime", "onnx", "numpy"} <= set(env["versions"])
+    from pspnet_deploy.machine import cpu_info
+
+    here = cpu_info()  # the machine record names the CPU: vendor, family, model, stepping, instruction sets
+    for key in ("cpu_vendor", "cpu_family", "cpu_model", "cpu_stepping", "cpu_source", "isa"):
+        assert env[key] == here[key], key
 
     res = rep["results"]
     assert len(res) == 2 * 2 * 2  # models x batches x scopes

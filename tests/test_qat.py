@@ -111,6 +111,9 @@ def test_qat_file_format_and_placement(full_run, calibrated):
     assert meta["classes"] == ref_meta["classes"] and meta["preprocess"] == ref_meta["preprocess"]
     assert meta["quantization"] == ref_meta["quantization"]
     assert meta["qat"]["steps"] == 2 * STEPS and meta["qat"]["bf16"] == rep["bf16"]["used"]
+    decision = meta["qat"]["bf16_decision"]  # --bf16 auto: measured on this CPU and recorded, not read off flags
+    assert decision["decided_by"] == "measurement" and decision["measured"]["bf16_ms"] > 0
+    assert decision["use_bf16"] == rep["bf16"]["used"] and rep["bf16"]["decision"] == decision
     table = json.loads(Path(rep["table"]).read_text())
     ref_table = json.loads(calibrated.with_suffix(".calib.json").read_text())
     learned = rep["ranges"]

@@ -144,3 +144,25 @@ def test_model_timer_times_one_call(onnx_b1):
         assert name.startswith("wall clock") and all(m > 0 for m in ms)
         with pytest.raises(UserError, match="fixed batch of 1"):  # checked once, before timing
             r.model_timer(np.zeros((2, 3, *TINY_SIZE), np.float32))
+
+
+def test_onnxruntime_runner_session_comes_from_the_one_factory(onnx_b1, monkeypatch):
+    """The runner's session is ort_session.make_session's: an explicit thread count, else
+    PSPNET_ORT_THREADS (a bad value refused in one line), one inter-op thread, CPU provider; the
+    card handed in is the one used (not read again)."""
+    from pspnet_deploy.card import read_card
+    from pspnet_deploy.errors import UserError
+    from pspnet_deploy.ort_session import THREADS_ENV
+    from pspnet_deploy.runners import load_runner
+
+    monkeypatch.setenv(THREADS_ENV, "1")
+    card = read_card(onnx_b1)
+    with load_runner(onnx_b1, device="cpu", card=card) as r:
+        so = r.session.get_session_options()
+        assert (so.intra_op_num_threads, so.inter_op_num_threads, r.threads) == (1, 1, 1)
+        assert r.session.get_providers() == ["CPUExecutionProvider"] and r.card is card
+    with load_runner(onnx_b1, device="cpu", threads=2) as r:
+        assert r.session.get_session_options().intra_op_num_threads == 2
+    monkeypatch.setenv(THREADS_ENV, "many")
+    with pytest.raises(UserError, match=THREADS_ENV):
+        load_runner(onnx_b1, device="cpu")

@@ -95,6 +95,10 @@ def test_resume_continues_exactly(tmp_path):
     assert first["train_state"]["epoch"] == 1 and first["train_state"]["global_step"] == 2
     resumed = train(cfg(tmp_path / "b", 2, resume=str(tmp_path / "b" / "last.pt"), workers=1))
     assert resumed["steps"] == straight["steps"] == 4
+    amp = first["meta"]["autocast_choice"]  # --amp auto on the CPU: measured here, recorded in the checkpoint
+    assert amp["mode"] == "auto" and amp["decided_by"] == "measurement" and amp["measured"]["fp32_ms"] > 0
+    assert amp["dtype"] == ("bfloat16" if amp["use_bf16"] else None) == first["meta"]["autocast"]
+    assert resumed["autocast_choice"]["measured"] == amp["measured"]  # the resumed run decides from the record
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in straight["history"]]
     a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
     assert a["state_dict"].keys() == b["state_dict"].keys()

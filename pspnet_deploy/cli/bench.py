@@ -90,15 +90,16 @@ def main(argv=None) -> int:
     from ..card import read_card
 
     files = RunFiles().read_dir(a.data, "--data dataset")
-    for m in a.model:
-        path = parse_model_arg(m).path
-        files.read_model(path)
-        card = read_card(path)  # each model at its size and the largest batch: within its bounds and memory
-        card.check_size(input_size if card.kind == "torch" else None, batch=max(a.batch))
+    specs = [parse_model_arg(m) for m in a.model]
+    for spec in specs:
+        files.read_model(spec.path)
+        spec.card = read_card(spec.path)  # read once: the benchmark and the runner use this card
+        # each model at its size and the largest batch: within its bounds and memory
+        spec.card.check_size(input_size if spec.card.kind == "torch" else None, batch=max(a.batch))
     files.write_dir(a.out, "--out folder", files=REPORT_FILES).check()
     from ..bench import run_bench
 
-    rep = run_bench(a.model, a.out, labels=a.label, input_size=input_size, batches=a.batch,
+    rep = run_bench(specs, a.out, labels=a.label, input_size=input_size, batches=a.batch,
                     warmup=a.warmup, iterations=None if a.duration is not None else a.iterations,
                     duration=a.duration, threads=a.threads, scope=a.scope, data=a.data, split=a.split, limit=a.limit,
                     device=a.device, image_size=image_size, peak=not a.no_peak, peak_size=a.peak_size,

@@ -86,7 +86,7 @@ def add_window_args(p: argparse.ArgumentParser) -> None:
                         "test_cfg and test resize, semseg's test.py settings) instead of --mode/--flip/--scales/--stride")
 
 
-def apply_test_time(a: argparse.Namespace, size):
+def apply_test_time(a: argparse.Namespace, size, card=None):
     """``--test-time source``: set ``a.mode/flip/stride/scales/resize`` from the model's recorded
     ``test_time`` (after :func:`check_window_args`); returns the input size a checkpoint must run
     at (``size`` when none is needed). A file without the record, or of a size the procedure
@@ -96,7 +96,7 @@ def apply_test_time(a: argparse.Namespace, size):
     from ..card import read_card
     from ..sliding import test_time_options
 
-    card = read_card(a.model)
+    card = card if card is not None else read_card(a.model)  # ``card``: the caller's, when it has read it
     tt = card.meta.get("test_time")
     if not isinstance(tt, dict):
         raise UserError(f"{a.model}: no test-time procedure recorded (pspnet-convert records the source's; an exported "

@@ -48,10 +48,11 @@ def main(argv=None) -> int:
     size = size_arg(a.input_size, batch=a.batch_size)
     if size is not None and SUFFIX_KINDS.get(Path(a.model).suffix.lower()) != "torch":
         raise UserError("--input-size applies to .pt checkpoints only; ONNX and engine sizes are fixed at export")
-    size = apply_test_time(a, size)
     from ..card import read_card
 
-    read_card(a.model).check_size(size, batch=a.batch_size)  # its bounds and memory, times the batch
+    card = read_card(a.model)  # read once: the test-time record, the size check and the runner use it
+    size = apply_test_time(a, size, card=card)
+    card.check_size(size, batch=a.batch_size)  # its bounds and memory, times the batch
     RunFiles().read_model(a.model).read_dir(a.data, "--data dataset").write(a.json, "--json report").check()
 
     import torch
@@ -63,7 +64,8 @@ def main(argv=None) -> int:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    with load_runner(a.model, RunnerOptions(device=a.device, threads=a.threads or None, input_size=size)) as runner:
+    with load_runner(a.model, RunnerOptions(device=a.device, threads=a.threads or None, input_size=size),
+                     card=card) as runner:
         ds = open_dataset(a.data, a.split)
         predict = None
         if a.mode == "slide" or a.flip or a.resize:

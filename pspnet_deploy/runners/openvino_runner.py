@@ -6,6 +6,10 @@ one line that includes the rebuild command. The sidecar's precision decides the 
 (``INFERENCE_PRECISION_HINT``: f32 for FP32 and INT8, bf16 for BF16), so a ``.bf16.xml`` runs as
 BF16 wherever the CPU has it. The precision the compiled model really uses is read back and
 reported by :meth:`OpenVINORunner.describe` (``runs_as``, ``precision_note``).
+Nothing here picks a precision automatically: an FP32 or INT8 IR is compiled with the f32 hint
+(OpenVINO's own default on a CPU with BF16 would be bf16, which issue 25 measured slower than FP32
+on one such CPU); BF16 runs only when the IR was built as BF16. Which precision is fastest on the
+machine at hand is for ``pspnet-bench`` to measure (its recommendation).
 
 Options:
 
@@ -88,12 +92,14 @@ class OpenVINORunner(Runner):
         self._results: list = []
 
     @classmethod
-    def from_file(cls, path: str, options: RunnerOptions | None = None, **overrides) -> "OpenVINORunner":
+    def from_file(cls, path: str, options: RunnerOptions | None = None, card: ModelCard | None = None,
+                  **overrides) -> "OpenVINORunner":
+        """``card``: the IR's card when the caller has read it (not read again)."""
         o = RunnerOptions.make(options, **overrides)
         if o.device and not str(o.device).lower().startswith("cpu"):
             raise UserError(f"{path}: OpenVINO IRs run on the CPU here, not {o.device!r}; drop --device or use "
                             f"--device cpu")
-        card = read_card(path, kind="openvino")
+        card = card if card is not None else read_card(path, kind="openvino")
         _, env = check_ir(path, verify_hash=o.verify_hash, sidecar=card.sidecar)
         return cls(str(path), card, env, threads=o.threads, performance_mode=o.performance_mode, streams=o.streams,
                    requests=o.requests)

@@ -1,12 +1,11 @@
 """ONNX Runtime runner for .onnx files written by pspnet-export (metadata carries preprocessing)."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from ..card import ModelCard, read_card
 from ..errors import UserError
+from ..ort_session import make_session, ort_threads
 from ..utils import sha256_file
 from .base import Runner, RunnerOptions
 
@@ -19,35 +18,38 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
+def execution_providers(path, device: str, providers: list[str] | None) -> list[str]:
+    """``providers`` as given, else CPU for a CPU device, else the CUDA providers installed (with CPU
+    as the fallback); a CUDA device without a CUDA provider is refused."""
+    if providers is not None:
+        return list(providers)
+    gpu: list[str] = []
+    if device.startswith("cuda"):
+        have = available_providers()
+        gpu = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in have]
+        if not gpu:
+            raise UserError(f"{path}: device {device} asked for but onnxruntime has no CUDA provider "
+                            f"(installed: {', '.join(have)}); install onnxruntime-gpu or use --device cpu")
+    return gpu + ["CPUExecutionProvider"]
+
+
 class OrtRunner(Runner):
     backend = "onnxruntime"
 
     def __init__(self, path: str, card: ModelCard, device: str = "cpu", threads: int | None = None,
                  providers: list[str] | None = None, graph_optimization: str = "all"):
-        import onnxruntime as ort
-
+        """The session comes from the one factory (:func:`pspnet_deploy.ort_session.make_session`):
+        its thread rule (``threads``, else ``PSPNET_ORT_THREADS``), optimisation level and providers."""
         card.require("preprocess", "classes", "palette")
         super().__init__(card, sha256=sha256_file(path))
         self.path = str(path)
         self.meta = card.meta
-        so = ort.SessionOptions()
-        if threads:
-            so.intra_op_num_threads = int(threads)
-            so.inter_op_num_threads = 1
-        so.graph_optimization_level = {
-            "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[graph_optimization]
-        if providers is None:
-            have = available_providers()
-            if device.startswith("cuda"):
-                providers = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in have]
-                if not providers:
-                    raise UserError(f"{path}: device {device} asked for but onnxruntime has no CUDA provider "
-                                    f"(installed: {', '.join(have)}); install onnxruntime-gpu or use --device cpu")
-            providers = list(providers or []) + ["CPUExecutionProvider"]
+        providers = execution_providers(path, device, providers)
+        threads = ort_threads(threads)
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+            self.session = make_session(path, threads=threads, optimization=graph_optimization, providers=providers)
+        except UserError:
+            raise
         except Exception as e:  # noqa: BLE001
             raise UserError(f"{path}: ONNX Runtime cannot load this model: {str(e).splitlines()[0][:200]}") from e
         self.threads = threads
@@ -58,12 +60,12 @@ class OrtRunner(Runner):
         self.output_names = [o.name for o in self.session.get_outputs()[:1]]
 
     @classmethod
-    def from_file(cls, path: str, options: RunnerOptions | None = None, **overrides) -> "OrtRunner":
+    def from_file(cls, path: str, options: RunnerOptions | None = None, card: ModelCard | None = None,
+                  **overrides) -> "OrtRunner":
+        """``card``: the file's card when the caller has read it (not read again)."""
         o = RunnerOptions.make(options, **overrides)
-        threads = o.threads
-        if threads is None and os.environ.get("PSPNET_ORT_THREADS"):
-            threads = int(os.environ["PSPNET_ORT_THREADS"])
-        return cls(path, read_card(path, kind="onnx"), device=o.device, threads=threads, providers=o.providers,
+        card = card if card is not None else read_card(path, kind="onnx")
+        return cls(path, card, device=o.device, threads=o.threads, providers=o.providers,
                    graph_optimization=o.graph_optimization)
 
     def device(self) -> str:
