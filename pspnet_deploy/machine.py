@@ -321,9 +321,12 @@ def record_summary(path: str | Path) -> str:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: not a readable JSON record ({e})") from None
-    env = data.get("environment", data) if isinstance(data, dict) else None
+    env = None
+    if isinstance(data, dict):
+        env = next((data[k] for k in ("environment", "machine") if isinstance(data.get(k), dict)), data)
     if not isinstance(env, dict) or "cpu" not in env:
-        raise UserError(f"{path}: has no environment record (no 'cpu' in it or its 'environment')")
+        raise UserError(f"{path}: has no environment record (no 'cpu' in it or in its 'environment' or 'machine' "
+                        f"section); pass a report.json written by pspnet-bench or a benchmark's result.json")
     return cpu_summary(env)
 
 
@@ -333,7 +336,11 @@ if __name__ == "__main__":  # python -m pspnet_deploy.machine [RECORD.json ...]:
 
     if len(sys.argv) > 1:
         for arg in sys.argv[1:]:
-            print(f"{arg}: {record_summary(arg)}")
+            try:
+                print(f"{arg}: {record_summary(arg)}")
+            except UserError as e:
+                print(f"python -m pspnet_deploy.machine: error: {e}", file=sys.stderr)
+                sys.exit(2)
     else:
         info = cpu_info()
         print(json.dumps(info, indent=1))

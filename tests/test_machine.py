@@ -118,3 +118,22 @@ def test_training_autocast_auto_is_measured_and_recorded():
         with pytest.raises(UserError, match="no native BF16"):
             autocast_dtype(cpu, "on")
     assert autocast_dtype(torch.device("cuda"), "auto") == torch.float16  # the dtype only; no GPU is touched
+
+
+def test_record_summary_reads_a_machine_section_and_refuses_in_one_line(tmp_path):
+    """A study's results.json keeps its record under ``machine``; the module's CLI cites it, and a file
+    without a record is one line, exit 2 (no traceback)."""
+    import json
+    import subprocess
+    import sys
+
+    from pspnet_deploy.machine import record_summary
+
+    rec = tmp_path / "results.json"
+    rec.write_text(json.dumps({"machine": {"cpu": "Test CPU", "logical_cpus": 2, "isa": ["avx2"]}}))
+    assert record_summary(rec).startswith("Test CPU")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"rows": []}))
+    r = subprocess.run([sys.executable, "-m", "pspnet_deploy.machine", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "no environment record" in r.stderr
