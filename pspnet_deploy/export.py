@@ -363,11 +363,9 @@ def export_onnx(checkpoint, out=None, input_size=None, batch: int = 1, dynamic_b
     import torch
 
     from . import __version__
-    from .checkpoint import load_model
-    from .data.preprocess import Preprocess
-    from .data.samples import verification_images
 
     t0 = time.time()
+    # 1. arguments, source and output path, all checked before the long work
     dynamic_batch, opset = _validate(batch, dynamic_batch, output_kind, opset, trt_major, num_verify, input_kind,
                                      channel_order)
     channel_order = str(channel_order).upper()
@@ -375,17 +373,8 @@ def export_onnx(checkpoint, out=None, input_size=None, batch: int = 1, dynamic_b
         check_margin(fp16_margin)
     precision = "fp16" if fp16 else "fp32"
     out_path = default_output_path(checkpoint, out, precision)
-    model, meta = load_model(checkpoint)
-    for key in ("classes", "palette", "preprocess"):
-        if key not in meta:
-            raise UserError(f"{checkpoint}: checkpoint metadata has no {key!r}; it was not written by pspnet-train")
-    pre = Preprocess.from_dict(meta["preprocess"])
-    if input_size is None:
-        input_size = tuple(pre.input_size)
-    h, w = (int(v) for v in input_size)
-    if h <= 0 or w <= 0:
-        raise UserError(f"input size must be positive, got {h}x{w}")
-    pre = pre.with_size(h, w)
+    model, meta, pre = _load_source(checkpoint, input_size)
+    h, w = pre.input_size
     size_range = None
     if dynamic_shape:
         size_range = resolve_size_range(meta.get("model", {}), (h, w), min_size, max_size,
@@ -400,20 +389,14 @@ def export_onnx(checkpoint, out=None, input_size=None, batch: int = 1, dynamic_b
         f" (dynamic {size_range[0][0]}x{size_range[0][1]} .. {size_range[2][0]}x{size_range[2][1]})"
     _log(progress, f"exporting {checkpoint} at {h}x{w}{shape_note} ({precision}, {output_kind}, opset {opset}, "
                    f"{'batch ' + '/'.join(map(str, dynamic_batch)) if dynamic_batch else f'batch {batch}'})")
-    images = src = None
-    if verify or fp16:  # read the images first: a bad --verify-data fails before the long export
-        images, src = verification_images(pre, verify_data, verify_split, num_verify, seed)
-    batches = fitted_batches(images, int(batch), dynamic_batch) if images is not None else []
+    # 2. the verification images (read first: a bad --verify-data fails before the long export)
+    images, batches, src = _verification_batches(pre, verify or fp16, verify_data, verify_split, num_verify, seed,
+                                                 int(batch), dynamic_batch, size_range)
+    # 3. the graph, its precision and its input
     if size_range is not None:
-        if images is not None:  # one more image at each other size: the gate covers the range
-            for sh, sw in parity_sizes(size_range)[1:]:
-                more, _ = verification_images(pre.with_size(sh, sw), verify_data, verify_split, 1, seed)
-                batches += fitted_batches(more, int(batch), dynamic_batch)
-            src = dict(src, sizes=[list(b.shape[2:]) for b in batches])
         proto, pool = _dynamic_graph(model, size_range, dynamic_batch, int(batch), output_kind, opset)
     else:
         proto, pool = _static_graph(model, (h, w), dynamic_batch, int(batch), output_kind, opset)
-    n_pool = len(pool["nodes"])
     fp16_info = None
     if fp16:
         _log(progress, f"FP16: calibrating activation ranges on {len(images)} images ({src['kind']})")
@@ -421,55 +404,22 @@ def export_onnx(checkpoint, out=None, input_size=None, batch: int = 1, dynamic_b
         fp16_info["calibration"] = src
     fp16_body = proto if fp16 else None  # what the FP16 storage check runs (float in)
     if input_kind == "uint8":  # after FP16: the pixel path stays FP32 and the precision steps see the float body
-        import onnx
+        proto, fp16_body = _with_uint8_input(proto, pre, channel_order, fp16)
 
-        if fp16:
-            fp16_body = onnx.ModelProto()
-            fp16_body.CopyFrom(proto)
-        add_uint8_input(proto, pre.to_dict(), channel_order)
-        proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
-
-    export_opts = {"exporter": "torch.onnx.export(dynamo=True)", "opset": opset, "batch": None if dynamic_batch else int(batch),
-                   "dynamic_batch": list(dynamic_batch) if dynamic_batch else None, "output_kind": output_kind,
-                   "fp16": bool(fp16), "input_name": INPUT_NAME, "output_name": proto.graph.output[0].name,
-                   "label_dtype": "int32" if output_kind == "labels" else None, "trt_major": trt_major,
-                   "input_kind": input_kind}
-    if size_range is not None:
-        export_opts["dynamic_shape"] = {k: list(v) for k, v in zip(("min", "opt", "max"), size_range)}
-    onnx_meta = {
-        "format": "pspnet-deploy/onnx", "preprocess": pre.to_dict(), "classes": list(meta["classes"]),
-        "palette": [list(map(int, c)) for c in meta["palette"]], "ignore_index": int(meta.get("ignore_index", 255)),
-        "input_size": [h, w], "output_kind": output_kind, "precision": precision, "input_kind": input_kind,
-        "checkpoint_sha256": meta.get("sha256"), "checkpoint": Path(checkpoint).name,
-        "toolkit_version": __version__, "versions": versions(), "model": meta.get("model", {}),
-        "export": export_opts, ("dynamic_pool" if size_range else "static_pool"): {
-            "feature_size": pool["feature_size"], "pools": pool["pools"], "nodes": pool["nodes"]},
-        "dataset": meta.get("dataset"),
-    }
-    if input_kind == "uint8":
-        onnx_meta["input_channel_order"] = channel_order
-    if fp16_info is not None:
-        onnx_meta["fp16"] = fp16_info
-    if meta.get("test_time"):  # the source's test-time procedure (pspnet-convert), for --test-time source
-        onnx_meta["test_time"] = meta["test_time"]
+    # 4. metadata, checks, report
+    export_opts = _export_options(proto, opset, batch, dynamic_batch, output_kind, fp16, trt_major, input_kind,
+                                  size_range)
+    onnx_meta = _onnx_metadata(checkpoint, meta, pre, output_kind, precision, input_kind, channel_order, export_opts,
+                               pool, size_range is not None, fp16_info)
     write_onnx_metadata(proto, onnx_meta)
     proto.producer_name = "pspnet-deploy"
     proto.producer_version = __version__
+    n_pool = len(pool["nodes"])
     checks = run_checks(proto, trt_major, n_pool, str(out_path))
-    op_counts: dict[str, int] = {}
-    for n in proto.graph.node:
-        op_counts[n.op_type] = op_counts.get(n.op_type, 0) + 1
-    report = {
-        "path": str(out_path), "precision": precision, "input_size": [h, w], "output_kind": output_kind,
-        "dynamic_shape": export_opts.get("dynamic_shape"),
-        "input_kind": input_kind,
-        "batch": export_opts["batch"], "dynamic_batch": export_opts["dynamic_batch"], "opset": opset,
-        "checkpoint": {"path": str(checkpoint), "sha256": meta.get("sha256")},
-        "nodes": len(proto.graph.node), "op_counts": dict(sorted(op_counts.items())),
-        "static_pool": onnx_meta.get("static_pool", onnx_meta.get("dynamic_pool")), "checks": checks, "versions": onnx_meta["versions"],
-    }
-    if fp16_info is not None:
-        report["fp16"] = fp16_info
+    report = _report(proto, out_path, checkpoint, meta, precision, output_kind, input_kind, export_opts, onnx_meta,
+                     checks, fp16_info)
+
+    # 5. written under a temporary name, kept only when the parity gate passes
     tol = tolerances_for(precision, tolerances)
     with atomic_path(out_path) as tmp:
         tmp.write_bytes(proto.SerializeToString())
@@ -488,6 +438,114 @@ def export_onnx(checkpoint, out=None, input_size=None, batch: int = 1, dynamic_b
     write_parity_report(report, out_path, t0)
     _log(progress, f"wrote {out_path} ({report['size_bytes'] / 1e6:.1f} MB, {report['nodes']} nodes, "
                    f"pyramid pooling {n_pool} nodes) and {parity_report_path(out_path).name}")
+    return report
+
+
+def _load_source(checkpoint, input_size):
+    """The deploy-form model, the checkpoint's metadata and its preprocessing at the export size."""
+    from .checkpoint import load_model
+    from .data.preprocess import Preprocess
+
+    model, meta = load_model(checkpoint)
+    for key in ("classes", "palette", "preprocess"):
+        if key not in meta:
+            raise UserError(f"{checkpoint}: checkpoint metadata has no {key!r}; it was not written by pspnet-train")
+    pre = Preprocess.from_dict(meta["preprocess"])
+    if input_size is None:
+        input_size = tuple(pre.input_size)
+    h, w = (int(v) for v in input_size)
+    if h <= 0 or w <= 0:
+        raise UserError(f"input size must be positive, got {h}x{w}")
+    return model, meta, pre.with_size(h, w)
+
+
+def _verification_batches(pre, needed: bool, verify_data, verify_split, num_verify, seed, batch: int, dynamic_batch,
+                          size_range):
+    """(images, batches fitted to the graph's batch, their source) for the parity gate and the FP16
+    ranges; a dynamic-shape export gets one more image at each other size of :func:`parity_sizes`.
+    (None, [], None) when neither needs images."""
+    from .data.samples import verification_images
+
+    if not needed:
+        return None, [], None
+    images, src = verification_images(pre, verify_data, verify_split, num_verify, seed)
+    batches = fitted_batches(images, batch, dynamic_batch)
+    if size_range is not None:
+        for sh, sw in parity_sizes(size_range)[1:]:
+            more, _ = verification_images(pre.with_size(sh, sw), verify_data, verify_split, 1, seed)
+            batches += fitted_batches(more, batch, dynamic_batch)
+        src = dict(src, sizes=[list(b.shape[2:]) for b in batches])
+    return images, batches, src
+
+
+def _with_uint8_input(proto, pre, channel_order: str, fp16: bool):
+    """The graph with the in-graph preprocessing in front (uint8 pixels in), and the float body the
+    FP16 storage check runs (a copy taken before, for FP16; else None)."""
+    import onnx
+
+    fp16_body = None
+    if fp16:
+        fp16_body = onnx.ModelProto()
+        fp16_body.CopyFrom(proto)
+    add_uint8_input(proto, pre.to_dict(), channel_order)
+    return onnx.shape_inference.infer_shapes(proto, strict_mode=True), fp16_body
+
+
+def _export_options(proto, opset, batch, dynamic_batch, output_kind, fp16, trt_major, input_kind, size_range) -> dict:
+    """``pspnet.export``: how the graph was made."""
+    opts = {"exporter": "torch.onnx.export(dynamo=True)", "opset": opset, "batch": None if dynamic_batch else int(batch),
+            "dynamic_batch": list(dynamic_batch) if dynamic_batch else None, "output_kind": output_kind,
+            "fp16": bool(fp16), "input_name": INPUT_NAME, "output_name": proto.graph.output[0].name,
+            "label_dtype": "int32" if output_kind == "labels" else None, "trt_major": trt_major,
+            "input_kind": input_kind}
+    if size_range is not None:
+        opts["dynamic_shape"] = {k: list(v) for k, v in zip(("min", "opt", "max"), size_range)}
+    return opts
+
+
+def _onnx_metadata(checkpoint, meta, pre, output_kind, precision, input_kind, channel_order, export_opts, pool,
+                   dynamic: bool, fp16_info) -> dict:
+    """Every ``pspnet.*`` metadata value of the exported file."""
+    from . import __version__
+
+    h, w = pre.input_size
+    onnx_meta = {
+        "format": "pspnet-deploy/onnx", "preprocess": pre.to_dict(), "classes": list(meta["classes"]),
+        "palette": [list(map(int, c)) for c in meta["palette"]], "ignore_index": int(meta.get("ignore_index", 255)),
+        "input_size": [h, w], "output_kind": output_kind, "precision": precision, "input_kind": input_kind,
+        "checkpoint_sha256": meta.get("sha256"), "checkpoint": Path(checkpoint).name,
+        "toolkit_version": __version__, "versions": versions(), "model": meta.get("model", {}),
+        "export": export_opts, ("dynamic_pool" if dynamic else "static_pool"): {
+            "feature_size": pool["feature_size"], "pools": pool["pools"], "nodes": pool["nodes"]},
+        "dataset": meta.get("dataset"),
+    }
+    if input_kind == "uint8":
+        onnx_meta["input_channel_order"] = channel_order
+    if fp16_info is not None:
+        onnx_meta["fp16"] = fp16_info
+    if meta.get("test_time"):  # the source's test-time procedure (pspnet-convert), for --test-time source
+        onnx_meta["test_time"] = meta["test_time"]
+    return onnx_meta
+
+
+def _report(proto, out_path, checkpoint, meta, precision, output_kind, input_kind, export_opts, onnx_meta, checks,
+            fp16_info) -> dict:
+    """The export report (the parity result is added by the gate)."""
+    op_counts: dict[str, int] = {}
+    for n in proto.graph.node:
+        op_counts[n.op_type] = op_counts.get(n.op_type, 0) + 1
+    report = {
+        "path": str(out_path), "precision": precision, "input_size": list(onnx_meta["input_size"]),
+        "output_kind": output_kind, "dynamic_shape": export_opts.get("dynamic_shape"),
+        "input_kind": input_kind,
+        "batch": export_opts["batch"], "dynamic_batch": export_opts["dynamic_batch"], "opset": export_opts["opset"],
+        "checkpoint": {"path": str(checkpoint), "sha256": meta.get("sha256")},
+        "nodes": len(proto.graph.node), "op_counts": dict(sorted(op_counts.items())),
+        "static_pool": onnx_meta.get("static_pool", onnx_meta.get("dynamic_pool")), "checks": checks,
+        "versions": onnx_meta["versions"],
+    }
+    if fp16_info is not None:
+        report["fp16"] = fp16_info
     return report
 
 

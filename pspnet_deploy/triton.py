@@ -42,6 +42,8 @@ DEFAULT_MAX_BATCH = 8
 
 #: model kind (pspnet_deploy.card.SUFFIX_KINDS) -> the kind Triton serves it as here
 SERVED = {"onnx": "onnx", "tensorrt": "engine", "openvino": "openvino"}
+#: the file name Triton's backend loads, per served kind
+MODEL_FILES = {"onnx": "model.onnx", "engine": "model.plan", "openvino": "model.xml"}
 
 
 def _model_kind(path: Path, kind: str | None) -> str:
@@ -182,6 +184,33 @@ def write_triton_repo(model_path: str | Path, repo_dir: str | Path, name: str | 
     if kind == "engine" and ik == "cpu":
         raise UserError("TensorRT engines run on GPUs only; use --instance-kind gpu")
     info = _model_info(path)
+    mb, tensors = _batching(path, info, max_batch)
+    name = model_name(path, name)
+    params, comments = _openvino_parameters(info, performance_hint, streams) if kind == "openvino" else (None, None)
+    text = render_config(name, kind, tensors["inputs"], tensors["outputs"], mb, instances, KINDS[ik],
+                         dynamic_batching, params, comments)
+    model_dir, vdir = model_dirs(repo_dir, name, version)
+    if vdir.exists() and not force:
+        raise UserError(f"{vdir}: version {version} of model {name!r} exists; pass --force to replace it or "
+                        f"--version {version + 1}")
+    _write_version(path, kind, info, model_dir, vdir, version)
+    atomic_write_text(model_dir / "config.pbtxt", text)
+    meta = info["meta"]
+    client = {k: meta[k] for k in ("classes", "palette", "ignore_index", "preprocess", "output_kind", "precision",
+                                   "input_kind", "input_channel_order")
+              if k in meta}
+    client.update({"source": str(path), "kind": kind, "max_batch_size": mb,
+                   "input": tensors["inputs"][0]["name"], "output": tensors["outputs"][0]["name"]})
+    atomic_write_json(model_dir / "pspnet.json", client)
+    return {"name": name, "model_dir": str(model_dir), "config": str(model_dir / "config.pbtxt"),
+            "model_file": str(vdir / MODEL_FILES[kind]),
+            "kind": kind,
+            "max_batch_size": mb, "instances": instances, "instance_kind": KINDS[ik], "version": version}
+
+
+def _batching(path: Path, info: dict, max_batch: int | None) -> tuple[int, dict]:
+    """Triton's ``max_batch_size`` for the model (0: a fixed batch Triton cannot batch) and the
+    config's input and output tensors (without the batch dimension when Triton batches)."""
     io = info["io"]
     if len(io["inputs"]) != 1 or not io["outputs"]:
         raise UserError(f"{path}: expected one input and at least one output, found {len(io['inputs'])} inputs and "
@@ -215,28 +244,29 @@ def write_triton_repo(model_path: str | Path, repo_dir: str | Path, name: str | 
                     raise UserError(f"{path}: tensor {t['name']} has no batch dimension")
                 dims = dims[1:]
             tensors[section].append({"name": t["name"], "data_type": _dtype(path, t), "dims": dims})
-    meta = info["meta"]
-    name = model_name(path, name)
-    params, comments = None, None
-    if kind == "openvino":
-        if str(performance_hint).upper() not in ("LATENCY", "THROUGHPUT"):
-            raise UserError(f"--performance-hint must be LATENCY or THROUGHPUT, got {performance_hint!r}")
-        params = {"PERFORMANCE_HINT": str(performance_hint).upper()}
-        if streams is not None:
-            params["NUM_STREAMS"] = str(streams).upper()
-        prec = info["sidecar"]["precision"]
-        if prec == "bf16":
-            params["HINT_BF16"] = "YES"
-        comments = [f"OpenVINO IR, {prec.upper()} (pspnet-deploy sidecar model.xml.json)"]
-        if prec != "bf16":
-            comments.append("Triton's OpenVINO backend cannot ask for f32: on a CPU with BF16 (AVX-512 BF16 / AMX) "
-                            "the CPU plugin runs float layers in BF16 by default")
-    text = render_config(name, kind, tensors["inputs"], tensors["outputs"], mb, instances, KINDS[ik],
-                         dynamic_batching, params, comments)
-    model_dir, vdir = model_dirs(repo_dir, name, version)
-    if vdir.exists() and not force:
-        raise UserError(f"{vdir}: version {version} of model {name!r} exists; pass --force to replace it or "
-                        f"--version {version + 1}")
+    return mb, tensors
+
+
+def _openvino_parameters(info: dict, performance_hint: str, streams) -> tuple[dict, list[str]]:
+    """The OpenVINO backend's parameters (performance hint, streams, BF16) and the config's comments."""
+    if str(performance_hint).upper() not in ("LATENCY", "THROUGHPUT"):
+        raise UserError(f"--performance-hint must be LATENCY or THROUGHPUT, got {performance_hint!r}")
+    params = {"PERFORMANCE_HINT": str(performance_hint).upper()}
+    if streams is not None:
+        params["NUM_STREAMS"] = str(streams).upper()
+    prec = info["sidecar"]["precision"]
+    if prec == "bf16":
+        params["HINT_BF16"] = "YES"
+    comments = [f"OpenVINO IR, {prec.upper()} (pspnet-deploy sidecar model.xml.json)"]
+    if prec != "bf16":
+        comments.append("Triton's OpenVINO backend cannot ask for f32: on a CPU with BF16 (AVX-512 BF16 / AMX) "
+                        "the CPU plugin runs float layers in BF16 by default")
+    return params, comments
+
+
+def _write_version(path: Path, kind: str, info: dict, model_dir: Path, vdir: Path, version: int) -> None:
+    """The version folder with the model file and what it needs (weights, external data, sidecar),
+    assembled under a temporary name and renamed into place (an old version replaced only then)."""
     created: list[Path] = []
     try:
         created = mkdirs(model_dir)
@@ -246,8 +276,7 @@ def write_triton_repo(model_path: str | Path, repo_dir: str | Path, name: str | 
         rmdirs_if_empty(created)
         raise output_error(model_dir, e) from e
     try:
-        fname = {"onnx": "model.onnx", "engine": "model.plan", "openvino": "model.xml"}[kind]
-        shutil.copy2(path, tmp / fname)
+        shutil.copy2(path, tmp / MODEL_FILES[kind])
         if kind == "openvino":
             shutil.copy2(path.with_suffix(".bin"), tmp / "model.bin")
             shutil.copy2(path.with_name(path.name + ".json"), tmp / "model.xml.json")
@@ -275,14 +304,3 @@ def write_triton_repo(model_path: str | Path, repo_dir: str | Path, name: str | 
             shutil.rmtree(tmp, ignore_errors=True)
         if not vdir.exists():
             rmdirs_if_empty(created)
-    atomic_write_text(model_dir / "config.pbtxt", text)
-    client = {k: meta[k] for k in ("classes", "palette", "ignore_index", "preprocess", "output_kind", "precision",
-                                   "input_kind", "input_channel_order")
-              if k in meta}
-    client.update({"source": str(path), "kind": kind, "max_batch_size": mb,
-                   "input": tensors["inputs"][0]["name"], "output": tensors["outputs"][0]["name"]})
-    atomic_write_json(model_dir / "pspnet.json", client)
-    return {"name": name, "model_dir": str(model_dir), "config": str(model_dir / "config.pbtxt"),
-            "model_file": str(vdir / {"onnx": "model.onnx", "engine": "model.plan", "openvino": "model.xml"}[kind]),
-            "kind": kind,
-            "max_batch_size": mb, "instances": instances, "instance_kind": KINDS[ik], "version": version}

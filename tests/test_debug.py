@@ -218,3 +218,22 @@ def test_profile_groups_exist_and_sum(tiny_checkpoint, onnx_b1, int8_onnx, tmp_p
     rep = _debug(onnx_b1, tiny_checkpoint, tmp_path / "prof_pt", images=1, profile=True)
     assert {g["module"] for g in rep["profile"]} >= {"stem", "layer4", "ppm", "head"}
     assert all(g["precision"].startswith("fp32") for g in rep["profile"])
+
+
+def test_fp16_profile_puts_every_conv_in_its_module_group(fp16_onnx):
+    """ONNX Runtime's CPU runs an FP16 graph through inserted casts and names the fused Conv kernels
+    after them (``InsertedPrecisionFreeCast_relu_3_nchwc``); each must still count in the group of
+    the layer whose tensor it writes, not in "other" (on the reference model it was 99 % of the time)."""
+    from pspnet_deploy.debug.capture import open_source
+    from pspnet_deploy.debug.profile import profile_candidate
+
+    cand = open_source(fp16_onnx, threads=THREADS)
+    x = np.zeros((1, 3, *cand.card.preprocessing().input_size), np.float32)
+    try:
+        groups, info = profile_candidate(cand, x, threads=THREADS, progress=False)
+    finally:
+        cand.close()
+    convs = [r for r in info["layers"] if r["type"] == "Conv"]
+    assert convs and any(r["node"].startswith("InsertedPrecisionFreeCast_") for r in convs)
+    assert [r["node"] for r in convs if r["group"] == "other"] == []
+    assert {g["module"] for g in groups} >= {"stem", "layer1", "layer4", "head"}

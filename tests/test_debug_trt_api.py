@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import json
 import sys
-import types
 
 import pytest
 
 import test_trt_api as T
-from conftest import THREADS, run_cli, trt_env
+from conftest import THREADS, run_cli
+from test_trt_api import trt  # noqa: F401 - the stand-in fixture (pytest finds fixtures imported into a test module)
 
 pytestmark = pytest.mark.skipif(not T.API_DIR.is_dir(), reason=f"{T.API_DIR} (the dumped TensorRT APIs) not present")
 
@@ -139,23 +139,14 @@ class _Context(T._Context):
         return True
 
 
-@pytest.fixture(params=T.VERSIONS)
-def trt(request, monkeypatch):
-    import pspnet_deploy.engine.build as build
-
-    behaviour = dict(T.BEHAVIOUR, INetworkDefinition=_Network, OnnxParser=_Parser, ICudaEngine=_Engine,
-                     IExecutionContext=_Context, ITensor=_Tensor, ILayer=_Layer, EngineInspector=_Inspector)
-    monkeypatch.setattr(T, "BEHAVIOUR", behaviour)
-    mod = T.standin_tensorrt(request.param)
-    cudart = T.standin_cudart()
-    cuda_pkg, bindings_pkg = types.ModuleType("cuda"), types.ModuleType("cuda.bindings")
-    cuda_pkg.bindings, bindings_pkg.runtime = bindings_pkg, cudart
-    for name, m in (("tensorrt", mod), ("cuda", cuda_pkg), ("cuda.bindings", bindings_pkg),
-                    ("cuda.bindings.runtime", cudart)):
-        monkeypatch.setitem(sys.modules, name, m)
-    gpu = dict(trt_env()["gpu"])
-    monkeypatch.setattr(build, "cuda_device_info", lambda index=0: ({**gpu, "index": index}, None))
-    return mod
+@pytest.fixture(autouse=True)
+def _debug_standin(monkeypatch):
+    """The stand-in's classes extended with what a debug build touches. Autouse fixtures run before
+    the others of their scope, so test_trt_api's ``trt`` fixture (imported above, one per API
+    version) builds its stand-in ``tensorrt`` from these."""
+    monkeypatch.setattr(T, "BEHAVIOUR", dict(T.BEHAVIOUR, INetworkDefinition=_Network, OnnxParser=_Parser,
+                                             ICudaEngine=_Engine, IExecutionContext=_Context, ITensor=_Tensor,
+                                             ILayer=_Layer, EngineInspector=_Inspector))
 
 
 @pytest.fixture(scope="module")

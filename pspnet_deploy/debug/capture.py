@@ -44,6 +44,21 @@ class Source:
             raise UserError(f"{self.path}: outputs {self.card.output_kind}; layerwise comparison needs a logits model "
                             f"(re-export without --output-kind labels)")
         self.precision = self.card.precision
+        self._chunk = None  # what captures the current chunk's tensors (a session, a compiled model, ...)
+        self._chunk_keys: tuple[str, ...] | None = None
+
+    def _for_chunk(self, keys, build):
+        """The capture for this chunk of keys: ``build(keys)`` when the chunk changes, the previous
+        one released first, so one chunk's capture is held at a time."""
+        keys = tuple(keys)
+        if self._chunk_keys != keys:
+            self._release_chunk()
+            self._chunk = build(list(keys))
+            self._chunk_keys = keys
+        return self._chunk
+
+    def _release_chunk(self) -> None:
+        self._chunk, self._chunk_keys = None, None
 
     def plan(self) -> list[Layer] | None:
         """This file's own layer plan (graph backends), or None (PyTorch)."""
@@ -53,7 +68,7 @@ class Source:
         raise NotImplementedError
 
     def close(self) -> None:
-        pass
+        self._release_chunk()
 
 
 class OnnxSource(Source):
@@ -73,14 +88,12 @@ class OnnxSource(Source):
         self._plan = onnx_plan(self.model)
         attach_shapes(self._plan, self.model)
         self._types = None
-        self._sessions: dict[tuple, object] = {}
 
     def plan(self):
         return self._plan
 
-    def _session(self, keys: tuple[str, ...]):
-        if keys in self._sessions:
-            return self._sessions[keys]
+    def _session(self, keys: list[str]):
+        """A session of a copy of the graph with ``keys`` added as outputs."""
         import onnx
 
         from ..ort_session import make_session
@@ -95,21 +108,16 @@ class OnnxSource(Source):
             if k not in have:
                 m.graph.output.append(onnx.helper.make_tensor_value_info(k, self._types.get(k, onnx.TensorProto.FLOAT),
                                                                          None))
-        self._sessions.clear()  # one chunk's session at a time
-        self._sessions[keys] = make_session(m, threads=self.threads, providers=self.providers, quiet=True)
-        return self._sessions[keys]
+        return make_session(m, threads=self.threads, providers=self.providers, quiet=True)
 
     def run(self, x, keys):
-        sess = self._session(tuple(keys))
+        sess = self._for_chunk(keys, self._session)
         xb, n = _fixed_batch(x, self.batch)
         names = [self.output_name] + [k for k in keys if k != self.output_name]
         outs = sess.run(names, {self.input_name: xb.astype(np.float32, copy=False)})
         res = {k: np.asarray(v[:n], dtype=np.float32) for k, v in zip(names, outs)}
         res[OUTPUT] = res[self.output_name]
         return res
-
-    def close(self):
-        self._sessions.clear()
 
 
 class TorchSource(Source):
@@ -129,26 +137,40 @@ class TorchSource(Source):
         self.leaves = {name: m for name, m in self.model.named_modules() if name and not list(m.children())}
         self.pairing: dict[tuple[str, int], str] = {}
 
-    def count_calls(self, x: np.ndarray) -> dict[str, int]:
-        """How often each leaf module runs in one forward pass (and its output shapes)."""
-        calls: dict[str, int] = {}
-        self.shapes: dict[tuple[str, int], list] = {}
+    def _hooked_forward(self, x: np.ndarray, names, fn):
+        """One forward pass of ``x`` with ``fn(name, k, module, output)`` called after the k-th call
+        of each leaf module in ``names``; returns the model's output."""
+        counter: dict[str, int] = {}
 
         def hook(name):
-            def fn(mod, inp, out):
-                k = calls.get(name, 0)
-                calls[name] = k + 1
-                if hasattr(out, "shape"):
-                    self.shapes[(name, k)] = [1] + list(out.shape[1:])
-            return fn
+            def on_output(mod, inp, out):
+                k = counter.get(name, 0)
+                counter[name] = k + 1
+                fn(name, k, mod, out)
+            return on_output
 
-        handles = [m.register_forward_hook(hook(n)) for n, m in self.leaves.items()]
+        handles = [self.leaves[n].register_forward_hook(hook(n)) for n in names]
         try:
             with self.torch.no_grad():
-                self.model(self.torch.from_numpy(x[:1]).to(self.device))
+                return self.model(self.torch.from_numpy(np.ascontiguousarray(x)).to(self.device))
         finally:
             for h in handles:
                 h.remove()
+
+    def count_calls(self, x: np.ndarray) -> dict[str, int]:
+        """How often each leaf module runs in one forward pass (and, in ``self.shapes`` and
+        ``self.order``, its output shapes and the calls in the order they ran)."""
+        calls: dict[str, int] = {}
+        self.shapes: dict[tuple[str, int], list] = {}
+        self.order: list[tuple[str, int, str]] = []
+
+        def record(name, k, mod, out):
+            calls[name] = k + 1
+            self.order.append((name, k, type(mod).__name__))
+            if hasattr(out, "shape"):
+                self.shapes[(name, k)] = [1] + list(out.shape[1:])
+
+        self._hooked_forward(x[:1], self.leaves, record)
         return calls
 
     def use_plan(self, layers: list[Layer], x: np.ndarray) -> None:
@@ -157,23 +179,7 @@ class TorchSource(Source):
     def own_plan(self, x: np.ndarray) -> list[Layer]:
         """PyTorch against PyTorch: every leaf-module call is a layer, keyed ``module#k``."""
         calls = self.count_calls(x)
-        order = []
-        seen: dict[str, int] = {}
-
-        def hook(name):
-            def fn(mod, inp, out):
-                k = seen.get(name, 0)
-                seen[name] = k + 1
-                order.append((name, k, type(mod).__name__))
-            return fn
-
-        handles = [m.register_forward_hook(hook(n)) for n, m in self.leaves.items()]
-        try:
-            with self.torch.no_grad():
-                self.model(self.torch.from_numpy(x[:1]).to(self.device))
-        finally:
-            for h in handles:
-                h.remove()
+        order = self.order
         names = [(f"{n}#{k}" if calls[n] > 1 else n, f"{n}#{k}", op) for n, k, op in order]
         self.pairing = {(n, k): f"{n}#{k}" for n, k, _ in order}
         layers = sequential_plan(names)
@@ -185,26 +191,14 @@ class TorchSource(Source):
     def run(self, x, keys):
         want = set(keys)
         got: dict[str, np.ndarray] = {}
-        counter: dict[str, int] = {}
-        torch = self.torch
 
-        def hook(name):
-            def fn(mod, inp, out):
-                k = counter.get(name, 0)
-                counter[name] = k + 1
-                key = self.pairing.get((name, k))
-                if key in want and isinstance(out, torch.Tensor):
-                    got[key] = out.detach().float().cpu().numpy().copy()
-            return fn
+        def keep(name, k, mod, out):
+            key = self.pairing.get((name, k))
+            if key in want and isinstance(out, self.torch.Tensor):
+                got[key] = out.detach().float().cpu().numpy().copy()
 
         mods = {n for (n, _k), key in self.pairing.items() if key in want}
-        handles = [self.leaves[n].register_forward_hook(hook(n)) for n in mods]
-        try:
-            with torch.no_grad():
-                out = self.model(torch.from_numpy(np.ascontiguousarray(x)).to(self.device))
-        finally:
-            for h in handles:
-                h.remove()
+        out = self._hooked_forward(x, mods, keep)
         got[OUTPUT] = out.detach().float().cpu().numpy()
         return got
 
@@ -231,8 +225,6 @@ class OpenVINOSource(Source):
             layer.shape = row[4]
             layer.module = (_weight_module(row[5]) if row[5] else None) or layer.scope or \
                 ("upsample" if row[2] == "Interpolate" else layer.node)
-        self._compiled = None
-        self._keys = None
 
     def plan(self):
         return self._plan
@@ -240,17 +232,10 @@ class OpenVINOSource(Source):
     def run(self, x, keys):
         from ..runners.openvino_runner import capture_model
 
-        if self._keys != tuple(keys):
-            self._compiled = None
-            self._compiled = capture_model(self.path, list(keys), threads=self.threads)
-            self._keys = tuple(keys)
-        batch = self.card.fixed_batch
-        xb, n = _fixed_batch(x, batch)
-        res = self._compiled(xb)
+        compiled = self._for_chunk(keys, lambda k: capture_model(self.path, k, threads=self.threads))
+        xb, n = _fixed_batch(x, self.card.fixed_batch)
+        res = compiled(xb)
         return {k: np.asarray(v[:n], dtype=np.float32) for k, v in res.items()}
-
-    def close(self):
-        self._compiled = None
 
 
 class TensorRTSource(Source):
@@ -279,27 +264,21 @@ class TensorRTSource(Source):
         self._plan = onnx_plan(self.model)
         attach_shapes(self._plan, self.model)
         self.device = device if device.startswith("cuda") else 0
-        self._run = None
-        self._keys = None
 
     def plan(self):
         return self._plan
 
+    def _release_chunk(self) -> None:
+        if self._chunk is not None:
+            self._chunk.session.close()
+        super()._release_chunk()
+
     def run(self, x, keys):
         from ..runners.trt_runner import debug_capture
 
-        if self._keys != tuple(keys):
-            if self._run is not None:
-                self._run.session.close()
-            self._run = debug_capture(self.onnx_path, list(keys), self.device)
-            self._keys = tuple(keys)
+        capture = self._for_chunk(keys, lambda k: debug_capture(self.onnx_path, k, self.device))
         xb, n = _fixed_batch(x, self.card.fixed_batch)
-        return {k: v[:n] for k, v in self._run(xb).items()}
-
-    def close(self):
-        if self._run is not None:
-            self._run.session.close()
-            self._run = None
+        return {k: v[:n] for k, v in capture(xb).items()}
 
 
 def open_source(path: str | Path, device: str = "cpu", threads: int | None = None) -> Source:

@@ -280,29 +280,11 @@ def debug_models(reference, candidate, out_dir, data=None, split: str = "val", l
                  profile: bool = False, progress: bool = True) -> dict:
     """Compare CANDIDATE against REFERENCE layer by layer; write report.json, report.md and plots
     into ``out_dir``; return the report."""
-    from tqdm import tqdm
-
     from ..data.samples import verification_images
     from ..utils import output_dir
 
-    ref = open_source(reference, device=device, threads=threads)
-    if ref.kind not in ("torch", "onnx"):
-        raise UserError(f"{reference}: the reference must be a checkpoint (.pt) or an FP32 ONNX, got a {ref.kind} file")
-    if ref.kind == "onnx" and ref.precision != "fp32":
-        raise UserError(f"{reference}: the reference ONNX is {ref.precision}; pass the FP32 ONNX (or the checkpoint)")
-    cand = open_source(candidate, device=device, threads=threads)
-    size = tuple(cand.card.preprocessing().input_size) if cand.kind != "torch" else \
-        tuple(ref.card.preprocessing().input_size)
-    if ref.kind != "torch" and tuple(ref.card.preprocessing().input_size) != size:
-        raise UserError(f"{candidate}: input size {size[0]}x{size[1]} differs from the reference's "
-                        f"{'x'.join(map(str, ref.card.preprocessing().input_size))}; compare files of the same export")
-    if list(ref.card.classes) != list(cand.card.classes):
-        raise UserError(f"{candidate}: its classes differ from the reference's; compare files of the same model")
-    pre = ref.card.preprocessing()
-    if tuple(pre.input_size) != size:
-        from dataclasses import replace
-
-        pre = replace(pre, input_size=size)
+    ref, cand, pre = _open_pair(reference, candidate, device, threads)
+    size = tuple(pre.input_size)
     n_img = int(limit or 4) if data is not None else int(images or 2)
     x, src = verification_images(pre, data, split, n_img)
     precision = cand.precision if cand.precision in DEFAULT_TOLERANCES else "fp32"
@@ -313,75 +295,16 @@ def debug_models(reference, candidate, out_dir, data=None, split: str = "val", l
     layers = _comparable(ref, cand, x[:1])
     if len(layers) <= 1:
         raise UserError(f"{reference} and {candidate} expose no common intermediate tensors; are they the same model?")
-    budget = int(max_memory_mb * 2 ** 20)
-    chunks, total = _chunks(layers, budget)
+    chunks, memory = _memory_plan(layers, x, max_memory_mb)
     qinfo = quantizers(cand.model) if cand.kind in ("onnx", "tensorrt") else {"by_consumer": {}, "activation": {}}
-    memory = {"tensors": len(layers), "bytes_per_image_all_tensors": total, "chunks": len(chunks),
-              "budget_bytes": budget, "peak_tensor_bytes_estimate": min(total, budget) if len(chunks) == 1 else budget,
-              "images": int(x.shape[0]), "images_bytes": int(x.nbytes)}
-    # the memory it needs, always stated before the work starts (also with progress off)
-    print(f"pspnet-debug: {len(layers)} tensors on both sides, {total / 2**20:.1f} MiB per image for "
-                  f"reference + candidate; {len(chunks)} chunk(s) within {max_memory_mb:g} MiB, "
-                  f"{x.shape[0]} image(s) ({x.nbytes / 2**20:.1f} MiB), plus the two models", file=sys.stderr)
-
-    accs = {layer.tensor: _Acc() for layer in layers}
-    clip: dict[str, list[int]] = {}
-    bar = tqdm(total=len(chunks) * x.shape[0], desc="layers x images", disable=not progress, unit="run")
     try:
-        for chunk in chunks:
-            keys = [layer.tensor for layer in chunk if layer.tensor != OUTPUT]
-            for i in range(x.shape[0]):
-                xi = x[i:i + 1]
-                r_out = ref.run(xi, keys)
-                c_out = cand.run(xi, keys)
-                for layer in chunk:
-                    t = layer.tensor
-                    if t not in r_out or t not in c_out:
-                        continue
-                    accs[t].update(r_out[t], c_out[t], atol, rtol, argmax=(t == OUTPUT))
-                    if t in qinfo["activation"]:
-                        c, n = _clipped(c_out[t], qinfo["activation"][t])
-                        tot = clip.setdefault(t, [0, 0])
-                        tot[0] += c
-                        tot[1] += n
-                if chunk is chunks[0] and "input" in qinfo["activation"]:
-                    c, n = _clipped(xi, qinfo["activation"]["input"])
-                    tot = clip.setdefault("input", [0, 0])
-                    tot[0] += c
-                    tot[1] += n
-                del r_out, c_out
-                bar.update(1)
+        accs, clip = _capture(ref, cand, x, layers, chunks, qinfo, atol, rtol, progress)
     finally:
-        bar.close()
         ref.close()
-
-    rows = []
-    for idx, layer in enumerate(layers):
-        res = accs[layer.tensor].result()
-        if res["elements"] == 0:
-            continue
-        row = {"index": len(rows), "node": layer.node, "module": layer.module, "group": group_of(layer.module),
-               "tensor": layer.tensor if layer.tensor != OUTPUT else "output", "op": layer.op,
-               "inputs": ["output" if t == OUTPUT else t for t in layer.inputs]}
-        row.update(res)
-        if layer.tensor in clip and clip[layer.tensor][1]:
-            row["clipped_share"] = clip[layer.tensor][0] / clip[layer.tensor][1]
-        rows.append(row)
+    rows = _layer_rows(layers, accs, clip)
     fd = first_divergence(rows, max_outside, amplification)
     if fd is not None:
-        qs = []
-        ref_max = {r["tensor"]: r["ref_absmax"] for r in rows}
-        for q in qinfo["by_consumer"].get(fd["node"], []):
-            q = dict(q)
-            if q["kind"] == "activation":
-                t = q["tensor"]
-                if t in clip and clip[t][1]:
-                    q["clipped_share"] = clip[t][0] / clip[t][1]
-                if t in ref_max:
-                    q["reference_absmax"] = ref_max[t]
-                elif t == "input":
-                    q["reference_absmax"] = float(np.abs(x).max())
-            qs.append(q)
+        qs = _divergent_quantizers(fd, qinfo, clip, rows, x)
         if qs:
             fd["quantizers"] = qs
     out = {"format": "pspnet-deploy/debug", "version": 1,
@@ -404,6 +327,120 @@ def debug_models(reference, candidate, out_dir, data=None, split: str = "val", l
     with output_dir(out_dir) as d:
         out["files"] = write_debug_report(out, d)
     return out
+
+
+def _open_pair(reference, candidate, device: str, threads: int | None):
+    """The two capture sources, checked to be comparable, and the preprocessing at the size both run at."""
+    ref = open_source(reference, device=device, threads=threads)
+    if ref.kind not in ("torch", "onnx"):
+        raise UserError(f"{reference}: the reference must be a checkpoint (.pt) or an FP32 ONNX, got a {ref.kind} file")
+    if ref.kind == "onnx" and ref.precision != "fp32":
+        raise UserError(f"{reference}: the reference ONNX is {ref.precision}; pass the FP32 ONNX (or the checkpoint)")
+    cand = open_source(candidate, device=device, threads=threads)
+    size = tuple(cand.card.preprocessing().input_size) if cand.kind != "torch" else \
+        tuple(ref.card.preprocessing().input_size)
+    if ref.kind != "torch" and tuple(ref.card.preprocessing().input_size) != size:
+        raise UserError(f"{candidate}: input size {size[0]}x{size[1]} differs from the reference's "
+                        f"{'x'.join(map(str, ref.card.preprocessing().input_size))}; compare files of the same export")
+    if list(ref.card.classes) != list(cand.card.classes):
+        raise UserError(f"{candidate}: its classes differ from the reference's; compare files of the same model")
+    pre = ref.card.preprocessing()
+    if tuple(pre.input_size) != size:
+        from dataclasses import replace
+
+        pre = replace(pre, input_size=size)
+    return ref, cand, pre
+
+
+def _memory_plan(layers: list[Layer], x: np.ndarray, max_memory_mb: float) -> tuple[list[list[Layer]], dict]:
+    """The chunks of layers captured together within the memory budget, and the memory record;
+    says on stderr what it needs before the work starts (also with progress off)."""
+    budget = int(max_memory_mb * 2 ** 20)
+    chunks, total = _chunks(layers, budget)
+    memory = {"tensors": len(layers), "bytes_per_image_all_tensors": total, "chunks": len(chunks),
+              "budget_bytes": budget, "peak_tensor_bytes_estimate": min(total, budget) if len(chunks) == 1 else budget,
+              "images": int(x.shape[0]), "images_bytes": int(x.nbytes)}
+    print(f"pspnet-debug: {len(layers)} tensors on both sides, {total / 2**20:.1f} MiB per image for "
+          f"reference + candidate; {len(chunks)} chunk(s) within {max_memory_mb:g} MiB, "
+          f"{x.shape[0]} image(s) ({x.nbytes / 2**20:.1f} MiB), plus the two models", file=sys.stderr)
+    return chunks, memory
+
+
+def _add_clipped(clip: dict[str, list[int]], key: str, values: np.ndarray, q: dict) -> None:
+    c, n = _clipped(values, q)
+    tot = clip.setdefault(key, [0, 0])
+    tot[0] += c
+    tot[1] += n
+
+
+def _capture(ref, cand, x: np.ndarray, layers: list[Layer], chunks: list[list[Layer]], qinfo: dict, atol: float, rtol: float,
+             progress: bool) -> tuple[dict[str, _Acc], dict[str, list[int]]]:
+    """Run both sides chunk by chunk, image by image, folding each captured tensor into its layer's
+    running metrics (and, for a Q/DQ candidate, counting what each activation quantizer clips);
+    only one chunk's tensors of one image are held at a time."""
+    from tqdm import tqdm
+
+    accs = {layer.tensor: _Acc() for layer in layers}
+    clip: dict[str, list[int]] = {}
+    bar = tqdm(total=len(chunks) * x.shape[0], desc="layers x images", disable=not progress, unit="run")
+    try:
+        for chunk in chunks:
+            keys = [layer.tensor for layer in chunk if layer.tensor != OUTPUT]
+            for i in range(x.shape[0]):
+                xi = x[i:i + 1]
+                r_out = ref.run(xi, keys)
+                c_out = cand.run(xi, keys)
+                for layer in chunk:
+                    t = layer.tensor
+                    if t not in r_out or t not in c_out:
+                        continue
+                    accs[t].update(r_out[t], c_out[t], atol, rtol, argmax=(t == OUTPUT))
+                    if t in qinfo["activation"]:
+                        _add_clipped(clip, t, c_out[t], qinfo["activation"][t])
+                if chunk is chunks[0] and "input" in qinfo["activation"]:
+                    _add_clipped(clip, "input", xi, qinfo["activation"]["input"])
+                del r_out, c_out
+                bar.update(1)
+    finally:
+        bar.close()
+    return accs, clip
+
+
+def _layer_rows(layers: list[Layer], accs: dict[str, _Acc], clip: dict[str, list[int]]) -> list[dict]:
+    """One report row per compared layer, in network order (layers with nothing compared left out)."""
+    rows = []
+    for layer in layers:
+        res = accs[layer.tensor].result()
+        if res["elements"] == 0:
+            continue
+        row = {"index": len(rows), "node": layer.node, "module": layer.module, "group": group_of(layer.module),
+               "tensor": layer.tensor if layer.tensor != OUTPUT else "output", "op": layer.op,
+               "inputs": ["output" if t == OUTPUT else t for t in layer.inputs]}
+        row.update(res)
+        if layer.tensor in clip and clip[layer.tensor][1]:
+            row["clipped_share"] = clip[layer.tensor][0] / clip[layer.tensor][1]
+        rows.append(row)
+    return rows
+
+
+def _divergent_quantizers(fd: dict, qinfo: dict, clip: dict[str, list[int]], rows: list[dict],
+                          x: np.ndarray) -> list[dict]:
+    """The quantizers feeding the divergent layer, each with the share it clipped and the range the
+    reference tensor really had."""
+    qs = []
+    ref_max = {r["tensor"]: r["ref_absmax"] for r in rows}
+    for q in qinfo["by_consumer"].get(fd["node"], []):
+        q = dict(q)
+        if q["kind"] == "activation":
+            t = q["tensor"]
+            if t in clip and clip[t][1]:
+                q["clipped_share"] = clip[t][0] / clip[t][1]
+            if t in ref_max:
+                q["reference_absmax"] = ref_max[t]
+            elif t == "input":
+                q["reference_absmax"] = float(np.abs(x).max())
+        qs.append(q)
+    return qs
 
 
 def group_summary(rows: list[dict]) -> list[dict]:

@@ -52,13 +52,18 @@ def _layer_group(node: str, tensor_node: dict | None = None) -> str:
     """The module group of a profiled layer. Nodes without a module scope that a Q/DQ pair, a cast
     or a layout change added (``relu_9_QuantizeLinear``, ``relu_9_DequantizeLinear/duplicated``,
     ``max_pool2d_nchwc``) belong to the group of the layer whose tensor they convert
-    (``tensor_node``: tensor name -> node name of the plan)."""
+    (``tensor_node``: tensor name -> node name of the plan), as do the kernels ONNX Runtime names
+    after an inserted cast (``InsertedPrecisionFreeCast_relu_21_nchwc``: the fused Conv writing
+    ``relu_21``)."""
     import re
 
     scope = node_scope(node) if "/" in node else node
     g = group_of(scope)
     if g == "other" and tensor_node:
-        hit = re.match(r"^(.+?)_(QuantizeLinear|DequantizeLinear|cast|Cast|q|dq|nchwc)(?:$|_)", node.split("/")[0])
+        # ONNX Runtime's CPU cast insertion (FP16 graphs) names a fused kernel after the tensor it writes:
+        # InsertedPrecisionFreeCast_relu_21_nchwc is the Conv(+Relu) that produces relu_21
+        base = node.split("/")[0].removeprefix("InsertedPrecisionFreeCast_")
+        hit = re.match(r"^(.+?)_(QuantizeLinear|DequantizeLinear|cast|Cast|q|dq|nchwc)(?:$|_)", base)
         if hit:
             if hit.group(1) == "input":
                 return "stem"

@@ -12,6 +12,7 @@ Anything that is not a PSPNet of a supported layout fails with one line and writ
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -200,6 +201,74 @@ def _no_config(where: str, found: str, assume: str | None) -> None:
                         f"weights are in {found}'s layout; use --assume-defaults {want}")
 
 
+@dataclass
+class _Source:
+    """What a source checkpoint (and its config) says: the PSPNet options, the renamed weights, the
+    preprocessing, where the description came from, and the dataset facts it gives."""
+    conf: dict
+    mapped: dict
+    pre: dict
+    cfg_from: str
+    ignore_index: int = IGNORE_INDEX
+    dataset_type: str | None = None
+    test_time: dict | None = None
+
+
+def _read_mmseg(src: Path, state: dict, meta: dict, config, assume_defaults, info: dict, notes: list[str]) -> _Source:
+    where = str(src)
+    embedded, emb_from = _embedded_config(meta, where)
+    if embedded is not None and assume_defaults is not None:
+        raise UserError(f"{where}: --assume-defaults given, but the checkpoint carries its config "
+                        f"({emb_from}); omit --assume-defaults")
+    cfg, cfg_from = (read_config_file(config), str(config)) if config else (embedded, emb_from)
+    ignore_index, dataset_type, test_time = IGNORE_INDEX, None, None
+    if cfg is not None:
+        conf, facts = mm.model_config_from_mmseg(cfg, cfg_from)
+        if config and embedded is not None:
+            own, _ = mm.model_config_from_mmseg(embedded, f"{where} {emb_from}")
+            diff = _first_disagreement((own, mm.preprocess_from_mmseg(embedded)[0]),
+                                       (conf, mm.preprocess_from_mmseg(cfg)[0]))
+            if diff:
+                raise UserError(f"{config}: disagrees with the config embedded in {src.name}: {diff}; omit "
+                                f"--config (the embedded config describes these weights) or give the right one")
+            cfg_from = f"{config} (agrees with the embedded config)"
+        info["mmseg_test_cfg"] = facts.get("test_cfg")
+        test_time, tt_notes = mm.test_time_from_mmseg(cfg)
+        notes += tt_notes
+        ignore_index = int(get(cfg, "model.decode_head.ignore_index", IGNORE_INDEX))
+        dataset_type = get(cfg, "dataset_type") if isinstance(get(cfg, "dataset_type"), str) else None
+    else:
+        _no_config(where, "mmseg", assume_defaults)
+        conf, assumed = mm.infer_model_config(state, where)
+        notes += [f"assumed {a} (--assume-defaults {assume_defaults})" for a in assumed]
+        cfg_from = f"the weights' shapes and --assume-defaults {assume_defaults}"
+        info["assumed_defaults"] = {"name": assume_defaults, "what": ASSUME_DEFAULTS[assume_defaults][1]}
+    mapped = mm.map_keys(state, where)
+    pre, assumed = mm.preprocess_from_mmseg(cfg)
+    notes += [f"assumed {a}" for a in assumed]
+    info["mmseg_version"] = meta.get("mmseg_version") or meta.get("mmengine_version") or meta.get("mmcv_version")
+    return _Source(conf, mapped, pre, cfg_from, ignore_index, dataset_type, test_time)
+
+
+def _read_semseg(src: Path, state: dict, found: str, config, assume_defaults, info: dict, notes: list[str]) -> _Source:
+    where = str(src)
+    if not config:
+        _no_config(where, found, assume_defaults)
+        info["assumed_defaults"] = {"name": assume_defaults, "what": ASSUME_DEFAULTS[assume_defaults][1]}
+    opts = ss.read_semseg_yaml(config) if config else {}
+    cfg_from = str(config) if config else "the weights' shapes and --assume-defaults semseg (semseg's fixed design)"
+    conf, assumed = ss.model_config_from_semseg(state, where, opts)
+    notes += [f"assumed {a}" for a in assumed]
+    mapped = ss.map_keys(state, where)
+    pre, assumed = ss.preprocess_from_semseg(opts)
+    notes += [f"assumed {a}" for a in assumed]
+    test_time = ss.test_time_from_semseg(opts)
+    if test_time is None:
+        notes.append("no test-time procedure recorded (the semseg YAML gives no base_size / test_h / test_w)")
+    return _Source(conf, mapped, pre, cfg_from, int(opts.get("ignore_label", IGNORE_INDEX)),
+                   ss.dataset_type_from_semseg(opts), test_time)
+
+
 def convert_checkpoint(src: str | Path, out: str | Path, source: str | None = None, config: str | Path | None = None,
                        input_size: tuple[int, int] | None = None, assume_defaults: str | None = None) -> dict:
     """Convert ``src`` to a pspnet-deploy checkpoint at ``out``; returns a summary dict.
@@ -222,67 +291,19 @@ def convert_checkpoint(src: str | Path, out: str | Path, source: str | None = No
     found = detect_source(state, where, source)
     notes: list[str] = []
     info: dict = {"source": found, "file": src.name, "sha256": sha256_file(src)}
-    ignore_index = IGNORE_INDEX
-    dataset_name = None
-    dataset_type = None
-    test_time = None
     if found == "mmseg":
-        embedded, emb_from = _embedded_config(meta, where)
-        if embedded is not None and assume_defaults is not None:
-            raise UserError(f"{where}: --assume-defaults given, but the checkpoint carries its config "
-                            f"({emb_from}); omit --assume-defaults")
-        cfg, cfg_from = (read_config_file(config), str(config)) if config else (embedded, emb_from)
-        if cfg is not None:
-            conf, facts = mm.model_config_from_mmseg(cfg, cfg_from)
-            if config and embedded is not None:
-                own, _ = mm.model_config_from_mmseg(embedded, f"{where} {emb_from}")
-                diff = _first_disagreement((own, mm.preprocess_from_mmseg(embedded)[0]),
-                                           (conf, mm.preprocess_from_mmseg(cfg)[0]))
-                if diff:
-                    raise UserError(f"{config}: disagrees with the config embedded in {src.name}: {diff}; omit "
-                                    f"--config (the embedded config describes these weights) or give the right one")
-                cfg_from = f"{config} (agrees with the embedded config)"
-            info["mmseg_test_cfg"] = facts.get("test_cfg")
-            test_time, tt_notes = mm.test_time_from_mmseg(cfg)
-            notes += tt_notes
-            ignore_index = int(get(cfg, "model.decode_head.ignore_index", IGNORE_INDEX))
-            dataset_type = get(cfg, "dataset_type") if isinstance(get(cfg, "dataset_type"), str) else None
-            dataset_name = dataset_type
-        else:
-            _no_config(where, found, assume_defaults)
-            conf, assumed = mm.infer_model_config(state, where)
-            notes += [f"assumed {a} (--assume-defaults {assume_defaults})" for a in assumed]
-            cfg_from = f"the weights' shapes and --assume-defaults {assume_defaults}"
-            info["assumed_defaults"] = {"name": assume_defaults, "what": ASSUME_DEFAULTS[assume_defaults][1]}
-        mapped = mm.map_keys(state, where)
-        pre, assumed = mm.preprocess_from_mmseg(cfg)
-        notes += [f"assumed {a}" for a in assumed]
-        info["mmseg_version"] = meta.get("mmseg_version") or meta.get("mmengine_version") or meta.get("mmcv_version")
+        s = _read_mmseg(src, state, meta, config, assume_defaults, info, notes)
     else:
-        if not config:
-            _no_config(where, found, assume_defaults)
-            info["assumed_defaults"] = {"name": assume_defaults, "what": ASSUME_DEFAULTS[assume_defaults][1]}
-        opts = ss.read_semseg_yaml(config) if config else {}
-        cfg_from = str(config) if config else "the weights' shapes and --assume-defaults semseg (semseg's fixed design)"
-        conf, assumed = ss.model_config_from_semseg(state, where, opts)
-        notes += [f"assumed {a}" for a in assumed]
-        mapped = ss.map_keys(state, where)
-        pre, assumed = ss.preprocess_from_semseg(opts)
-        notes += [f"assumed {a}" for a in assumed]
-        ignore_index = int(opts.get("ignore_label", IGNORE_INDEX))
-        dataset_type = ss.dataset_type_from_semseg(opts)
-        dataset_name = dataset_type
-        test_time = ss.test_time_from_semseg(opts)
-        if test_time is None:
-            notes.append("no test-time procedure recorded (the semseg YAML gives no base_size / test_h / test_w)")
-    has_aux = any(k.startswith("aux_head.") for k in mapped)
+        s = _read_semseg(src, state, found, config, assume_defaults, info, notes)
+    conf, pre = s.conf, s.pre
+    has_aux = any(k.startswith("aux_head.") for k in s.mapped)
     if not has_aux:
         conf.pop("aux_channels", None)
     try:
         model = PSPNet(aux=has_aux, **conf)
     except (ValueError, TypeError) as e:
         raise UserError(f"{where}: architecture not supported ({e})") from e
-    _load_strict(model, mapped, where, f"PSPNet described by {cfg_from}")
+    _load_strict(model, s.mapped, where, f"PSPNet described by {s.cfg_from}")
     model.eval()
     if input_size is not None:
         pre["input_size"] = [int(input_size[0]), int(input_size[1])]
@@ -294,15 +315,15 @@ def convert_checkpoint(src: str | Path, out: str | Path, source: str | None = No
                         f"{conf['bins']} at output stride {model.config['output_stride']}: at least {need} per side")
     preprocess = Preprocess(input_size=tuple(pre["input_size"]), mean=tuple(pre["mean"]), std=tuple(pre["std"]),
                             channel_order=pre["channel_order"])
-    classes, palette = _classes_palette(meta, conf["num_classes"], notes, dataset_type)
-    info.update(config=cfg_from, notes=notes)
-    out_meta = {"classes": classes, "palette": palette, "ignore_index": ignore_index,
+    classes, palette = _classes_palette(meta, conf["num_classes"], notes, s.dataset_type)
+    info.update(config=s.cfg_from, notes=notes)
+    out_meta = {"classes": classes, "palette": palette, "ignore_index": s.ignore_index,
                 "preprocess": preprocess.to_dict(),
-                "dataset": {"name": dataset_name or f"{found} (converted)", "path": None},
+                "dataset": {"name": s.dataset_type or f"{found} (converted)", "path": None},
                 "converted_from": info, "versions": versions()}
-    if test_time is not None:
-        out_meta["test_time"] = test_time
+    if s.test_time is not None:
+        out_meta["test_time"] = s.test_time
     save_checkpoint(out, model, out_meta)
-    return {"path": str(out), "source": found, "config": cfg_from, "model": model.config,
+    return {"path": str(out), "source": found, "config": s.cfg_from, "model": model.config,
             "num_classes": conf["num_classes"], "input_size": pre["input_size"], "channel_order": pre["channel_order"],
             "aux_head": has_aux, "notes": notes}

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .resnet import first_block_dilation, projection_shortcut, three_conv_stem
+
 __all__ = ["ResNeSt", "resnest", "RESNEST_LAYERS"]
 
 RESNEST_LAYERS = {"resnest50": (3, 4, 6, 3), "resnest101": (3, 4, 23, 3), "resnest152": (3, 8, 36, 3),
@@ -100,11 +102,7 @@ class ResNeSt(nn.Module):
         for s in strides:
             self.output_stride *= s
         a = self.stem_channels // 2
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, a, 3, 2, 1, bias=False), nn.BatchNorm2d(a), nn.ReLU(inplace=True),
-            nn.Conv2d(a, a, 3, 1, 1, bias=False), nn.BatchNorm2d(a), nn.ReLU(inplace=True),
-            nn.Conv2d(a, self.stem_channels, 3, 1, 1, bias=False), nn.BatchNorm2d(self.stem_channels),
-            nn.ReLU(inplace=True))
+        self.stem = three_conv_stem(a, a, self.stem_channels)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         inplanes = self.stem_channels
         for i, blocks in enumerate(layers):
@@ -112,10 +110,8 @@ class ResNeSt(nn.Module):
             stride, dil = strides[i], dilations[i]
             down = None
             if stride != 1 or inplanes != planes * 4:
-                parts = [nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False),  # 1x1 (identity) at stride 1
-                         nn.Conv2d(inplanes, planes * 4, 1, bias=False), nn.BatchNorm2d(planes * 4)]
-                down = nn.Sequential(*parts)
-            first = dil // 2 if (dil > 1 and self.contract_dilation) else dil
+                down = projection_shortcut(inplanes, planes * 4, stride, avg_down=True)
+            first = first_block_dilation(dil, self.contract_dilation)
             mods = [Bottleneck(inplanes, planes, stride, first, down, self.radix, self.reduction_factor,
                                self.avg_down_stride)]
             inplanes = planes * 4

@@ -105,6 +105,33 @@ def stage_layout(output_stride: int = 8, strides=None, dilations=None) -> tuple[
     return st, dl, os_
 
 
+def three_conv_stem(a: int, b: int, c: int) -> nn.Sequential:
+    """Three 3x3 conv-BN-ReLU, the first with stride 2 (keys ``stem.{0,1,3,4,6,7}``): the PSPNet
+    author's stem and mmseg's ResNetV1c/V1d/ResNeSt stem."""
+    return nn.Sequential(
+        nn.Conv2d(3, a, 3, 2, 1, bias=False), nn.BatchNorm2d(a), nn.ReLU(inplace=True),
+        nn.Conv2d(a, b, 3, 1, 1, bias=False), nn.BatchNorm2d(b), nn.ReLU(inplace=True),
+        nn.Conv2d(b, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+    )
+
+
+def projection_shortcut(inplanes: int, outplanes: int, stride: int, avg_down: bool = False) -> nn.Sequential:
+    """The downsample branch of a stage's first block: a 1x1 conv with the stride and BN (keys
+    ``downsample.0/.1``); with ``avg_down`` (mmseg's ResNetV1d / ResNeSt) an
+    ``AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False)`` does the striding (an
+    identity at stride 1) and the conv runs at stride 1 (keys ``downsample.1/.2``)."""
+    if avg_down:
+        return nn.Sequential(nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False),
+                             nn.Conv2d(inplanes, outplanes, 1, bias=False), nn.BatchNorm2d(outplanes))
+    return nn.Sequential(nn.Conv2d(inplanes, outplanes, 1, stride, bias=False), nn.BatchNorm2d(outplanes))
+
+
+def first_block_dilation(dilation: int, contract_dilation: bool) -> int:
+    """contract_dilation: the first block of a dilated stage uses half the dilation (mmseg's
+    contract_dilation=True); without it every block gets the full dilation (semseg)."""
+    return dilation // 2 if (dilation > 1 and contract_dilation) else dilation
+
+
 class ResNet(nn.Module):
     """ResNet trunk returning (layer3, layer4) features.
 
@@ -130,12 +157,7 @@ class ResNet(nn.Module):
         self.contract_dilation = bool(contract_dilation)
         self.basic_conv2_dilated = bool(basic_conv2_dilated)
         if self.deep_stem:
-            a, b, c = stem_channels
-            self.stem = nn.Sequential(
-                nn.Conv2d(3, a, 3, 2, 1, bias=False), nn.BatchNorm2d(a), nn.ReLU(inplace=True),
-                nn.Conv2d(a, b, 3, 1, 1, bias=False), nn.BatchNorm2d(b), nn.ReLU(inplace=True),
-                nn.Conv2d(b, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
-            )
+            self.stem = three_conv_stem(*stem_channels)
         else:
             (c,) = stem_channels
             self.stem = nn.Sequential(
@@ -165,13 +187,8 @@ class ResNet(nn.Module):
     def _make_layer(self, block, planes: int, blocks: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
-            downsample = nn.Sequential(
-                nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
-                nn.BatchNorm2d(planes * block.expansion),
-            )
-        # contract_dilation: the first block of a dilated stage uses half the dilation (mmseg's
-        # contract_dilation=True); without it every block gets the full dilation (semseg)
-        first_dilation = dilation // 2 if (dilation > 1 and self.contract_dilation) else dilation
+            downsample = projection_shortcut(self.inplanes, planes * block.expansion, stride)
+        first_dilation = first_block_dilation(dilation, self.contract_dilation)
         c2 = self.basic_conv2_dilated
         layers = [block(self.inplanes, planes, stride, first_dilation, downsample, conv2_dilated=c2)]
         self.inplanes = planes * block.expansion
