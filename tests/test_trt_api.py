@@ -1102,3 +1102,44 @@ def test_an_engine_from_another_version_is_refused_before_tensorrt(trt, onnx_b1,
     with pytest.raises(UserError, match=rf"built with TensorRT {trt.__version__} but this is TensorRT {other}.*"
                                         rf"rebuild here: pspnet-build-engine .*tiny.fp32.onnx --engine .* --opt-level 1"):
         load_runner(sc["engine"]["path"])
+
+
+def import_circles(prefixes: tuple[str, ...]) -> list[list[str]]:
+    """Import circles (module level and inside functions, as tests/test_layering.py reads imports)
+    among the pspnet_deploy modules whose dotted name starts with one of ``prefixes``."""
+    from test_layering import _modules, imports
+
+    mods = {m: p for m, p in _modules() if m.startswith(prefixes)}
+    graph = {}
+    for m, path in mods.items():
+        deps = set()
+        for name, _ in imports(path):
+            name = name[len("pspnet_deploy."):] if name.startswith("pspnet_deploy.") else name
+            while name not in mods and "." in name:  # from .x import y: y may be a name in module x
+                name = name.rsplit(".", 1)[0]
+            if name in mods and name != m:
+                deps.add(name)
+        graph[m] = deps
+
+    def reach(start):
+        seen, todo = set(), [start]
+        while todo:
+            for d in graph[todo.pop()]:
+                if d not in seen:
+                    seen.add(d)
+                    todo.append(d)
+        return seen
+    closure = {m: reach(m) for m in graph}
+    circles = {tuple(sorted(m2 for m2 in closure[m] if m in closure[m2])) for m in graph if m in closure[m]}
+    return sorted(list(c) for c in circles)
+
+
+def test_the_engine_package_has_no_import_circle():
+    """engine.build and engine.sidecar imported each other (issue 21): the build imports the
+    sidecar, never the other way round, and no circle runs through the engine package or the
+    runners. Checked on the import graph, so a function-level import counts too."""
+    assert import_circles(("engine", "runners")) == []
+    from test_layering import imports
+
+    names = {m.removeprefix("pspnet_deploy.") for m, _ in imports(ROOT / "pspnet_deploy" / "engine" / "sidecar.py")}
+    assert "engine.sidecar" not in names and "engine.plan" in names and "engine.build" not in names
