@@ -158,14 +158,16 @@ def test_fp16_and_int8_dynamic_engines(trt, dyn_variants, tmp_path, rng, precisi
 
 
 def test_profiles_are_checked_before_any_work(dyn_onnx, onnx_b1, tmp_path):
-    """A profile outside the export's bounds, a malformed one, or --profiles on a fixed-size ONNX:
+    """A profile outside the export's bounds, a malformed one, --profiles or --contexts on a fixed-size ONNX:
     exit 2, one line, nothing written (no TensorRT needed to refuse)."""
     src = _copy(dyn_onnx, tmp_path)
     cases = [(src, ["--profiles", "40x40:64x96:256x320"], "reaches outside the bounds the model was exported for "
                                                           "(48x48 .. 256x320)"),
              (src, ["--profiles", "64x96:48x48:256x320"], "min <= opt <= max"),
              (src, ["--profiles", "64-96"], "is not MIN:OPT:MAX"),
-             (onnx_b1, ["--profiles", "64x96"], "--profiles needs a dynamic-shape ONNX")]
+             (onnx_b1, ["--profiles", "64x96"], "--profiles needs a dynamic-shape ONNX"),
+             (onnx_b1, ["--contexts", "2"], "--contexts is for engines with dynamic inputs"),
+             (src, ["--contexts", "0"], "--contexts must be 1..64")]
     for onnx, args, msg in cases:
         r = run_cli("pspnet_deploy.cli.build_engine", onnx, "--engine", tmp_path / "x.engine", *args)
         lines = r.stderr.strip().splitlines()
@@ -252,3 +254,54 @@ def test_export_refuses_uint8_with_dynamic_shape(tiny_checkpoint, tmp_path):
     assert r.returncode == 2 and len(lines) == 1, r.stderr
     assert lines[0].startswith("pspnet-export: error: --dynamic-shape with --input-kind uint8 is not supported")
     assert not out.exists()
+
+
+def test_concurrent_contexts_of_a_dynamic_engine_get_profiles_of_their_own(trt, dyn_onnx, tmp_path, rng):
+    """TensorRT wants execution contexts that run at once on an engine with dynamic inputs each on
+    profiles of its own: --contexts N builds every size class N times (recorded), context s uses
+    set s only (its profile choice, switches and refusals stay inside its set), and asking for more
+    requests in flight than the engine has sets is refused in one line with the rebuild command."""
+    from pspnet_deploy.errors import UserError
+    from pspnet_deploy.runners import load_runner
+
+    src = _copy(dyn_onnx, tmp_path)
+    sc = _build(src, tmp_path / "dyn.fp32.engine", "--profiles", PROFILES[0], PROFILES[2], "--batch", "1", "1", "1",
+                "--contexts", "3")
+    assert sc["tensorrt"]["profile_sets"] == 3 and len(sc["io"]["profiles"]) == 6
+    assert [p["max"][2:] for p in sc["io"]["profiles"]] == [[128, 160], [256, 320]] * 3
+    assert "--contexts 3" in sc["build"]["command"] and sc["build"]["command"].count("--profiles") == 1
+    with load_runner(src, threads=THREADS) as ref, load_runner(sc["engine"]["path"]) as eng:
+        workers, how = eng.request_workers(_x(rng, 97, 131), 3)
+        lanes = [eng.session, *eng._lanes]
+        assert [s.profile_set for s in lanes] == [0, 1, 2]
+        for lane_index, lane in enumerate(lanes):
+            for (h, w), klass in (((200, 300), 1), ((64, 96), 0)):
+                x = _x(rng, h, w)
+                np.testing.assert_array_equal(lane.run(x), ref.infer(x))
+                assert lane.context.active_optimization_profile == 2 * lane_index + klass
+            assert {i for i, _ in lane.context._switches} <= {2 * lane_index, 2 * lane_index + 1}
+            with pytest.raises(UserError, match="outside every optimisation profile"):
+                lane.run(_x(rng, 250, 100))
+        want = ref.infer(_x(np.random.default_rng(5), 97, 131))
+        x = _x(np.random.default_rng(5), 97, 131)
+        workers, _ = eng.request_workers(x, 3)
+        results = [None] * 3
+        threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, workers[i]())) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for y in results:
+            np.testing.assert_array_equal(y, want)
+        with pytest.raises(UserError) as e:
+            eng.request_workers(x, 4)
+        msg = str(e.value)
+        assert "\n" not in msg and "4 requests in flight need 4 execution contexts" in msg
+        assert "the engine has profiles for 3; rebuild it with --contexts 4: pspnet-build-engine " in msg
+        assert msg.endswith("--contexts 4") or "--contexts 4 " in msg.split("rebuild it with")[1]
+    single = _build(src, tmp_path / "one.fp32.engine")
+    with load_runner(single["engine"]["path"]) as eng:
+        with pytest.raises(UserError, match="has profiles for 1; rebuild it with --contexts 2"):
+            eng.request_workers(_x(rng, 97, 131), 2)
+    cuda = sys.modules["cuda.bindings.runtime"]
+    assert not cuda.live and not cuda.events

@@ -56,6 +56,10 @@ def build_parser():
                         "bounds, e.g. 48x48:240x320:256x320 360x480; the runner picks, per input, the tightest "
                         "profile that covers it (default: one profile --min-size:--input-size:--max-size of the "
                         "export)")
+    p.add_argument("--contexts", type=int, default=1, metavar="N",
+                   help="an ONNX with dynamic inputs: build every optimisation profile N times, so N execution "
+                        "contexts (pspnet-bench --concurrency N) each run on profiles of their own, as TensorRT "
+                        "requires for contexts running at once")
     p.add_argument("--static-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                    help="--backend openvino, a dynamic-shape ONNX: fix the IR's input at H x W (faster; default: "
                         "H and W bounded by the export's --min-size/--max-size)")
@@ -74,7 +78,7 @@ def options_from_args(a):
 
     return BuildOptions(precision="fp16" if a.fp16 else "int8" if a.int8 else None, workspace_gb=a.workspace,
                         opt_level=a.opt_level, timing_cache=a.timing_cache,
-                        batch=tuple(a.batch) if a.batch else None, profiles=a.profiles,
+                        batch=tuple(a.batch) if a.batch else None, profiles=a.profiles, contexts=a.contexts,
                         version_compatible=a.version_compatible,
                         hardware_compatible=a.hardware_compatible, legacy_fp16_flag=a.legacy_fp16_flag,
                         device=a.device, calib_data=a.calib_data, calib_split=a.calib_split,
@@ -103,11 +107,14 @@ def effective_options(a, plan=None) -> dict:
         from ..engine.plan import format_profile, spatial_axes
 
         hw = spatial_axes(plan.card)  # every profile's sizes, as --profiles spells them (the default included)
-        values["profiles"] = [format_profile([(s[hw[0]], s[hw[1]]) for s in p]) for p in plan.profiles]
+        classes = plan.profiles[:len(plan.profiles) // plan.profile_sets]
+        values["profiles"] = [format_profile([(s[hw[0]], s[hw[1]]) for s in p]) for p in classes]
     if values.get("calib_images") is None and values.get("calib_data") and plan.convert:
         values["calib_images"] = default_calibration_images(plan.convert)
     if not plan.convert:
         values.update(dict.fromkeys(CONVERSION_ONLY))
+    if not getattr(plan, "profiles", None):
+        values["contexts"] = None  # profile copies: only an engine with dynamic inputs has profiles
     if values.get("backend") == "openvino":
         values["device"] = None  # an IR is built for CPUs; --device names a GPU
     return values
@@ -217,7 +224,7 @@ def main_openvino(a, parser) -> int:
         raise UserError("--fp16 is a TensorRT precision; OpenVINO on CPUs uses --bf16 (or FP32 / --int8)")
     trt_only = [f for f, on in (("--legacy-fp16-flag", a.legacy_fp16_flag), ("--workspace", a.workspace is not None),
                                 ("--opt-level", a.opt_level is not None), ("--timing-cache", a.timing_cache),
-                                ("--batch", a.batch), ("--profiles", a.profiles),
+                                ("--batch", a.batch), ("--profiles", a.profiles), ("--contexts", a.contexts != 1),
                                 ("--version-compatible", a.version_compatible),
                                 ("--hardware-compatible", a.hardware_compatible)) if on]
     if trt_only:

@@ -290,7 +290,9 @@ def build_engine(onnx_path: str | Path | BuildPlan, engine_path: str | Path | No
                            "preprocessing")
     log(f"building {plan.precision.upper()} engine {plan.engine_path} from {plan.build_onnx} with TensorRT "
         f"{env['tensorrt']} on {env['gpu']['name']} (cuda:{env['device_index']})"
-        + (f", optimisation profiles {profiles_text(plan.profiles)}" if plan.profiles else ""))
+        + (f", optimisation profiles {profiles_text(plan.profiles[:len(plan.profiles) // plan.profile_sets])}"
+           + (f" (x{plan.profile_sets}, one set per execution context)" if plan.profile_sets > 1 else "")
+           if plan.profiles else ""))
     t0 = time.perf_counter()
     data, io, cache_out, extra = _trt_build(plan, opts, env)
     seconds = time.perf_counter() - t0

@@ -50,6 +50,9 @@ class BuildOptions:
     #: a dynamic-shape ONNX: one optimisation profile per size class, ((min H, W), (opt H, W), (max H, W)) each;
     #: None: one profile from the export's --min-size / --input-size / --max-size
     profiles: list | None = None
+    #: execution contexts that may run at once on an engine with dynamic inputs: TensorRT wants each
+    #: concurrently running context on a profile of its own, so every profile is built this many times
+    contexts: int = 1
     version_compatible: bool = False
     hardware_compatible: bool = False  # HardwareCompatibilityLevel.AMPERE_PLUS
     legacy_fp16_flag: bool = False  # TensorRT 10 only: weakly typed network + BuilderFlag.FP16
@@ -92,6 +95,8 @@ class BuildOptions:
             self.profiles = [parse_profile(p) if isinstance(p, str) else _profile_tuple(p) for p in self.profiles]
             if not self.profiles:
                 raise UserError("--profiles needs at least one MIN:OPT:MAX (or HxW)")
+        if not 1 <= int(self.contexts) <= 64:
+            raise UserError(f"--contexts must be 1..64, got {self.contexts}")
         if self.legacy_fp16_flag and self.precision != "fp16":
             raise UserError("--legacy-fp16-flag goes with --fp16 (it builds the FP32 ONNX with TensorRT 10's FP16 flag)")
         check_calibration_options(self, ("int8", "fp16"))
@@ -177,8 +182,11 @@ class BuildPlan:
     profile: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None  # the first of ``profiles``
     engine_path: Path
     card: ModelCard | None = None  # of build_onnx (the source's until a variant is written)
-    #: every optimisation profile (min, opt, max input shapes), in index order; [] for a static input
+    #: every optimisation profile (min, opt, max input shapes), in index order; [] for a static input.
+    #: ``profile_sets`` copies of the size classes: profile ``s * k + c`` is class ``c`` of set ``s``
+    #: (k classes), the set execution context ``s`` runs on
     profiles: list = field(default_factory=list)
+    profile_sets: int = 1
 
     @property
     def sidecar_path(self) -> Path:
@@ -229,6 +237,9 @@ def plan_build(onnx_path: str | Path, opts: BuildOptions, engine_path: str | Pat
     if len(shape) != 4:
         raise UserError(f"{src}: input {inp['name']} has shape {shape}; expected N x 3 x H x W")
     profiles = plan_profiles(src, card, inp, opts)
+    if opts.contexts > 1 and not profiles:
+        raise UserError(f"{src} has a fixed input shape {shape}; --contexts is for engines with dynamic inputs (any "
+                        f"number of contexts runs a static engine at once): drop it")
     if engine_path is None:
         engine_path = default_engine_path(src, want)
     engine_path = Path(engine_path)
@@ -239,7 +250,9 @@ def plan_build(onnx_path: str | Path, opts: BuildOptions, engine_path: str | Pat
                                                "engine sidecar": sidecar_path(engine_path)})
     return BuildPlan(source_onnx=src, source_precision=src_p, convert=convert, build_onnx=build_onnx, precision=want,
                      strongly_typed=strongly_typed, input_name=inp["name"], input_shape=list(shape),
-                     profile=profiles[0] if profiles else None, engine_path=engine_path, card=card, profiles=profiles)
+                     profile=profiles[0] if profiles else None, engine_path=engine_path, card=card,
+                     profiles=profiles * int(opts.contexts) if profiles else [],
+                     profile_sets=int(opts.contexts) if profiles else 1)
 
 
 def spatial_axes(card: ModelCard) -> tuple[int, int]:

@@ -21,8 +21,10 @@ profile covers.
 Concurrency (``pspnet-bench --concurrency N``): :meth:`EngineSession.lane` makes another execution
 context of the same deserialised engine with its own CUDA stream, buffers, CUDA graphs and events;
 :meth:`TrtRunner.request_workers` drives N of them from N threads (each thread makes the engine's
-device current for itself). TensorRT allows several contexts of one engine to run at once on
-different streams; one context is never used by two threads.
+device current for itself); one context is never used by two threads. TensorRT wants contexts
+that run at once on an engine with dynamic inputs each on optimisation profiles of their own:
+``pspnet-build-engine --contexts N`` builds the size classes N times (``tensorrt.profile_sets`` in
+the sidecar) and context ``s`` only uses set ``s``; more contexts than sets are refused in one line.
 With :mod:`pspnet_deploy.engine.build`, the only module that imports ``tensorrt``.
 """
 from __future__ import annotations
@@ -89,7 +91,7 @@ class EngineSession:
     context of the same engine on its own stream (``parent``: the session whose engine it shares)."""
 
     def __init__(self, engine_path: str | Path, sidecar: dict, device_index: int = 0, cuda_graph: bool = False,
-                 verbose: bool = False, parent: "EngineSession | None" = None):
+                 verbose: bool = False, parent: "EngineSession | None" = None, profile_set: int = 0):
         trt = trt_module()
         self._rt = rt = cudart()
         self.path = str(engine_path)
@@ -100,6 +102,7 @@ class EngineSession:
         self._graphs: dict[tuple[int, ...], tuple] = {}  # input shape -> (graph, graph exec) captured at it
         self._events: tuple = ()  # (start, end): created on the first timed call, reused, destroyed at close
         self._verbose = verbose
+        self.profile_set = int(profile_set)
         self.stream = None
         self.context = self.engine = self._runtime = None
         try:
@@ -143,7 +146,14 @@ class EngineSession:
         self.input_shape = list(inp["shape"])
         self.input_dtype = np_dtype(trt, self.engine.get_tensor_dtype(self.input_name))
         self.output_names = [o["name"] for o in io["outputs"]]
-        self.profiles = list(io["profiles"])  # [] for a static input
+        every = list(io["profiles"])  # [] for a static input
+        sets = int((self.sidecar.get("tensorrt") or {}).get("profile_sets") or 1)
+        self.profile_sets = sets if every and len(every) % sets == 0 else 1
+        if self.profile_set >= self.profile_sets:  # pragma: no cover - the runner checks before making lanes
+            raise UserError(f"{engine_path}: profile set {self.profile_set} of {self.profile_sets}")
+        k = len(every) // self.profile_sets
+        self._first = self.profile_set * k  # engine index of this context's first profile
+        self.profiles = every[self._first:self._first + k]  # this context's size classes
         if self.input_shape[0] == -1:
             self.fixed_batch = None
             self.batch_range = (min(int(p["min"][0]) for p in self.profiles),
@@ -154,7 +164,7 @@ class EngineSession:
             self.batch_range = None
             self.max_batch = self.fixed_batch
         self.dynamic = -1 in self.input_shape
-        self._profile = 0  # a new context runs profile 0
+        self._profile = 0  # a new context runs profile 0 (an index among the engine's profiles)
         self._shape: tuple[int, ...] | None = None
         self._out_shapes: dict[str, tuple[int, ...]] = {}
 
@@ -164,7 +174,7 @@ class EngineSession:
         largest = [tuple(int(d) for d in p["max"]) for p in self.profiles] or [tuple(self.input_shape)]
         need: dict[str, int] = {}
         for index, shape in enumerate(largest):
-            self._set_shape(shape, index if self.profiles else None)
+            self._set_shape(shape, self._first + index if self.profiles else None)
             for name, s in [(self.input_name, shape), *self._out_shapes.items()]:
                 dt = np.dtype(self.input_dtype if name == self.input_name else
                               np_dtype(trt, self.engine.get_tensor_dtype(name)))
@@ -182,12 +192,13 @@ class EngineSession:
         sidecar, env = check_engine(engine_path, env=environment(device), verify_hash=verify_hash)
         return cls(engine_path, sidecar, env["device_index"], cuda_graph=cuda_graph, verbose=verbose)
 
-    def lane(self, cuda_graph: bool | None = None) -> "EngineSession":
+    def lane(self, profile_set: int, cuda_graph: bool | None = None) -> "EngineSession":
         """Another execution context of this engine with its own CUDA stream, buffers, graphs and
-        events (for one more request in flight); close it before this session."""
+        events (for one more request in flight) on optimisation profile set ``profile_set``; close
+        it before this session."""
         return EngineSession(self.path, self.sidecar, self.device_index,
                              cuda_graph=self.cuda_graph if cuda_graph is None else cuda_graph, verbose=self._verbose,
-                             parent=self)
+                             parent=self, profile_set=profile_set)
 
     # ---- shapes and profiles
     def _profiles_text(self) -> str:
@@ -212,9 +223,10 @@ class EngineSession:
             if list(shape) != self.input_shape:
                 raise self._refuse(shape)
         else:
-            index = pick_profile(self.profiles, shape) if profile is None else profile
+            index = pick_profile(self.profiles, shape) if profile is None else profile - self._first
             if index is None:
                 raise self._refuse(shape)
+            index += self._first  # the engine's index of this context's profile
             if index != self._profile:
                 if not self.context.set_optimization_profile_async(index, int(self.stream)):
                     raise UserError(f"{self.path}: TensorRT refused optimisation profile {index} for this execution "
@@ -384,6 +396,21 @@ class EngineSession:
             pass
 
 
+def _with_contexts(command: str, n: int) -> str:
+    """``command`` (a recorded build command) asking for ``--contexts n``."""
+    import shlex
+
+    try:
+        argv = shlex.split(command)
+    except ValueError:  # pragma: no cover - a sidecar written by hand
+        return f"{command} --contexts {n}"
+    if "--contexts" in argv[:-1]:
+        argv[argv.index("--contexts") + 1] = str(n)
+    else:
+        argv += ["--contexts", str(n)]
+    return shlex.join(argv)
+
+
 class TrtRunner(Runner):
     backend = "tensorrt"
 
@@ -433,8 +460,13 @@ class TrtRunner(Runner):
         :meth:`close`."""
         n = int(n)
         x = self.model_input(batch)
+        sets = self.session.profile_sets
+        if self.session.dynamic and n > sets:
+            raise UserError(f"{self.path}: {n} requests in flight need {n} execution contexts, each on optimisation "
+                            f"profiles of its own, but the engine has profiles for {sets}; rebuild it with "
+                            f"--contexts {n}: {_with_contexts(rebuild_command(self.sidecar, self.path), n)}")
         while len(self._lanes) < n - 1:
-            self._lanes.append(self.session.lane())
+            self._lanes.append(self.session.lane(profile_set=len(self._lanes) + 1 if self.session.dynamic else 0))
         lanes = [self.session, *self._lanes[:n - 1]]
         device = self.session.device_index
 
