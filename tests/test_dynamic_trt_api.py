@@ -228,6 +228,7 @@ def test_contexts_on_their_own_streams(trt, onnx_b1, tmp_path, rng):
     assert not cuda.live and not cuda.graphs and not cuda.execs and not cuda.events
 
 
+@pytest.mark.parametrize("trt", ["11.4.0"], indirect=True)  # the API surface: test_contexts_on_their_own_streams
 def test_bench_sweeps_tensorrt_concurrency(trt, onnx_b1, tmp_path):
     """pspnet-bench --concurrency 1 2 on an engine: one load row per level, each with the contexts
     it used (stand-in timings mean nothing)."""

@@ -228,6 +228,7 @@ class EngineSession:
                 raise self._refuse(shape)
             index += self._first  # the engine's index of this context's profile
             if index != self._profile:
+                self._shape = None  # TensorRT forgets the input shape set under the previous profile
                 if not self.context.set_optimization_profile_async(index, int(self.stream)):
                     raise UserError(f"{self.path}: TensorRT refused optimisation profile {index} for this execution "
                                     f"context (see its message above)")
