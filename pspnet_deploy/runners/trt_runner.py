@@ -241,9 +241,6 @@ class EngineSession:
         self._out_shapes = {name: tuple(int(d) for d in self.context.get_tensor_shape(name))
                             for name in self.output_names}
 
-    def _set_batch(self, n: int) -> None:  # kept for callers that only change the batch
-        self._set_shape((int(n), *(self._shape or self.input_shape)[1:]))
-
     def _full_shape(self, n_or_shape) -> tuple[int, ...]:
         """An input shape from a batch size (the other dimensions as staged last) or a full shape."""
         if isinstance(n_or_shape, (tuple, list)):
