@@ -376,6 +376,9 @@ def export_onnx(checkpoint, out=None, input_size=None, batch: int = 1, dynamic_b
     model, meta, pre = _load_source(checkpoint, input_size)
     h, w = pre.input_size
     size_range = None
+    if dynamic_shape and input_kind == "uint8":  # the in-graph pixel path is built for one fixed H x W
+        raise UserError("--dynamic-shape with --input-kind uint8 is not supported (the in-graph preprocessing is "
+                        "built for one size); export a float-input dynamic model, or a uint8 model at one --input-size")
     if dynamic_shape:
         size_range = resolve_size_range(meta.get("model", {}), (h, w), min_size, max_size,
                                         int(dynamic_batch[2]) if dynamic_batch else int(batch))

@@ -141,16 +141,33 @@ def check_onnx_for_tensorrt(model_or_path, trt_major: int = 10, max_opset: int |
     and nearest modes and constant sizes/scales; 2D/3D pooling without dilation; Q/DQ zero points
     all zero, INT8/FP8/INT4 typed, constant scales (per-tensor or per-axis); constant axes where the
     parser needs them; Dropout not training; TopK K constant and < 3840.
-    """
-    import onnx
-    from onnx import numpy_helper
 
+    The steps, in order: :func:`_check_opset`, :func:`_graph_facts` (types, constants, producers
+    and consumers of every tensor), :func:`_check_io`, :func:`_check_tensor_types`, then
+    :func:`_check_node` on every node (and every node of the model's functions).
+    """
     if trt_major not in OPSET_RANGE:
         from .errors import UserError
 
         raise UserError(f"no TensorRT support table for major version {trt_major}; known: {sorted(OPSET_RANGE)}")
     model = _load(model_or_path)
-    problems: list[Problem] = []
+    facts = _graph_facts(model)
+    problems = _check_opset(model, trt_major, max_opset) + _check_io(model.graph, facts) + _check_tensor_types(facts)
+
+    def is_const(name: str) -> bool:
+        return name in facts.consts
+
+    for node in model.graph.node:
+        problems.extend(_check_node(node, facts.types, facts.consts, is_const, trt_major))
+    for fn in model.functions:
+        for node in fn.node:
+            problems.extend(_check_node(node, facts.types, facts.consts, is_const, trt_major,
+                                        scope=f"function {fn.name}: "))
+    return problems
+
+
+def _check_opset(model, trt_major: int, max_opset: int | None) -> list[Problem]:
+    """The default-domain opset is imported and within what TensorRT ``trt_major`` parses."""
     lo, hi = OPSET_RANGE[trt_major]
     if max_opset is not None:
         hi = int(max_opset)
@@ -159,10 +176,29 @@ def check_onnx_for_tensorrt(model_or_path, trt_major: int = 10, max_opset: int |
         if imp.domain in ("", "ai.onnx"):
             opset = imp.version  # other declared domains matter only where a node uses them (checked per node)
     if opset is None:
-        problems.append(Problem("<graph>", "", "no default ONNX opset imported"))
-    elif not lo <= opset <= hi:
-        problems.append(Problem("<graph>", "", f"opset {opset} is outside the range TensorRT {trt_major} parses "
-                                               f"({lo}..{hi}); export with --opset {min(max(opset, lo), hi)}"))
+        return [Problem("<graph>", "", "no default ONNX opset imported")]
+    if not lo <= opset <= hi:
+        return [Problem("<graph>", "", f"opset {opset} is outside the range TensorRT {trt_major} parses "
+                                       f"({lo}..{hi}); export with --opset {min(max(opset, lo), hi)}")]
+    return []
+
+
+@dataclass
+class _Facts:
+    """What the checks need to know about every tensor of a graph."""
+
+    types: dict  # tensor name -> ONNX elem type (inferred where the graph does not say)
+    consts: dict  # tensor name -> value, for initializers and Constant outputs
+    inits: dict  # initializer name -> TensorProto
+    producers: dict  # tensor name -> node
+    consumers: dict  # tensor name -> [node, ...]
+    io_names: set  # graph input and output names
+
+
+def _graph_facts(model) -> _Facts:
+    """Types (from ONNX shape inference where it works), constants, producers and consumers."""
+    import onnx
+    from onnx import numpy_helper
 
     graph = model.graph
     try:
@@ -185,28 +221,38 @@ def check_onnx_for_tensorrt(model_or_path, trt_major: int = 10, max_opset: int |
                 pass
     for node in graph.node:
         if node.op_type == "Constant" and node.output:
-            a = _attrs(node)
-            if "value" in a:
-                consts[node.output[0]] = numpy_helper.to_array(a["value"])
-                types[node.output[0]] = a["value"].data_type
-            else:
-                for key in ("value_float", "value_floats"):
-                    if key in a:
-                        types[node.output[0]] = F32
-                for key in ("value_int", "value_ints"):
-                    if key in a:
-                        types[node.output[0]] = I64
-                        consts[node.output[0]] = np.asarray(a[key], np.int64)
-    producers = {o: n for n in graph.node for o in n.output}
+            _constant_facts(node, types, consts)
     consumers: dict[str, list] = {}
     for n in graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
-    io_names = {v.name for v in graph.input} | {v.name for v in graph.output}
+    return _Facts(types=types, consts=consts, inits=inits, producers={o: n for n in graph.node for o in n.output},
+                  consumers=consumers, io_names={v.name for v in graph.input} | {v.name for v in graph.output})
 
-    # graph inputs / outputs
+
+def _constant_facts(node, types: dict, consts: dict) -> None:
+    """The type (and value, where it is a tensor or ints) of a Constant node's output."""
+    from onnx import numpy_helper
+
+    a = _attrs(node)
+    if "value" in a:
+        consts[node.output[0]] = numpy_helper.to_array(a["value"])
+        types[node.output[0]] = a["value"].data_type
+        return
+    for key in ("value_float", "value_floats"):
+        if key in a:
+            types[node.output[0]] = F32
+    for key in ("value_int", "value_ints"):
+        if key in a:
+            types[node.output[0]] = I64
+            consts[node.output[0]] = np.asarray(a[key], np.int64)
+
+
+def _check_io(graph, facts: _Facts) -> list[Problem]:
+    """Graph inputs and outputs are tensors of a type TensorRT takes as network IO."""
+    problems = []
     for v in list(graph.input) + list(graph.output):
-        if v.name in inits:
+        if v.name in facts.inits:
             continue
         t = v.type.tensor_type.elem_type if v.type.HasField("tensor_type") else None
         if t is None:
@@ -215,50 +261,42 @@ def check_onnx_for_tensorrt(model_or_path, trt_major: int = 10, max_opset: int |
         elif t not in IO_TYPES:
             problems.append(Problem("<graph>", "", f"input/output {v.name!r} has type {TYPE_NAMES.get(t, t)}, "
                                                    f"which TensorRT does not take as network IO"))
+    return problems
 
-    # tensor types anywhere in the graph
-    reported: set[str] = set()
-    for name, t in types.items():
-        if t in BAD_TYPES and name not in reported:
-            reported.add(name)
-            owner = producers.get(name)
-            problems.append(Problem(owner.name if owner is not None else "<graph>", owner.op_type if owner is not None else "",
-                                    f"tensor {name!r} has type {TYPE_NAMES.get(t, t)}, which TensorRT does not support"))
-        elif t == U8 and name not in io_names and name not in reported:
-            users = consumers.get(name, [])
-            owner = producers.get(name)
+
+def _check_tensor_types(facts: _Facts) -> list[Problem]:
+    """Tensor types anywhere in the graph: none TensorRT lacks; uint8 only as IO (or into a
+    DequantizeLinear); quantized types only between QuantizeLinear and DequantizeLinear."""
+    problems = []
+
+    def at(name: str, message: str) -> None:
+        owner = facts.producers.get(name)
+        problems.append(Problem(owner.name if owner is not None else "<graph>",
+                                owner.op_type if owner is not None else "", message))
+
+    for name, t in facts.types.items():  # one problem per tensor at most
+        users = facts.consumers.get(name, [])
+        if t in BAD_TYPES:
+            at(name, f"tensor {name!r} has type {TYPE_NAMES.get(t, t)}, which TensorRT does not support")
+        elif t == U8 and name not in facts.io_names:
             if not (users and all(u.op_type == "DequantizeLinear" for u in users)):
-                reported.add(name)
-                problems.append(Problem(owner.name if owner is not None else "<graph>",
-                                        owner.op_type if owner is not None else "",
-                                        f"tensor {name!r} is uint8 inside the network; TensorRT takes uint8 only as "
-                                        f"network input or output"))
-        elif t in QUANT and name not in reported:
-            users = consumers.get(name, [])
-            owner = producers.get(name)
+                at(name, f"tensor {name!r} is uint8 inside the network; TensorRT takes uint8 only as network input "
+                         f"or output")
+        elif t in QUANT:
+            owner = facts.producers.get(name)
             from_q = owner is not None and owner.op_type == "QuantizeLinear"
             to_dq = bool(users) and all(u.op_type == "DequantizeLinear" for u in users)
             is_zero_point = bool(users) and all(u.op_type in ("QuantizeLinear", "DequantizeLinear")
                                                 and len(u.input) > 2 and u.input[2] == name for u in users)
             if not (from_q or to_dq or is_zero_point):
-                reported.add(name)
-                problems.append(Problem(owner.name if owner is not None else "<graph>",
-                                        owner.op_type if owner is not None else "",
-                                        f"tensor {name!r} is {TYPE_NAMES.get(t, t)} outside QuantizeLinear/"
-                                        f"DequantizeLinear; TensorRT supports quantized types only as explicit Q/DQ"))
-
-    def is_const(name: str) -> bool:
-        return name in consts
-
-    for node in graph.node:
-        problems.extend(_check_node(node, types, consts, is_const, trt_major))
-    for fn in model.functions:
-        for node in fn.node:
-            problems.extend(_check_node(node, types, consts, is_const, trt_major, scope=f"function {fn.name}: "))
+                at(name, f"tensor {name!r} is {TYPE_NAMES.get(t, t)} outside QuantizeLinear/DequantizeLinear; "
+                         f"TensorRT supports quantized types only as explicit Q/DQ")
     return problems
 
 
 def _check_node(node, types, consts, is_const, trt_major: int, scope: str = "") -> list[Problem]:
+    """One node: its domain and operator against the support tables, its first input's type, then
+    the operator's own rules (:data:`_OP_RULES`)."""
     probs: list[Problem] = []
     name = node.name or f"<unnamed {node.op_type}>"
     op = node.op_type
@@ -281,99 +319,129 @@ def _check_node(node, types, consts, is_const, trt_major: int, scope: str = "") 
         if t is not None and t not in allowed:
             bad(f"input type {TYPE_NAMES.get(t, t)} is not supported for {op} "
                 f"(supported: {', '.join(sorted(TYPE_NAMES.get(x, str(x)) for x in allowed))})")
-    a = _attrs(node)
-
-    if op == "Resize":
-        ctm = a.get("coordinate_transformation_mode", "half_pixel")
-        if ctm not in RESIZE_COORD_MODES:
-            bad(f"coordinate_transformation_mode {ctm!r} is unsupported (supported: {', '.join(sorted(RESIZE_COORD_MODES))})")
-        mode = a.get("mode", "nearest")
-        if mode not in RESIZE_MODES:
-            bad(f"mode {mode!r} is unsupported (supported: nearest, linear)")
-        nm = a.get("nearest_mode", "round_prefer_floor")
-        if mode == "nearest" and nm not in RESIZE_NEAREST_MODES:
-            bad(f"nearest_mode {nm!r} is unsupported")
-        if int(a.get("antialias", 0)):
-            bad("antialiasing is not supported")
-        if a.get("keep_aspect_ratio_policy", "stretch") != "stretch":
-            bad(f"keep_aspect_ratio_policy {a['keep_aspect_ratio_policy']!r} is unsupported (only 'stretch')")
-        if len(node.input) > 1 and node.input[1] and ctm != "tf_crop_and_resize":
-            pass  # roi is ignored outside tf_crop_and_resize
-        scales = node.input[2] if len(node.input) > 2 else ""
-        sizes = node.input[3] if len(node.input) > 3 else ""
-        axes = a.get("axes")
-        if scales and not sizes and not is_const(scales) and axes is not None and list(axes) != list(range(len(axes))):
-            bad("a non-constant scales tensor with a non-trivial axes attribute is unsupported")
-        if sizes and not is_const(sizes) and axes is not None:
-            pass  # interlaced at run time by the parser: supported
-    elif op in ("AveragePool", "MaxPool", "LpPool"):
-        k = a.get("kernel_shape", [])
-        if len(k) not in (2, 3):
-            bad(f"{len(k)}D pooling is unsupported (2D or 3D only)")
-        if any(int(d) != 1 for d in a.get("dilations", [])):
-            bad("dilations other than 1 are unsupported")
-        if op == "MaxPool" and len(node.output) > 1 and node.output[1]:
-            bad("the Indices output is unsupported")
-    elif op in ("QuantizeLinear", "DequantizeLinear"):
-        scale = node.input[1] if len(node.input) > 1 else ""
-        if scale and not is_const(scale):
-            bad(f"scale {scale!r} must be a constant (initializer)")
-        elif scale:
-            s = consts[scale]
-            if s.ndim > 1 and "block_size" not in a:
-                bad(f"scale has rank {s.ndim}; only per-tensor or per-axis (1-D) scales are supported")
-            if np.any(s <= 0) or not np.all(np.isfinite(s)):
-                bad("scales must be positive and finite")
-        zp = node.input[2] if len(node.input) > 2 else ""
-        if zp:
-            if not is_const(zp):
-                bad(f"zero point {zp!r} must be a constant (initializer)")
-            else:
-                z = consts[zp]
-                if np.any(z.astype(np.float64) != 0):
-                    bad("zero point must be 0 (TensorRT quantization is symmetric)")
-            zt = types.get(zp)
-            if zt is not None and zt not in QUANT:
-                bad(f"zero point type {TYPE_NAMES.get(zt, zt)} is unsupported (INT8, FP8 or INT4)")
-        elif op == "QuantizeLinear" and int(a.get("output_dtype", 0)) in (0, U8):
-            bad("no int8 zero point: the output would be uint8, which TensorRT does not quantize to; "
-                "give an int8 zero point of 0")
-        if op == "DequantizeLinear" and node.input and node.input[0]:
-            xt = types.get(node.input[0])
-            if xt == U8:
-                bad("uint8 input: TensorRT dequantizes INT8/FP8/INT4 only")
-    elif op == "Dropout":
-        if len(node.input) > 2 and node.input[2]:
-            t = node.input[2]
-            if not is_const(t) or bool(np.asarray(consts[t]).any()):
-                bad("training_mode must be a constant false")
-    elif op == "TopK":
-        k = node.input[1] if len(node.input) > 1 else ""
-        if not is_const(k):
-            bad("K must be a constant")
-        elif int(np.asarray(consts[k]).ravel()[0]) >= 3840:
-            bad("K must be less than 3840")
-        if int(a.get("sorted", 1)) != 1:
-            bad("sorted must be 1")
-    elif op in ("ArgMax", "ArgMin"):
-        if int(a.get("select_last_index", 0)):
-            bad("select_last_index=1 is unsupported")
-    elif op == "Pad":
-        mode = a.get("mode", "constant")
-        if mode not in PAD_MODES:
-            bad(f"pad mode {mode!r} is unsupported")
-    elif op in ("Conv", "ConvTranspose"):
-        k = a.get("kernel_shape")
-        if k is not None and len(k) not in (1, 2, 3):
-            bad(f"{len(k)}D convolution is unsupported")
-    elif op in AXES_INPUT_OPS:
-        idx = AXES_INPUT_OPS[op]
-        if len(node.input) > idx and node.input[idx] and not is_const(node.input[idx]):
-            bad("axes must be a constant")
-    elif op == "Cast":
-        to = int(a.get("to", 0))
-        if to not in IO_TYPES:
-            bad(f"cast to {TYPE_NAMES.get(to, to)} is unsupported")
-    elif op == "ScatterND" and a.get("reduction", "none") != "none":
-        bad("ScatterND reduction other than 'none' is unsupported")
+    rule = _OP_RULES.get(op) or (_check_axes_input if op in AXES_INPUT_OPS else None)
+    if rule is not None:
+        rule(node, _attrs(node), types, consts, is_const, bad)
     return probs
+
+
+# ---- the rules of single operators: rule(node, attributes, types, consts, is_const, bad)
+
+def _check_resize(node, a, types, consts, is_const, bad) -> None:
+    ctm = a.get("coordinate_transformation_mode", "half_pixel")
+    if ctm not in RESIZE_COORD_MODES:
+        bad(f"coordinate_transformation_mode {ctm!r} is unsupported (supported: {', '.join(sorted(RESIZE_COORD_MODES))})")
+    mode = a.get("mode", "nearest")
+    if mode not in RESIZE_MODES:
+        bad(f"mode {mode!r} is unsupported (supported: nearest, linear)")
+    nm = a.get("nearest_mode", "round_prefer_floor")
+    if mode == "nearest" and nm not in RESIZE_NEAREST_MODES:
+        bad(f"nearest_mode {nm!r} is unsupported")
+    if int(a.get("antialias", 0)):
+        bad("antialiasing is not supported")
+    if a.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+        bad(f"keep_aspect_ratio_policy {a['keep_aspect_ratio_policy']!r} is unsupported (only 'stretch')")
+    # roi (input 1) is ignored outside tf_crop_and_resize; non-constant sizes with axes are interlaced
+    # at run time by the parser (supported)
+    scales = node.input[2] if len(node.input) > 2 else ""
+    sizes = node.input[3] if len(node.input) > 3 else ""
+    axes = a.get("axes")
+    if scales and not sizes and not is_const(scales) and axes is not None and list(axes) != list(range(len(axes))):
+        bad("a non-constant scales tensor with a non-trivial axes attribute is unsupported")
+
+
+def _check_pool(node, a, types, consts, is_const, bad) -> None:
+    k = a.get("kernel_shape", [])
+    if len(k) not in (2, 3):
+        bad(f"{len(k)}D pooling is unsupported (2D or 3D only)")
+    if any(int(d) != 1 for d in a.get("dilations", [])):
+        bad("dilations other than 1 are unsupported")
+    if node.op_type == "MaxPool" and len(node.output) > 1 and node.output[1]:
+        bad("the Indices output is unsupported")
+
+
+def _check_qdq(node, a, types, consts, is_const, bad) -> None:
+    """Q/DQ: constant positive finite scales, per-tensor or per-axis; zero points constant, zero and
+    of a quantized type; no uint8 quantization."""
+    op = node.op_type
+    scale = node.input[1] if len(node.input) > 1 else ""
+    if scale and not is_const(scale):
+        bad(f"scale {scale!r} must be a constant (initializer)")
+    elif scale:
+        s = consts[scale]
+        if s.ndim > 1 and "block_size" not in a:
+            bad(f"scale has rank {s.ndim}; only per-tensor or per-axis (1-D) scales are supported")
+        if np.any(s <= 0) or not np.all(np.isfinite(s)):
+            bad("scales must be positive and finite")
+    zp = node.input[2] if len(node.input) > 2 else ""
+    if zp:
+        if not is_const(zp):
+            bad(f"zero point {zp!r} must be a constant (initializer)")
+        elif np.any(consts[zp].astype(np.float64) != 0):
+            bad("zero point must be 0 (TensorRT quantization is symmetric)")
+        zt = types.get(zp)
+        if zt is not None and zt not in QUANT:
+            bad(f"zero point type {TYPE_NAMES.get(zt, zt)} is unsupported (INT8, FP8 or INT4)")
+    elif op == "QuantizeLinear" and int(a.get("output_dtype", 0)) in (0, U8):
+        bad("no int8 zero point: the output would be uint8, which TensorRT does not quantize to; "
+            "give an int8 zero point of 0")
+    if op == "DequantizeLinear" and node.input and node.input[0] and types.get(node.input[0]) == U8:
+        bad("uint8 input: TensorRT dequantizes INT8/FP8/INT4 only")
+
+
+def _check_dropout(node, a, types, consts, is_const, bad) -> None:
+    if len(node.input) > 2 and node.input[2]:
+        t = node.input[2]
+        if not is_const(t) or bool(np.asarray(consts[t]).any()):
+            bad("training_mode must be a constant false")
+
+
+def _check_topk(node, a, types, consts, is_const, bad) -> None:
+    k = node.input[1] if len(node.input) > 1 else ""
+    if not is_const(k):
+        bad("K must be a constant")
+    elif int(np.asarray(consts[k]).ravel()[0]) >= 3840:
+        bad("K must be less than 3840")
+    if int(a.get("sorted", 1)) != 1:
+        bad("sorted must be 1")
+
+
+def _check_arg(node, a, types, consts, is_const, bad) -> None:
+    if int(a.get("select_last_index", 0)):
+        bad("select_last_index=1 is unsupported")
+
+
+def _check_pad(node, a, types, consts, is_const, bad) -> None:
+    mode = a.get("mode", "constant")
+    if mode not in PAD_MODES:
+        bad(f"pad mode {mode!r} is unsupported")
+
+
+def _check_conv(node, a, types, consts, is_const, bad) -> None:
+    k = a.get("kernel_shape")
+    if k is not None and len(k) not in (1, 2, 3):
+        bad(f"{len(k)}D convolution is unsupported")
+
+
+def _check_axes_input(node, a, types, consts, is_const, bad) -> None:
+    idx = AXES_INPUT_OPS[node.op_type]
+    if len(node.input) > idx and node.input[idx] and not is_const(node.input[idx]):
+        bad("axes must be a constant")
+
+
+def _check_cast(node, a, types, consts, is_const, bad) -> None:
+    to = int(a.get("to", 0))
+    if to not in IO_TYPES:
+        bad(f"cast to {TYPE_NAMES.get(to, to)} is unsupported")
+
+
+def _check_scatter_nd(node, a, types, consts, is_const, bad) -> None:
+    if a.get("reduction", "none") != "none":
+        bad("ScatterND reduction other than 'none' is unsupported")
+
+
+#: operator -> its rule (operators taking an axes input use :func:`_check_axes_input`)
+_OP_RULES = {"Resize": _check_resize, "AveragePool": _check_pool, "MaxPool": _check_pool, "LpPool": _check_pool,
+             "QuantizeLinear": _check_qdq, "DequantizeLinear": _check_qdq, "Dropout": _check_dropout,
+             "TopK": _check_topk, "ArgMax": _check_arg, "ArgMin": _check_arg, "Pad": _check_pad,
+             "Conv": _check_conv, "ConvTranspose": _check_conv, "Cast": _check_cast, "ScatterND": _check_scatter_nd}

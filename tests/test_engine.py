@@ -132,7 +132,7 @@ def test_sidecar_carries_what_the_runner_needs(work_onnx, tmp_path, fake_engine)
     assert sc["onnx"]["sha256"] == sha256_file(work_onnx)
     assert sc["engine"]["size"] == eng.stat().st_size and sc["engine"]["sha256"] == sha256_file(eng)
     assert sc["tensorrt"] == {"version": "10.3.0", "version_compatible": True, "hardware_compatibility": "none",
-                              "strongly_typed": True}
+                              "strongly_typed": True, "profile_sets": 1}
     assert sc["gpu"]["compute_capability"] == "9.0" and sc["gpu"]["driver"] == "12.4"
     assert sc["precision"] == "fp32" and sc["build"]["seconds"] == 12.5
     assert sc["io"]["inputs"][0]["shape"] == [1, 3, *TINY_SIZE]

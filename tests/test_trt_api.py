@@ -317,12 +317,19 @@ class _Builder:
         trt = self._mod
         if network._onnx is None:
             return None
-        profile = config._profiles[0] if config._profiles else {}
+        profiles = config._profiles or [{}]
         for t in network._inputs:
-            if -1 in t["shape"] and t["name"] not in profile:
-                return None  # a dynamic input needs a profile
+            for profile in profiles:
+                if -1 in t["shape"] and t["name"] not in profile:
+                    return None  # a dynamic input needs a shape in every profile
+                lo, opt, hi = profile.get(t["name"], (t["shape"],) * 3)
+                if not all(len(s) == len(t["shape"]) for s in (lo, opt, hi)) or not all(
+                        (d == -1 or a == b == c == d) and 1 <= a <= b <= c
+                        for a, b, c, d in zip(lo, opt, hi, t["shape"])):
+                    return None  # TensorRT refuses a profile that contradicts the network or min <= opt <= max
+        as_lists = [{k: [list(map(int, s)) for s in v] for k, v in p.items()} for p in profiles]
         plan = {"version": trt.__version__, "onnx": network._onnx, "inputs": network._inputs, "outputs": network._outputs,
-                "profile": {k: [list(map(int, s)) for s in v] for k, v in profile.items()},
+                "profile": as_lists[0], "profiles": as_lists,
                 "flags": sorted(config._flags), "strongly_typed": network._strongly_typed,
                 "pools": dict(config._pools), "props": {k: str(v) for k, v in config._props.items()}}
         if config._cache is not None:  # the cache: one line per network timed; a known one is a hit
@@ -378,7 +385,8 @@ class _Parser:
         def tensor(v):
             t = v.type.tensor_type
             return {"name": v.name, "dtype": _ONNX_TRT[t.elem_type],
-                    "shape": [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]}
+                    "shape": [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim],
+                    "dims": [d.dim_param if d.HasField("dim_param") else None for d in t.shape.dim]}
         self._network._inputs[:] = [tensor(v) for v in m.graph.input if v.name not in inits]
         self._network._outputs[:] = [tensor(v) for v in m.graph.output]
         object.__setattr__(self._network, "_onnx", str(Path(model).resolve()))
@@ -467,8 +475,13 @@ class _Engine:
     def _do_get_tensor_dtype(self, name):
         return getattr(self._mod.DataType, self._tensor(name)["dtype"])
 
+    def _get_num_optimization_profiles(self):
+        return len(self._plan["profiles"])
+
     def _do_get_tensor_profile_shape(self, name, profile_index):
-        return [tuple(s) for s in self._plan["profile"][name]]
+        if not 0 <= profile_index < len(self._plan["profiles"]):
+            raise IndexError(f"profile index {profile_index} out of range")
+        return [tuple(s) for s in self._plan["profiles"][profile_index][name]]
 
     def _do_create_execution_context(self, *args, **kwargs):
         import onnxruntime as ort
@@ -477,21 +490,41 @@ class _Engine:
         so.intra_op_num_threads = THREADS
         sess = ort.InferenceSession(self._plan["onnx"], so, providers=["CPUExecutionProvider"])
         shapes = {t["name"]: list(t["shape"]) for t in self._plan["inputs"]}
-        return self._mod.IExecutionContext._make(_engine=self, _session=sess, _shapes=shapes, _addresses={})
+        return self._mod.IExecutionContext._make(_engine=self, _session=sess, _shapes=shapes, _addresses={},
+                                                 _profile=0, _switches=[])
 
 
 class _Context:
-    def _do_set_input_shape(self, name, shape):
-        lo, _, hi = self._engine._plan["profile"].get(name, (None, None, None))
-        if lo is None or not all(a <= s <= b for a, s, b in zip(lo, shape, hi)):
+    def _do_set_optimization_profile_async(self, profile_index, stream_handle):
+        if not 0 <= profile_index < len(self._engine._plan["profiles"]):
             return False
+        if profile_index != self._profile:  # TensorRT forgets the dynamic input shapes set under another profile
+            for t in self._engine._plan["inputs"]:
+                self._shapes[t["name"]] = list(t["shape"])
+        object.__setattr__(self, "_profile", profile_index)
+        self._switches.append((profile_index, int(stream_handle)))
+        return True
+
+    def _get_active_optimization_profile(self):
+        return self._profile
+
+    def _do_set_input_shape(self, name, shape):
+        lo, _, hi = self._engine._plan["profiles"][self._profile].get(name, (None, None, None))
+        if lo is None or len(shape) != len(lo) or not all(a <= s <= b for a, s, b in zip(lo, shape, hi)):
+            return False  # only shapes within the active profile
         self._shapes[name] = list(shape)
         return True
 
     def _do_get_tensor_shape(self, name):
         if name in self._shapes:
             return tuple(self._shapes[name])
-        out = list(self._engine._tensor(name)["shape"])
+        t = self._engine._tensor(name)  # an output: its dynamic dims are the input dims of the same name
+        known = {}
+        for i in self._engine._plan["inputs"]:
+            for dim, value in zip(i.get("dims") or [], self._shapes[i["name"]]):
+                if dim:
+                    known[dim] = value
+        out = [d if d != -1 else known.get(dim, -1) for d, dim in zip(t["shape"], t.get("dims") or [None] * 9)]
         if out and out[0] == -1:
             out[0] = next(iter(self._shapes.values()))[0]
         return tuple(out)
@@ -821,8 +854,13 @@ def test_build_and_run_a_dynamic_batch_engine(trt, onnx_dyn, tmp_path, rng):
             eng.infer(x)
     narrow = _build(src, tmp_path / "narrow.fp32.engine", "--batch", "2", "2", "3")
     with load_runner(narrow["engine"]["path"]) as eng:
-        eng.batch_range = None  # past the runner's own check: set_input_shape's refusal is checked too
-        with pytest.raises(UserError, match=r"TensorRT refused input shape \[1, 3, 64, 96\]"):
+        eng.batch_range = None  # past the runner's own check: the session's profile check refuses it ...
+        with pytest.raises(UserError, match=r"input 1x3x64x96 is outside every optimisation profile of the engine "
+                                            r"\(2x3x64x96 / 2x3x64x96 / 3x3x64x96\); .* --batch 2 2 3") as e:
+            eng.infer(x[:1])
+        assert "\n" not in str(e.value)
+        eng.session.profiles[0] = {**eng.session.profiles[0], "min": [1, 3, *TINY_SIZE]}  # ... and past that,
+        with pytest.raises(UserError, match=r"TensorRT refused input shape \[1, 3, 64, 96\]"):  # TensorRT's own
             eng.infer(x[:1])
 
 
@@ -1064,3 +1102,44 @@ def test_an_engine_from_another_version_is_refused_before_tensorrt(trt, onnx_b1,
     with pytest.raises(UserError, match=rf"built with TensorRT {trt.__version__} but this is TensorRT {other}.*"
                                         rf"rebuild here: pspnet-build-engine .*tiny.fp32.onnx --engine .* --opt-level 1"):
         load_runner(sc["engine"]["path"])
+
+
+def import_circles(prefixes: tuple[str, ...]) -> list[list[str]]:
+    """Import circles (module level and inside functions, as tests/test_layering.py reads imports)
+    among the pspnet_deploy modules whose dotted name starts with one of ``prefixes``."""
+    from test_layering import _modules, imports
+
+    mods = {m: p for m, p in _modules() if m.startswith(prefixes)}
+    graph = {}
+    for m, path in mods.items():
+        deps = set()
+        for name, _ in imports(path):
+            name = name[len("pspnet_deploy."):] if name.startswith("pspnet_deploy.") else name
+            while name not in mods and "." in name:  # from .x import y: y may be a name in module x
+                name = name.rsplit(".", 1)[0]
+            if name in mods and name != m:
+                deps.add(name)
+        graph[m] = deps
+
+    def reach(start):
+        seen, todo = set(), [start]
+        while todo:
+            for d in graph[todo.pop()]:
+                if d not in seen:
+                    seen.add(d)
+                    todo.append(d)
+        return seen
+    closure = {m: reach(m) for m in graph}
+    circles = {tuple(sorted(m2 for m2 in closure[m] if m in closure[m2])) for m in graph if m in closure[m]}
+    return sorted(list(c) for c in circles)
+
+
+def test_the_engine_package_has_no_import_circle():
+    """engine.build and engine.sidecar imported each other (issue 21): the build imports the
+    sidecar, never the other way round, and no circle runs through the engine package or the
+    runners. Checked on the import graph, so a function-level import counts too."""
+    assert import_circles(("engine", "runners")) == []
+    from test_layering import imports
+
+    names = {m.removeprefix("pspnet_deploy.") for m, _ in imports(ROOT / "pspnet_deploy" / "engine" / "sidecar.py")}
+    assert "engine.sidecar" not in names and "engine.plan" in names and "engine.build" not in names

@@ -41,7 +41,7 @@ def build_parser():
     p.add_argument("--no-samples", action="store_true", help="leave the raw per-call timings out of report.json")
     p.add_argument("--concurrency", type=int, nargs="+", default=None, metavar="N",
                    help="load sweep: keep N requests of one image in flight per level (OpenVINO: N infer requests on "
-                        "N streams; ONNX Runtime / PyTorch: N threads on one model); throughput and p50/p99 per level, "
+                        "N streams; TensorRT: N execution contexts on N CUDA streams; ONNX Runtime / PyTorch: N threads on one model); throughput and p50/p99 per level, "
                         "latency-throughput plot")
     p.add_argument("--max-miou-drop", type=float, default=None, metavar="P",
                    help="with --data: recommend the fastest model (and concurrency) within P mIoU points of the "

@@ -50,6 +50,16 @@ def build_parser():
     p.add_argument("--batch", type=int, nargs=3, default=None, metavar=("MIN", "OPT", "MAX"),
                    help="optimisation profile for an ONNX with a dynamic batch (default: the range given to "
                         "pspnet-export --dynamic-batch, else 1 8 8)")
+    p.add_argument("--profiles", nargs="+", default=None, metavar="MIN:OPT:MAX",
+                   help="a dynamic-shape ONNX (pspnet-export --dynamic-shape): one TensorRT optimisation profile per "
+                        "size class, each MIN:OPT:MAX as HxW:HxW:HxW (or HxW for one exact size), within the export's "
+                        "bounds, e.g. 48x48:240x320:256x320 360x480; the runner picks, per input, the tightest "
+                        "profile that covers it (default: one profile --min-size:--input-size:--max-size of the "
+                        "export)")
+    p.add_argument("--contexts", type=int, default=1, metavar="N",
+                   help="an ONNX with dynamic inputs: build every optimisation profile N times, so N execution "
+                        "contexts (pspnet-bench --concurrency N) each run on profiles of their own, as TensorRT "
+                        "requires for contexts running at once")
     p.add_argument("--static-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                    help="--backend openvino, a dynamic-shape ONNX: fix the IR's input at H x W (faster; default: "
                         "H and W bounded by the export's --min-size/--max-size)")
@@ -68,7 +78,8 @@ def options_from_args(a):
 
     return BuildOptions(precision="fp16" if a.fp16 else "int8" if a.int8 else None, workspace_gb=a.workspace,
                         opt_level=a.opt_level, timing_cache=a.timing_cache,
-                        batch=tuple(a.batch) if a.batch else None, version_compatible=a.version_compatible,
+                        batch=tuple(a.batch) if a.batch else None, profiles=a.profiles, contexts=a.contexts,
+                        version_compatible=a.version_compatible,
                         hardware_compatible=a.hardware_compatible, legacy_fp16_flag=a.legacy_fp16_flag,
                         device=a.device, calib_data=a.calib_data, calib_split=a.calib_split,
                         calib_images=a.calib_images, calib_method=a.calib_method, verbose=a.verbose)
@@ -92,10 +103,18 @@ def effective_options(a, plan=None) -> dict:
         return values
     if values.get("batch") is None and getattr(plan, "profile", None):
         values["batch"] = [int(shape[0]) for shape in plan.profile]
+    if getattr(plan, "card", None) is not None and plan.card.size_range is not None and plan.profiles:
+        from ..engine.plan import format_profile, spatial_axes
+
+        hw = spatial_axes(plan.card)  # every profile's sizes, as --profiles spells them (the default included)
+        classes = plan.profiles[:len(plan.profiles) // plan.profile_sets]
+        values["profiles"] = [format_profile([(s[hw[0]], s[hw[1]]) for s in p]) for p in classes]
     if values.get("calib_images") is None and values.get("calib_data") and plan.convert:
         values["calib_images"] = default_calibration_images(plan.convert)
     if not plan.convert:
         values.update(dict.fromkeys(CONVERSION_ONLY))
+    if not getattr(plan, "profiles", None):
+        values["contexts"] = None  # profile copies: only an engine with dynamic inputs has profiles
     if values.get("backend") == "openvino":
         values["device"] = None  # an IR is built for CPUs; --device names a GPU
     return values
@@ -205,7 +224,8 @@ def main_openvino(a, parser) -> int:
         raise UserError("--fp16 is a TensorRT precision; OpenVINO on CPUs uses --bf16 (or FP32 / --int8)")
     trt_only = [f for f, on in (("--legacy-fp16-flag", a.legacy_fp16_flag), ("--workspace", a.workspace is not None),
                                 ("--opt-level", a.opt_level is not None), ("--timing-cache", a.timing_cache),
-                                ("--batch", a.batch), ("--version-compatible", a.version_compatible),
+                                ("--batch", a.batch), ("--profiles", a.profiles), ("--contexts", a.contexts != 1),
+                                ("--version-compatible", a.version_compatible),
                                 ("--hardware-compatible", a.hardware_compatible)) if on]
     if trt_only:
         raise UserError(f"{', '.join(trt_only)}: TensorRT option(s), not used by --backend openvino; drop them")
@@ -233,6 +253,7 @@ def main_openvino(a, parser) -> int:
 
 def main(argv=None) -> int:
     from ..engine import plan_build
+    from ..engine.build import profiles_text
     from ..utils import check_output_file
 
     parser = build_parser()
@@ -258,7 +279,7 @@ def main(argv=None) -> int:
             steps.append(f"write the {plan.convert.upper()} ONNX {plan.build_onnx}")
         steps.append(f"build a {plan.precision.upper()} engine {plan.engine_path} "
                      f"({'strongly typed' if plan.strongly_typed else 'weakly typed + BuilderFlag.FP16'}"
-                     + (f", batch {plan.profile[0][0]}..{plan.profile[2][0]}" if plan.profile else
+                     + (f", {len(plan.profiles)} optimisation profile(s) {profiles_text(plan.profiles)}" if plan.profiles else
                         f", fixed batch {plan.input_shape[0]}") + f") from {plan.build_onnx}")
         steps.append(f"write its sidecar {plan.sidecar_path}")
         print(f"{PROG}: would " + "; ".join(steps))

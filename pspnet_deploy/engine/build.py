@@ -32,6 +32,11 @@ def tensorrt_version() -> tuple[str | None, str | None]:
     return str(trt.__version__), None
 
 
+def profiles_text(profiles: list) -> str:
+    """Profiles as a reader sees them: ``1x3x48x48 / 1x3x64x96 / 1x3x256x320; ...``."""
+    return "; ".join(" / ".join("x".join(map(str, s)) for s in p) for p in profiles)
+
+
 def _gpu_module(name: str, what: str):
     """``import name``, or :class:`TensorRTUnavailable` saying ``what`` is missing and how to get it."""
     import importlib
@@ -138,7 +143,10 @@ def _trt_parse_errors(parser) -> list[dict]:
 
 
 def engine_io(trt, engine) -> dict:
-    io = {"inputs": [], "outputs": [], "profile": None}
+    """The engine's IO tensors (name, shape with -1 for a dynamic dimension, dtype) and, for a dynamic
+    input, its optimisation profiles: ``profiles`` (one ``{input, min, opt, max}`` per profile index)
+    and ``profile`` (the first, which the model card reads the batch range from)."""
+    io = {"inputs": [], "outputs": [], "profile": None, "profiles": []}
     for i in range(engine.num_io_tensors):
         name = engine.get_tensor_name(i)
         mode = engine.get_tensor_mode(name)
@@ -146,10 +154,12 @@ def engine_io(trt, engine) -> dict:
                  "dtype": _dtype_name(trt, engine.get_tensor_dtype(name))}
         if mode == trt.TensorIOMode.INPUT:
             io["inputs"].append(entry)
-            if -1 in entry["shape"] and io["profile"] is None:
-                lo, opt, hi = engine.get_tensor_profile_shape(name, 0)
-                io["profile"] = {"input": name, "min": [int(d) for d in lo], "opt": [int(d) for d in opt],
-                                 "max": [int(d) for d in hi]}
+            if -1 in entry["shape"] and not io["profiles"]:
+                for index in range(int(engine.num_optimization_profiles)):
+                    lo, opt, hi = engine.get_tensor_profile_shape(name, index)
+                    io["profiles"].append({"input": name, "min": [int(d) for d in lo], "opt": [int(d) for d in opt],
+                                           "max": [int(d) for d in hi]})
+                io["profile"] = io["profiles"][0] if io["profiles"] else None
         else:
             io["outputs"].append(entry)
     return io
@@ -198,9 +208,9 @@ def _configure(trt, builder, plan: BuildPlan, opts: BuildOptions, env: dict):
             raise UserError(f"--hardware-compatible (Ampere and newer) needs an Ampere or newer GPU to build on; "
                             f"{env['gpu']['name']} has compute capability {env['gpu']['compute_capability']}")
         config.hardware_compatibility_level = level
-    if plan.profile is not None:
+    for shapes in plan.profiles:  # one per size class; index order is the sidecar's io.profiles order
         profile = builder.create_optimization_profile()
-        profile.set_shape(plan.input_name, *plan.profile)
+        profile.set_shape(plan.input_name, *shapes)
         config.add_optimization_profile(profile)
     return config
 
@@ -280,7 +290,9 @@ def build_engine(onnx_path: str | Path | BuildPlan, engine_path: str | Path | No
                            "preprocessing")
     log(f"building {plan.precision.upper()} engine {plan.engine_path} from {plan.build_onnx} with TensorRT "
         f"{env['tensorrt']} on {env['gpu']['name']} (cuda:{env['device_index']})"
-        + (f", batch profile {plan.profile[0][0]}/{plan.profile[1][0]}/{plan.profile[2][0]}" if plan.profile else ""))
+        + (f", optimisation profiles {profiles_text(plan.profiles[:len(plan.profiles) // plan.profile_sets])}"
+           + (f" (x{plan.profile_sets}, one set per execution context)" if plan.profile_sets > 1 else "")
+           if plan.profiles else ""))
     t0 = time.perf_counter()
     data, io, cache_out, extra = _trt_build(plan, opts, env)
     seconds = time.perf_counter() - t0

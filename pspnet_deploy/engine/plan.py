@@ -9,7 +9,7 @@ typed, so an FP32, FP16 or INT8 Q/DQ ONNX gives an FP32, FP16 or INT8 engine. As
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..card import (PRECISIONS, SUFFIX_KINDS, ModelCard, default_engine_path, read_card, sidecar_path,
@@ -47,6 +47,12 @@ class BuildOptions:
     opt_level: int | None = None  # builder optimisation level 0-5 (TensorRT default 3)
     timing_cache: str | None = None
     batch: tuple[int, int, int] | None = None  # optimisation profile (min, opt, max) for a dynamic batch
+    #: a dynamic-shape ONNX: one optimisation profile per size class, ((min H, W), (opt H, W), (max H, W)) each;
+    #: None: one profile from the export's --min-size / --input-size / --max-size
+    profiles: list | None = None
+    #: execution contexts that may run at once on an engine with dynamic inputs: TensorRT wants each
+    #: concurrently running context on a profile of its own, so every profile is built this many times
+    contexts: int = 1
     version_compatible: bool = False
     hardware_compatible: bool = False  # HardwareCompatibilityLevel.AMPERE_PLUS
     legacy_fp16_flag: bool = False  # TensorRT 10 only: weakly typed network + BuilderFlag.FP16
@@ -66,6 +72,7 @@ class BuildOptions:
         """As recorded in the sidecar: paths absolute (see :func:`recorded_path`), the workspace also in bytes."""
         d = asdict(self)
         d["batch"] = list(self.batch) if self.batch else None
+        d["profiles"] = [format_profile(p) for p in self.profiles] if self.profiles else None
         for key in PATH_OPTIONS:
             d[key] = recorded_path(key, d[key])
         d["workspace_bytes"] = self.workspace_bytes
@@ -84,9 +91,45 @@ class BuildOptions:
             lo, opt, hi = (int(b) for b in self.batch)
             if not (1 <= lo <= opt <= hi):
                 raise UserError(f"--batch needs 1 <= MIN <= OPT <= MAX, got {lo} {opt} {hi}")
+        if self.profiles is not None:
+            self.profiles = [parse_profile(p) if isinstance(p, str) else _profile_tuple(p) for p in self.profiles]
+            if not self.profiles:
+                raise UserError("--profiles needs at least one MIN:OPT:MAX (or HxW)")
+        if not 1 <= int(self.contexts) <= 64:
+            raise UserError(f"--contexts must be 1..64, got {self.contexts}")
         if self.legacy_fp16_flag and self.precision != "fp16":
             raise UserError("--legacy-fp16-flag goes with --fp16 (it builds the FP32 ONNX with TensorRT 10's FP16 flag)")
         check_calibration_options(self, ("int8", "fp16"))
+
+
+def _profile_tuple(p) -> tuple:
+    """((min H, W), (opt H, W), (max H, W)) with min <= opt <= max per side, from any nesting of ints."""
+    try:
+        lo, opt, hi = (tuple(int(v) for v in s) for s in p)
+        ok = len(lo) == len(opt) == len(hi) == 2 and all(1 <= a <= b <= c for a, b, c in zip(lo, opt, hi))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise UserError(f"--profiles: {p!r} is not MIN:OPT:MAX sizes with min <= opt <= max per side")
+    return lo, opt, hi
+
+
+def parse_profile(text: str) -> tuple:
+    """``HxW:HxW:HxW`` (min:opt:max) or ``HxW`` (a profile of that one size) -> ((h, w), (h, w), (h, w))."""
+    parts = str(text).lower().split(":")
+    try:
+        sizes = [tuple(int(v) for v in part.split("x")) for part in parts]
+        if len(parts) not in (1, 3) or any(len(s) != 2 for s in sizes):
+            raise ValueError
+    except ValueError:
+        raise UserError(f"--profiles: {text!r} is not MIN:OPT:MAX (e.g. 48x48:360x480:512x640) or one size HxW"
+                        ) from None
+    return _profile_tuple(sizes * 3 if len(sizes) == 1 else sizes)
+
+
+def format_profile(p) -> str:
+    """The ``--profiles`` spelling of a profile (what the sidecar and the rebuild command record)."""
+    return ":".join(f"{h}x{w}" for h, w in _profile_tuple(p))
 
 
 #: options whose value names a file or folder (recorded absolute); True: always a path (else a folder
@@ -136,9 +179,14 @@ class BuildPlan:
     strongly_typed: bool
     input_name: str
     input_shape: list
-    profile: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None
+    profile: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None  # the first of ``profiles``
     engine_path: Path
     card: ModelCard | None = None  # of build_onnx (the source's until a variant is written)
+    #: every optimisation profile (min, opt, max input shapes), in index order; [] for a static input.
+    #: ``profile_sets`` copies of the size classes: profile ``s * k + c`` is class ``c`` of set ``s``
+    #: (k classes), the set execution context ``s`` runs on
+    profiles: list = field(default_factory=list)
+    profile_sets: int = 1
 
     @property
     def sidecar_path(self) -> Path:
@@ -188,22 +236,10 @@ def plan_build(onnx_path: str | Path, opts: BuildOptions, engine_path: str | Pat
     shape = inp["shape"]
     if len(shape) != 4:
         raise UserError(f"{src}: input {inp['name']} has shape {shape}; expected N x 3 x H x W")
-    if any(not isinstance(d, int) for d in shape[1:]):
-        raise UserError(f"{src}: input {inp['name']} has dynamic sizes {shape}; only the batch may be dynamic "
-                        f"(re-export with a fixed --input-size)")
-    profile = None
-    if isinstance(shape[0], int):
-        b = shape[0]
-        if opts.batch is not None and tuple(opts.batch) != (b, b, b):
-            raise UserError(f"{src} has a fixed batch of {b}; --batch {' '.join(map(str, opts.batch))} needs an ONNX "
-                            f"with a dynamic batch (re-export with --dynamic-batch)")
-    else:
-        if opts.batch is not None:
-            lo, opt, hi = (int(v) for v in opts.batch)
-        else:
-            lo, opt, hi = export_batch_range(card)
-        rest = tuple(int(d) for d in shape[1:])
-        profile = ((lo,) + rest, (opt,) + rest, (hi,) + rest)
+    profiles = plan_profiles(src, card, inp, opts)
+    if opts.contexts > 1 and not profiles:
+        raise UserError(f"{src} has a fixed input shape {shape}; --contexts is for engines with dynamic inputs (any "
+                        f"number of contexts runs a static engine at once): drop it")
     if engine_path is None:
         engine_path = default_engine_path(src, want)
     engine_path = Path(engine_path)
@@ -213,8 +249,66 @@ def plan_build(onnx_path: str | Path, opts: BuildOptions, engine_path: str | Pat
         check_timing_cache(opts.timing_cache, {"ONNX": src, f"{want.upper()} ONNX": build_onnx, "engine": engine_path,
                                                "engine sidecar": sidecar_path(engine_path)})
     return BuildPlan(source_onnx=src, source_precision=src_p, convert=convert, build_onnx=build_onnx, precision=want,
-                     strongly_typed=strongly_typed, input_name=inp["name"], input_shape=list(shape), profile=profile,
-                     engine_path=engine_path, card=card)
+                     strongly_typed=strongly_typed, input_name=inp["name"], input_shape=list(shape),
+                     profile=profiles[0] if profiles else None, engine_path=engine_path, card=card,
+                     profiles=profiles * int(opts.contexts) if profiles else [],
+                     profile_sets=int(opts.contexts) if profiles else 1)
+
+
+def spatial_axes(card: ModelCard) -> tuple[int, int]:
+    """The H and W axes of the model's input: N x 3 x H x W, or N x H x W x 3 for uint8 pixels."""
+    return (1, 2) if card.input_kind == "uint8" else (2, 3)
+
+
+def plan_profiles(src: Path, card: ModelCard, inp: dict, opts: BuildOptions) -> list:
+    """The optimisation profiles (min, opt, max input shapes) of a build; [] for a fully static input.
+
+    The batch of every profile is ``--batch`` (else the export's --dynamic-batch range, else 1 8 8);
+    a dynamic-shape ONNX (``card.size_range``) gets one profile per ``--profiles`` entry, each within
+    the export's bounds, else one profile from the bounds themselves (min / optimise-for / max).
+    """
+    shape = inp["shape"]
+    hw = spatial_axes(card)
+    symbolic = [i for i, d in enumerate(shape) if not isinstance(d, int) or d < 1]
+    if any(i not in (0, *hw) for i in symbolic):
+        raise UserError(f"{src}: input {inp['name']} has dynamic dimensions {shape}; only the batch and (with "
+                        f"pspnet-export --dynamic-shape) H and W may be dynamic")
+    dynamic_hw = any(i in hw for i in symbolic)
+    if dynamic_hw and card.size_range is None:
+        raise UserError(f"{src}: input {inp['name']} has dynamic sizes {shape} but no recorded bounds "
+                        f"(pspnet.export.dynamic_shape); re-export with pspnet-export --dynamic-shape or a fixed "
+                        f"--input-size")
+    if opts.profiles and not dynamic_hw:
+        raise UserError(f"{src} has a fixed input size {shape}; --profiles needs a dynamic-shape ONNX (pspnet-export "
+                        f"--dynamic-shape)")
+    if 0 not in symbolic:
+        b = int(shape[0])
+        if opts.batch is not None and tuple(opts.batch) != (b, b, b):
+            raise UserError(f"{src} has a fixed batch of {b}; --batch {' '.join(map(str, opts.batch))} needs an ONNX "
+                            f"with a dynamic batch (re-export with --dynamic-batch)")
+        batch = (b, b, b)
+    else:
+        batch = tuple(int(v) for v in opts.batch) if opts.batch is not None else export_batch_range(card)
+    if not symbolic:
+        return []
+    sizes = [tuple(map(tuple, card.size_range))] if dynamic_hw and not opts.profiles else list(opts.profiles or [])
+    if not dynamic_hw:
+        sizes = [tuple((int(shape[hw[0]]), int(shape[hw[1]])) for _ in range(3))]
+    (lo_h, lo_w), _, (hi_h, hi_w) = card.size_range or sizes[0]
+    profiles = []
+    for size in sizes:
+        (a_h, a_w), _, (z_h, z_w) = size
+        if not (lo_h <= a_h and lo_w <= a_w and z_h <= hi_h and z_w <= hi_w):
+            raise UserError(f"--profiles {format_profile(size)} reaches outside the bounds the model was exported "
+                            f"for ({lo_h}x{lo_w} .. {hi_h}x{hi_w}); keep each profile within them, or re-export "
+                            f"with wider --min-size / --max-size")
+        prof = []
+        for b, (h, w) in zip(batch, size):
+            dims = list(shape)
+            dims[0], dims[hw[0]], dims[hw[1]] = b, h, w
+            prof.append(tuple(int(d) for d in dims))
+        profiles.append(tuple(prof))
+    return profiles
 
 
 def format_parser_errors(path: str | Path, errors: list[dict]) -> str:

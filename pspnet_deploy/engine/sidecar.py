@@ -86,7 +86,8 @@ def make_sidecar(plan: BuildPlan, opts: BuildOptions, env: dict, io: dict, engin
                                source_sha256, command)
     trt_info = {"version": env.get("tensorrt"), "version_compatible": bool(opts.version_compatible),
                 "hardware_compatibility": "ampere_plus" if opts.hardware_compatible else "none",
-                "strongly_typed": plan.strongly_typed}
+                "strongly_typed": plan.strongly_typed,
+                "profile_sets": int(getattr(plan, "profile_sets", 1))}  # io.profiles = this many copies of the classes
     trt_info.update(tensorrt_extra or {})
     sidecar.update(tensorrt=trt_info, gpu=env.get("gpu"))
     return sidecar

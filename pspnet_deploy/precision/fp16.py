@@ -206,6 +206,8 @@ def convert_fp16(fp32_onnx_path, out_path, calibration_images=None, margin: floa
     inp = fp32.graph.input[0]
     dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
     h, w = dims[2], dims[3]
+    if h is None or w is None:  # a dynamic-shape export: calibrate at its optimise-for size
+        h, w = read_card(src_path, kind="onnx").input_size
     fixed_batch = dims[0]
     dyn = meta.get("export", {}).get("dynamic_batch") if fixed_batch is None else None
     if fixed_batch is None and not dyn:

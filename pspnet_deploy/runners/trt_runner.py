@@ -11,35 +11,58 @@ pinned host buffers, device buffers and one CUDA stream, all through NVIDIA's CU
 ``set_tensor_address``, ``execute_async_v3``) so it runs on TensorRT 10 and 11; optionally a CUDA
 graph per input shape (stream capture of one ``execute_async_v3`` at that shape, kept keyed by the
 shape and replayed with ``cudaGraphLaunch`` only for it).
+
+Dynamic inputs (a dynamic batch, or H and W of a ``pspnet-export --dynamic-shape`` model): the
+buffers hold the largest shape of every optimisation profile; for each input shape the session
+picks the tightest profile that covers it (``set_optimization_profile_async`` on its stream when it
+changes, then ``set_input_shape``) and refuses, in one line naming the profiles, a shape that no
+profile covers.
+
+Concurrency (``pspnet-bench --concurrency N``): :meth:`EngineSession.lane` makes another execution
+context of the same deserialised engine with its own CUDA stream, buffers, CUDA graphs and events;
+:meth:`TrtRunner.request_workers` drives N of them from N threads (each thread makes the engine's
+device current for itself); one context is never used by two threads. TensorRT wants contexts
+that run at once on an engine with dynamic inputs each on optimisation profiles of their own:
+``pspnet-build-engine --contexts N`` builds the size classes N times (``tensorrt.profile_sets`` in
+the sidecar) and context ``s`` only uses set ``s``; more contexts than sets are refused in one line.
 With :mod:`pspnet_deploy.engine.build`, the only module that imports ``tensorrt``.
 """
 from __future__ import annotations
 
 import ctypes
 import sys
+import threading
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from ..card import read_card
-from ..engine.build import (check_engine, cuda_check, cudart, engine_io, environment, np_dtype, trt_logger, trt_module,
-                            use_device)
+from ..engine.build import (check_engine, cuda_check, cudart, engine_io, environment, np_dtype, profiles_text,
+                            trt_logger, trt_module, use_device)
 from ..engine.sidecar import rebuild_command
 from ..errors import UserError
 from .base import Runner, RunnerOptions
 
 
 class _Pinned:
-    """Page-locked host memory viewed as a numpy array (``cudaMallocHost``)."""
+    """Page-locked host memory (``cudaMallocHost``) of ``nbytes``, viewed as numpy arrays of any shape
+    that fits (:meth:`view`); ``array`` is the view at the shape it was made for."""
 
-    def __init__(self, rt, shape: tuple, dtype: np.dtype):
+    def __init__(self, rt, shape: tuple, dtype: np.dtype, nbytes: int | None = None):
         self.rt = rt
-        dtype = np.dtype(dtype)
-        self.nbytes = max(int(np.prod(shape)) * dtype.itemsize, 1)
+        self.dtype = dtype = np.dtype(dtype)
+        need = int(np.prod(shape)) * dtype.itemsize
+        self.nbytes = max(int(nbytes if nbytes is not None else need), need, 1)
         self.ptr = int(cuda_check(rt.cudaMallocHost(self.nbytes), "cudaMallocHost"))
+        self.array = self.view(shape)
+
+    def view(self, shape: tuple) -> np.ndarray:
+        n = int(np.prod(shape)) * self.dtype.itemsize
+        if n > self.nbytes:  # pragma: no cover - the session sizes buffers for every profile's largest shape
+            raise RuntimeError(f"host buffer of {self.nbytes} bytes cannot hold {shape}")
         raw = (ctypes.c_byte * self.nbytes).from_address(self.ptr)
-        self.array = np.frombuffer(raw, dtype=np.uint8)[: int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
+        return np.frombuffer(raw, dtype=np.uint8)[:n].view(self.dtype).reshape(shape)
 
     def free(self) -> None:
         if self.ptr:
@@ -48,63 +71,52 @@ class _Pinned:
             self.ptr = 0
 
 
+def _covers(profile: dict, shape: tuple[int, ...]) -> bool:
+    return len(shape) == len(profile["min"]) and all(a <= s <= b for a, s, b in zip(profile["min"], shape,
+                                                                                     profile["max"]))
+
+
+def pick_profile(profiles: list[dict], shape: tuple[int, ...]) -> int | None:
+    """The index of the tightest profile (smallest largest shape; the first of equals) covering
+    ``shape``, None when none does."""
+    fits = [i for i, p in enumerate(profiles) if _covers(p, shape)]
+    return min(fits, key=lambda i: (int(np.prod(profiles[i]["max"])), i)) if fits else None
+
+
 class EngineSession:
     """A deserialised engine with its execution context, pinned host buffers, device buffers and a
     CUDA stream; optional CUDA graph per input shape; one reusable CUDA event pair for timing. Made
     by :meth:`open` (or the runner) after
-    :func:`pspnet_deploy.engine.build.check_engine` accepted the file."""
+    :func:`pspnet_deploy.engine.build.check_engine` accepted the file; :meth:`lane` makes another
+    context of the same engine on its own stream (``parent``: the session whose engine it shares)."""
 
     def __init__(self, engine_path: str | Path, sidecar: dict, device_index: int = 0, cuda_graph: bool = False,
-                 verbose: bool = False):
+                 verbose: bool = False, parent: "EngineSession | None" = None, profile_set: int = 0):
         trt = trt_module()
         self._rt = rt = cudart()
         self.path = str(engine_path)
         self.sidecar = sidecar
+        self.device_index = int(device_index)
         self._dev: dict[str, int] = {}
         self._host: dict[str, _Pinned] = {}
         self._graphs: dict[tuple[int, ...], tuple] = {}  # input shape -> (graph, graph exec) captured at it
         self._events: tuple = ()  # (start, end): created on the first timed call, reused, destroyed at close
+        self._verbose = verbose
+        self.profile_set = int(profile_set)
         self.stream = None
         self.context = self.engine = self._runtime = None
         try:
             use_device(device_index)  # TensorRT runs on the current device
             self.stream = cuda_check(rt.cudaStreamCreate(), "cudaStreamCreate")
-            self._logger = trt_logger(trt, verbose)
-            self._runtime = trt.Runtime(self._logger)
-            if sidecar["tensorrt"].get("version_compatible") and hasattr(self._runtime, "engine_host_code_allowed"):
-                self._runtime.engine_host_code_allowed = True
-            self.engine = self._runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
-            if self.engine is None:
-                raise UserError(f"{engine_path}: TensorRT could not deserialise this engine (see its message above); "
-                                f"rebuild it: {rebuild_command(sidecar, engine_path)}")
+            if parent is None:
+                self._deserialize(trt, engine_path, sidecar, verbose)
+            else:  # another context of the parent's engine (which must outlive it)
+                self._logger, self._runtime, self.engine = parent._logger, parent._runtime, parent.engine
             self.context = self.engine.create_execution_context()
             if self.context is None:
                 raise UserError(f"{engine_path}: TensorRT could not create an execution context (out of GPU memory?)")
-            io = engine_io(trt, self.engine)
-            if len(io["inputs"]) != 1 or not io["outputs"]:
-                raise UserError(f"{engine_path}: expected one input and at least one output, found "
-                                f"{len(io['inputs'])} inputs and {len(io['outputs'])} outputs")
-            self.io = io
-            inp = io["inputs"][0]
-            self.input_name = inp["name"]
-            self.input_shape = list(inp["shape"])
-            self.input_dtype = np_dtype(trt, self.engine.get_tensor_dtype(self.input_name))
-            self.output_names = [o["name"] for o in io["outputs"]]
-            if self.input_shape[0] == -1:
-                prof = io["profile"]
-                self.fixed_batch = None
-                self.batch_range = (int(prof["min"][0]), int(prof["max"][0]))
-                self.max_batch = self.batch_range[1]
-            else:
-                self.fixed_batch = int(self.input_shape[0])
-                self.batch_range = None
-                self.max_batch = self.fixed_batch
-            self._batch = None
-            self._set_batch(self.max_batch)  # output shapes at the largest batch size the buffers must hold
-            self._alloc(self.input_name, tuple([self.max_batch] + self.input_shape[1:]), self.input_dtype)
-            for name in self.output_names:
-                shape = tuple(int(d) for d in self.context.get_tensor_shape(name))
-                self._alloc(name, shape, np_dtype(trt, self.engine.get_tensor_dtype(name)))
+            self._read_io(trt, engine_path)
+            self._alloc_buffers(trt)
             for name, ptr in self._dev.items():
                 if not self.context.set_tensor_address(name, ptr):
                     raise UserError(f"{engine_path}: TensorRT refused the device address of tensor {name!r}")
@@ -113,27 +125,128 @@ class EngineSession:
             self.close()
             raise
 
+    def _deserialize(self, trt, engine_path, sidecar: dict, verbose: bool) -> None:
+        self._logger = trt_logger(trt, verbose)
+        self._runtime = trt.Runtime(self._logger)
+        if sidecar["tensorrt"].get("version_compatible") and hasattr(self._runtime, "engine_host_code_allowed"):
+            self._runtime.engine_host_code_allowed = True
+        self.engine = self._runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
+        if self.engine is None:
+            raise UserError(f"{engine_path}: TensorRT could not deserialise this engine (see its message above); "
+                            f"rebuild it: {rebuild_command(sidecar, engine_path)}")
+
+    def _read_io(self, trt, engine_path) -> None:
+        io = engine_io(trt, self.engine)
+        if len(io["inputs"]) != 1 or not io["outputs"]:
+            raise UserError(f"{engine_path}: expected one input and at least one output, found "
+                            f"{len(io['inputs'])} inputs and {len(io['outputs'])} outputs")
+        self.io = io
+        inp = io["inputs"][0]
+        self.input_name = inp["name"]
+        self.input_shape = list(inp["shape"])
+        self.input_dtype = np_dtype(trt, self.engine.get_tensor_dtype(self.input_name))
+        self.output_names = [o["name"] for o in io["outputs"]]
+        every = list(io["profiles"])  # [] for a static input
+        sets = int((self.sidecar.get("tensorrt") or {}).get("profile_sets") or 1)
+        self.profile_sets = sets if every and len(every) % sets == 0 else 1
+        if self.profile_set >= self.profile_sets:  # pragma: no cover - the runner checks before making lanes
+            raise UserError(f"{engine_path}: profile set {self.profile_set} of {self.profile_sets}")
+        k = len(every) // self.profile_sets
+        self._first = self.profile_set * k  # engine index of this context's first profile
+        self.profiles = every[self._first:self._first + k]  # this context's size classes
+        if self.input_shape[0] == -1:
+            self.fixed_batch = None
+            self.batch_range = (min(int(p["min"][0]) for p in self.profiles),
+                                max(int(p["max"][0]) for p in self.profiles))
+            self.max_batch = self.batch_range[1]
+        else:
+            self.fixed_batch = int(self.input_shape[0])
+            self.batch_range = None
+            self.max_batch = self.fixed_batch
+        self.dynamic = -1 in self.input_shape
+        self._profile = 0  # a new context runs profile 0 (an index among the engine's profiles)
+        self._shape: tuple[int, ...] | None = None
+        self._out_shapes: dict[str, tuple[int, ...]] = {}
+
+    def _alloc_buffers(self, trt) -> None:
+        """One buffer per tensor, as large as its largest shape over every profile (the output
+        shapes TensorRT derives at each profile's largest input)."""
+        largest = [tuple(int(d) for d in p["max"]) for p in self.profiles] or [tuple(self.input_shape)]
+        need: dict[str, int] = {}
+        for index, shape in enumerate(largest):
+            self._set_shape(shape, self._first + index if self.profiles else None)
+            for name, s in [(self.input_name, shape), *self._out_shapes.items()]:
+                dt = np.dtype(self.input_dtype if name == self.input_name else
+                              np_dtype(trt, self.engine.get_tensor_dtype(name)))
+                need[name] = max(need.get(name, 0), int(np.prod(s)) * dt.itemsize)
+        for name in [self.input_name, *self.output_names]:
+            dt = self.input_dtype if name == self.input_name else np_dtype(trt, self.engine.get_tensor_dtype(name))
+            shape = largest[0] if name == self.input_name else self._out_shapes[name]
+            host = _Pinned(self._rt, shape, dt, nbytes=need[name])
+            self._host[name] = host
+            self._dev[name] = int(cuda_check(self._rt.cudaMalloc(host.nbytes), "cudaMalloc"))
+
     @classmethod
     def open(cls, engine_path: str | Path, device: str | int | None = 0, cuda_graph: bool = False,
              verify_hash: bool = True, verbose: bool = False) -> "EngineSession":
         sidecar, env = check_engine(engine_path, env=environment(device), verify_hash=verify_hash)
         return cls(engine_path, sidecar, env["device_index"], cuda_graph=cuda_graph, verbose=verbose)
 
-    # ---- buffers and shapes
-    def _alloc(self, name: str, shape: tuple, dtype) -> None:
-        host = _Pinned(self._rt, shape, dtype)
-        self._host[name] = host
-        self._dev[name] = int(cuda_check(self._rt.cudaMalloc(host.nbytes), "cudaMalloc"))
+    def lane(self, profile_set: int, cuda_graph: bool | None = None) -> "EngineSession":
+        """Another execution context of this engine with its own CUDA stream, buffers, graphs and
+        events (for one more request in flight) on optimisation profile set ``profile_set``; close
+        it before this session."""
+        return EngineSession(self.path, self.sidecar, self.device_index,
+                             cuda_graph=self.cuda_graph if cuda_graph is None else cuda_graph, verbose=self._verbose,
+                             parent=self, profile_set=profile_set)
 
-    def _set_batch(self, n: int) -> None:
-        if self.fixed_batch is not None or n == self._batch:
+    # ---- shapes and profiles
+    def _profiles_text(self) -> str:
+        return profiles_text([(p["min"], p["opt"], p["max"]) for p in self.profiles])
+
+    def _refuse(self, shape: tuple[int, ...]) -> UserError:
+        if not self.profiles:
+            want = "x".join(map(str, self.input_shape))
+            return UserError(f"{self.path}: the engine takes input {want}, got {'x'.join(map(str, shape))}")
+        return UserError(f"{self.path}: input {'x'.join(map(str, shape))} is outside every optimisation profile of "
+                         f"the engine ({self._profiles_text()}); resize the input or rebuild with a profile that "
+                         f"covers it (--profiles / --batch): {rebuild_command(self.sidecar, self.path)}")
+
+    def _set_shape(self, shape, profile: int | None = None) -> None:
+        """Make the context run at input ``shape``: pick the profile that covers it (``profile``
+        forces one), switch to it on this stream when it changes, set the input shape, and note the
+        output shapes TensorRT derives. UserError (one line) for a shape no profile covers."""
+        shape = tuple(int(d) for d in shape)
+        if shape == self._shape and profile is None:
             return
-        shape = [n] + self.input_shape[1:]
-        if not self.context.set_input_shape(self.input_name, shape):
-            raise UserError(f"{self.path}: TensorRT refused input shape {shape} for {self.input_name!r} (outside the "
-                            f"engine's profile {self.batch_range[0]}..{self.batch_range[1]}?); rebuild with a wider "
-                            f"--batch range: {rebuild_command(self.sidecar, self.path)}")
-        self._batch = n
+        if not self.dynamic:
+            if list(shape) != self.input_shape:
+                raise self._refuse(shape)
+        else:
+            index = pick_profile(self.profiles, shape) if profile is None else profile - self._first
+            if index is None:
+                raise self._refuse(shape)
+            index += self._first  # the engine's index of this context's profile
+            if index != self._profile:
+                self._shape = None  # TensorRT forgets the input shape set under the previous profile
+                if not self.context.set_optimization_profile_async(index, int(self.stream)):
+                    raise UserError(f"{self.path}: TensorRT refused optimisation profile {index} for this execution "
+                                    f"context (see its message above)")
+                self._profile = index
+            if not self.context.set_input_shape(self.input_name, list(shape)):
+                raise UserError(f"{self.path}: TensorRT refused input shape {list(shape)} for {self.input_name!r} "
+                                f"(profile {index}: {self._profiles_text()}); rebuild with a profile that covers it: "
+                                f"{rebuild_command(self.sidecar, self.path)}")
+        self._shape = shape
+        self._out_shapes = {name: tuple(int(d) for d in self.context.get_tensor_shape(name))
+                            for name in self.output_names}
+
+    def _full_shape(self, n_or_shape) -> tuple[int, ...]:
+        """An input shape from a batch size (the other dimensions as staged last) or a full shape."""
+        if isinstance(n_or_shape, (tuple, list)):
+            return tuple(int(d) for d in n_or_shape)
+        base = self._shape or tuple(self.input_shape)
+        return (int(n_or_shape), *base[1:])
 
     # ---- execution
     def _enqueue(self) -> None:
@@ -194,28 +307,34 @@ class EngineSession:
     def _copy(self, dst: int, src: int, nbytes: int, kind) -> None:
         cuda_check(self._rt.cudaMemcpyAsync(dst, src, nbytes, kind, self.stream), "cudaMemcpyAsync")
 
-    def stage(self, batch: np.ndarray) -> int:
-        """Copy ``batch`` into the pinned input buffer and set the batch shape; returns N."""
+    def host_view(self, name: str) -> np.ndarray:
+        """Tensor ``name``'s pinned host buffer at the shape the context runs at now."""
+        shape = self._shape if name == self.input_name else self._out_shapes[name]
+        return self._host[name].view(shape)
+
+    def stage(self, batch: np.ndarray) -> tuple[int, ...]:
+        """Copy ``batch`` into the pinned input buffer and set the input shape (choosing the
+        profile); returns the shape (what :meth:`execute` and :meth:`device_timer` take)."""
         n = int(batch.shape[0])
         if n > self.max_batch or n < 1:
             raise UserError(f"{self.path}: batch of {n} outside what the engine accepts (1..{self.max_batch})")
-        self._set_batch(n)
-        host = self._host[self.input_name].array[:n]
-        np.copyto(host, batch, casting="same_kind" if batch.dtype.kind == "f" else "unsafe")
-        return n
+        self._set_shape(batch.shape)
+        np.copyto(self.host_view(self.input_name), batch, casting="same_kind" if batch.dtype.kind == "f" else "unsafe")
+        return self._shape
 
-    def execute(self, n: int) -> None:
-        """Host input -> device, run (graph or plain) at batch ``n``, first output -> host; not synchronised."""
-        self._set_batch(n)  # a timer made for another batch size may run after a stage() of this one
+    def execute(self, shape) -> None:
+        """Host input -> device, run (graph or plain) at input ``shape`` (or a batch size), first
+        output -> host; not synchronised."""
+        self._set_shape(self._full_shape(shape))  # a timer made for another shape may run after a stage() of this one
         kinds = self._rt.cudaMemcpyKind
-        inp = self._host[self.input_name]
-        self._copy(self._dev[self.input_name], inp.ptr, inp.array[:n].nbytes, kinds.cudaMemcpyHostToDevice)
+        self._copy(self._dev[self.input_name], self._host[self.input_name].ptr,
+                   self.host_view(self.input_name).nbytes, kinds.cudaMemcpyHostToDevice)
         if self.cuda_graph:
             self._launch_graph()
         else:
             self._enqueue()
-        out = self._host[self.output_names[0]]
-        self._copy(out.ptr, self._dev[self.output_names[0]], out.array[:n].nbytes, kinds.cudaMemcpyDeviceToHost)
+        out = self.output_names[0]
+        self._copy(self._host[out].ptr, self._dev[out], self.host_view(out).nbytes, kinds.cudaMemcpyDeviceToHost)
 
     def synchronize(self) -> None:
         cuda_check(self._rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
@@ -223,23 +342,24 @@ class EngineSession:
     def run(self, batch: np.ndarray) -> np.ndarray:
         """One batch (N x 3 x H x W float, or N x H x W x 3 uint8 for a uint8 engine) -> the first
         output as numpy (a copy)."""
-        n = self.stage(batch)
-        self.execute(n)
+        shape = self.stage(batch)
+        self.execute(shape)
         self.synchronize()
-        return np.array(self._host[self.output_names[0]].array[:n], copy=True)
+        return np.array(self.host_view(self.output_names[0]), copy=True)
 
-    def device_timer(self, n: int) -> Callable[[], float]:
-        """``call()``: one execution of the staged batch of ``n`` timed with CUDA events on the stream
-        (copies in and out included, host staging excluded); milliseconds. Every timer shares the
-        session's one event pair (created here once, destroyed by :meth:`close`)."""
+    def device_timer(self, shape) -> Callable[[], float]:
+        """``call()``: one execution of the staged input of ``shape`` (or batch size) timed with CUDA
+        events on the stream (copies in and out included, host staging excluded); milliseconds.
+        Every timer shares the session's one event pair (created here once, destroyed by :meth:`close`)."""
         rt = self._rt
+        shape = self._full_shape(shape)
         while len(self._events) < 2:
             self._events += (cuda_check(rt.cudaEventCreate(), "cudaEventCreate"),)
         start, end = self._events
 
         def call() -> float:
             cuda_check(rt.cudaEventRecord(start, self.stream), "cudaEventRecord")
-            self.execute(n)
+            self.execute(shape)
             cuda_check(rt.cudaEventRecord(end, self.stream), "cudaEventRecord")
             cuda_check(rt.cudaEventSynchronize(end), "cudaEventSynchronize")
             return float(cuda_check(rt.cudaEventElapsedTime(start, end), "cudaEventElapsedTime"))
@@ -274,6 +394,21 @@ class EngineSession:
             pass
 
 
+def _with_contexts(command: str, n: int) -> str:
+    """``command`` (a recorded build command) asking for ``--contexts n``."""
+    import shlex
+
+    try:
+        argv = shlex.split(command)
+    except ValueError:  # pragma: no cover - a sidecar written by hand
+        return f"{command} --contexts {n}"
+    if "--contexts" in argv[:-1]:
+        argv[argv.index("--contexts") + 1] = str(n)
+    else:
+        argv += ["--contexts", str(n)]
+    return shlex.join(argv)
+
+
 class TrtRunner(Runner):
     backend = "tensorrt"
 
@@ -283,9 +418,11 @@ class TrtRunner(Runner):
         self.sidecar = card.sidecar
         self.fixed_batch = session.fixed_batch
         self.batch_range = session.batch_range
+        self._lanes: list[EngineSession] = []  # more contexts for requests in flight (request_workers)
         hw = (1, 2) if self.input_kind == "uint8" else (2, 3)  # a uint8 engine takes N x H x W x 3 pixels
         h, w = session.input_shape[hw[0]], session.input_shape[hw[1]]
-        self.preprocess = self.preprocess.with_size(h, w)
+        if h > 0 and w > 0:  # a dynamic-shape engine keeps the card's size (the export's optimise-for size)
+            self.preprocess = self.preprocess.with_size(h, w)
         self._device = f"cuda:{device_index}"
 
     @classmethod
@@ -306,7 +443,8 @@ class TrtRunner(Runner):
         d = super().describe()
         d.update({"tensorrt": getattr(self, "tensorrt_version", None), "gpu": getattr(self, "gpu", None),
                   "cuda_graph": bool(self.session.cuda_graph) if self.session else None,
-                  "batch_range": self.batch_range, "onnx_sha256": self.sidecar.get("onnx", {}).get("sha256")})
+                  "batch_range": self.batch_range, "onnx_sha256": self.sidecar.get("onnx", {}).get("sha256"),
+                  "profiles": self.sidecar.get("io", {}).get("profiles") or None})
         return d
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
@@ -314,19 +452,43 @@ class TrtRunner(Runner):
         return out.astype(np.float32) if out.dtype == np.float16 else out
 
     def request_workers(self, batch: np.ndarray, n: int):
-        """One request at a time: this runner owns one execution context on one stream; several
-        contexts on their own streams are not written yet, so a sweep above 1 is refused."""
-        if int(n) != 1:
-            raise UserError(f"{self.path}: --concurrency above 1 is not implemented for TensorRT engines (one "
-                            f"execution context per runner); sweep ONNX Runtime or OpenVINO models, or use 1")
-        return super().request_workers(batch, n)
+        """``n`` requests in flight: ``n`` execution contexts of the one engine, each on its own CUDA
+        stream with its own buffers (and CUDA graphs with ``cuda_graph``), one per thread; the
+        runner's own context is the first, the others are made on first need and kept until
+        :meth:`close`."""
+        n = int(n)
+        x = self.model_input(batch)
+        sets = self.session.profile_sets
+        if self.session.dynamic and n > sets:
+            raise UserError(f"{self.path}: {n} requests in flight need {n} execution contexts, each on optimisation "
+                            f"profiles of its own, but the engine has profiles for {sets}; rebuild it with "
+                            f"--contexts {n}: {_with_contexts(rebuild_command(self.sidecar, self.path), n)}")
+        while len(self._lanes) < n - 1:
+            self._lanes.append(self.session.lane(profile_set=len(self._lanes) + 1 if self.session.dynamic else 0))
+        lanes = [self.session, *self._lanes[:n - 1]]
+        device = self.session.device_index
+
+        def worker(lane: EngineSession) -> Callable[[], np.ndarray]:
+            local = threading.local()
+
+            def call() -> np.ndarray:
+                if not getattr(local, "ready", False):  # CUDA's current device is per thread
+                    use_device(device)
+                    local.ready = True
+                return lane.run(x)
+            return call
+        return ([worker(lane) for lane in lanes],
+                f"{n} TensorRT execution context{'s' if n > 1 else ''}, each on its own CUDA stream, one per thread")
 
     def model_timer(self, batch: np.ndarray) -> tuple[Callable[[], float], str]:
         """CUDA events on the engine's stream around copy in, execution (or graph replay) and copy out."""
-        n = self.session.stage(self.model_input(batch))
-        return self.session.device_timer(n), "CUDA events (pinned host copies in and out included)"
+        shape = self.session.stage(self.model_input(batch))
+        return self.session.device_timer(shape), "CUDA events (pinned host copies in and out included)"
 
     def close(self) -> None:
+        for lane in self._lanes:  # before the session whose engine they share
+            lane.close()
+        self._lanes = []
         if self.session is not None:
             self.session.close()
             self.session = None
@@ -338,16 +500,16 @@ class TrtRunner(Runner):
 
 def _run_all(session: EngineSession, batch: np.ndarray) -> dict:
     """One batch through ``session``; every output (the model's and the marked layers') as numpy."""
-    n = session.stage(batch)
+    session.stage(batch)
     kinds = session._rt.cudaMemcpyKind
-    inp = session._host[session.input_name]
-    session._copy(session._dev[session.input_name], inp.ptr, inp.array[:n].nbytes, kinds.cudaMemcpyHostToDevice)
+    session._copy(session._dev[session.input_name], session._host[session.input_name].ptr,
+                  session.host_view(session.input_name).nbytes, kinds.cudaMemcpyHostToDevice)
     session._enqueue()
     for name in session.output_names:
-        out = session._host[name]
-        session._copy(out.ptr, session._dev[name], out.array[:n].nbytes, kinds.cudaMemcpyDeviceToHost)
+        session._copy(session._host[name].ptr, session._dev[name], session.host_view(name).nbytes,
+                      kinds.cudaMemcpyDeviceToHost)
     session.synchronize()
-    return {name: np.array(session._host[name].array[:n], copy=True) for name in session.output_names}
+    return {name: np.array(session.host_view(name), copy=True) for name in session.output_names}
 
 
 def debug_capture(onnx_path: str | Path, tensors: list[str], device: str | int | None = 0):
