@@ -278,4 +278,9 @@ def test_cli_bad_input_one_line(tmp_path, capsys):
     assert len(err) == 1 and "missing.pt" in err[0] and "Traceback" not in err[0]
     assert run(PROG, main, [str(tmp_path / "missing.pt"), "--data", "synthetic", "--output", str(tmp_path / "x.onnx"),
                             "--resume", str(tmp_path / "nope.pt")]) == 2
+    capsys.readouterr()
+    assert run(PROG, main, [str(tmp_path / "missing.pt"), "--data", "synthetic", "--output", str(out),
+                            "--channel-order", "BGR"]) == 2  # refused before the checkpoint is even read
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--channel-order applies to --input-kind uint8" in err[0]
     assert not out.exists()
