@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import THREADS, make_tiny_model, synthetic_meta
+from conftest import THREADS, make_tiny_model, run_cli, synthetic_meta
 
 MIN, OPT, MAX = (48, 48), (64, 96), (256, 320)
 #: calibration image sizes: not multiples of 8 or of the bins; 300x410 is outside MAX (fitted to 234x320)
@@ -133,9 +133,12 @@ def test_int8_calibrated_on_mixed_sizes(work, tmp_path):
     _agreement(work["fp32"], tmp_path / "dyn.int8.xml", int8, argmax_agreement=MIN_ARGMAX_AGREEMENT,
                cosine=MIN_COSINE)
 
-    again = tmp_path / "bc" / "dyn.int8.onnx"
-    rep2 = calibrate_onnx(work["fp32"], again, str(work["images"]), table=table_path_for(out), bias_correction=True,
-                          cache_dir=tmp_path / "cache", progress=False, threads=THREADS, parser_check=False)
+    again, js = tmp_path / "bc" / "dyn.int8.onnx", tmp_path / "bc.json"  # the command, on the same files
+    r = run_cli("pspnet_deploy.cli.calibrate", work["fp32"], "--data", work["images"], "--calib-table",
+                table_path_for(out), "--bias-correction", "--output", again, "--cache-dir", tmp_path / "cache",
+                "--no-parser-check", "--no-progress", "--json", js)
+    assert r.returncode == 0, r.stderr
+    rep2 = json.loads(js.read_text())
     assert rep2["bias_correction"]["corrected"] > 10 and rep2["cache"]["table"]
     assert read_card(again).meta["calibration"]["sizes"] == FITTED  # the table's record carried over
 

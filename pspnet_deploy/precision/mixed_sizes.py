@@ -28,7 +28,7 @@ import numpy as np
 from ..data.preprocess import Preprocess
 from ..errors import UserError
 from ..utils import atomic_path, atomic_write_json, say
-from .batches import iter_batches
+from .batches import batch_indices, iter_batches
 from .calib_data import (CACHE_VERSION, MAX_DECODE_FAILURES, MIN_CALIB_IMAGES, CalibrationSet, _ImageSource, _spaced,
                          cache_key)
 
@@ -89,8 +89,9 @@ class MixedSizeSet:
         groups: dict[tuple[int, int], list[int]] = {}
         for i in range(n):
             groups.setdefault(self.shapes[i], []).append(i)
-        for idx in groups.values():
-            yield from iter_batches(np.stack([self.image(i) for i in idx]), batch)
+        for group in groups.values():  # one batch in memory at a time (the set itself stays memory-mapped)
+            for idx, real in batch_indices(len(group), batch):
+                yield np.stack([self.image(group[k]) for k in idx]).astype(np.float32, copy=False), real
 
 
 def calibration_batches(calib, batch: int | None = None, limit: int | None = None) -> Iterator[tuple[np.ndarray, int]]:
