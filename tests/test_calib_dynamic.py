@@ -125,7 +125,7 @@ def test_int8_calibrated_on_mixed_sizes(work, tmp_path):
                                                                                             list(MAX)]
     cal = read_card(out).meta["calibration"]
     assert cal["sizes"] == FITTED and cal["images_hash"] == table["images"]["hash"] == rep["images"]["hash"]
-    assert list((tmp_path / "cache").glob("calib-*.flat.npy"))  # the own-size images, cached flat
+    assert list((tmp_path / "cache").glob("calib-*.f32"))  # the own-size images, cached flat
     assert check_onnx_for_tensorrt(str(out), trt_major=10) == []
     int8 = tolerances_for("int8")  # the documented agreement (compare.DEFAULT_TOLERANCES), and test_calibrate's
     _agreement(work["fp32"], out, int8, argmax_agreement=MIN_ARGMAX_AGREEMENT, cosine=MIN_COSINE)

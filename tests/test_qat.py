@@ -208,7 +208,7 @@ def _check_fp32_checkpoint(work, rep, out):
     assert not list(tuned.parent.glob(".*tmp*"))
 
 
-def test_qat_uint8_in_labels_out(work, full_run):
+def test_qat_uint8_in_labels_out(work, full_run, capsys):
     """--input-kind uint8 --channel-order BGR --output-kind labels: the same fine-tuned network (resumed
     from the full run's state, so only the export runs), pixels in and labels out, the preprocessing
     FP32 in front of the first Q/DQ, parity gated by the exporter; its labels are the float QAT file's
@@ -251,6 +251,14 @@ def test_qat_uint8_in_labels_out(work, full_run):
     with torch.no_grad():
         fq = model.eval()(torch.from_numpy(x)).numpy().argmax(1)
     assert (fq == labels).mean() > 0.99
+    # the file itself as pspnet-qat's source: refused, naming the options that give the same file
+    from pspnet_deploy.cli.common import run as run_cli_inproc
+    from pspnet_deploy.cli.qat import PROG, main
+
+    assert run_cli_inproc(PROG, main, [str(out), "--data", "synthetic", "--output", str(work / "u8" / "x.onnx")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is an ONNX model" in err[0] and \
+        "--input-kind uint8 --channel-order BGR --output-kind labels" in err[0]
 
 
 def test_bf16_feature_detection_and_refusal(work, tmp_path):

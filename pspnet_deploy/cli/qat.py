@@ -92,6 +92,8 @@ def main(argv=None) -> int:
         if made_with != a.method:
             raise UserError(f"{a.calib_table}: the table's ranges were made with --method {made_with}, not {a.method}; "
                             f"drop --method to reuse them, or drop --calib-table to calibrate with {a.method}")
+    if str(a.checkpoint).lower().endswith(".onnx"):  # e.g. a uint8/labels export: QAT needs its checkpoint
+        _refuse_model_file(a.checkpoint)
     card = read_card(a.checkpoint, kind="torch")
     size = card.check_size(a.input_size)  # the export size: the model's bounds and memory
     card.check_size(a.crop or size, "--crop" if a.crop else "training crop (the export size)", batch=a.batch_size,
@@ -126,6 +128,30 @@ def main(argv=None) -> int:
     if a.json:
         atomic_write_json(a.json, jsonable(rep))
     return 0
+
+
+def _refuse_model_file(path) -> None:
+    """UserError naming the checkpoint an exported ONNX came from and the options that give the same
+    input and output kinds after QAT."""
+    from ..card import read_card
+    from ..errors import UserError
+
+    try:
+        card = read_card(path, kind="onnx")
+    except UserError:
+        card = None
+    flags = ""
+    if card is not None:
+        if card.input_kind == "uint8":
+            flags += f" --input-kind uint8 --channel-order {card.input_channel_order}"
+        if card.output_kind == "labels":
+            flags += " --output-kind labels"
+    src = (card.provenance.get("checkpoint") if card is not None else None) or "the checkpoint (.pt) it was exported from"
+    qat = card.meta.get("qat") if card is not None else None
+    if isinstance(qat, dict):  # a QAT file records the checkpoint it was fine-tuned from by hash (its export's is temporary)
+        src = f"the checkpoint it was fine-tuned from (sha256 {str(qat.get('source_checkpoint_sha256'))[:12]}…)"
+    raise UserError(f"{path}: is an ONNX model; pspnet-qat fine-tunes the PyTorch weights: pass {src}"
+                    + (f" with{flags} to get the same pixels-in / labels-out file" if flags else ""))
 
 
 def entry() -> None:

@@ -12,13 +12,15 @@ up to the minimum; a side is clipped on its own only when the aspect ratio canno
 The sizes used and how many images were rescaled are recorded (:meth:`MixedSizeSet.size_record`),
 and go to the calibration table and the INT8 file's ``pspnet.calibration`` record.
 
-The preprocessed images are cached as one flat float32 ``.npy`` (memory-mapped) with their shapes
-in the JSON beside it, keyed like the static cache plus the bounds.
+The preprocessed images are cached as one raw float32 file (``calib-<key>.f32``, written image by
+image, memory-mapped) with their shapes in the JSON beside it, keyed like the one-size cache plus
+the bounds.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -103,21 +105,11 @@ def calibration_batches(calib, batch: int | None = None, limit: int | None = Non
 
 def num_batches(calib, batch: int | None = None, limit: int | None = None) -> int:
     """How many batches :func:`calibration_batches` yields (for progress bars)."""
-    return sum(1 for _ in _batch_counts(calib, batch, limit))
-
-
-def _batch_counts(calib, batch, limit):
     b = int(batch or 1)
-    if isinstance(calib, MixedSizeSet):
-        n = calib.num_images if limit is None else min(int(limit), calib.num_images)
-        sizes: dict[tuple, int] = {}
-        for s in calib.shapes[:n]:
-            sizes[s] = sizes.get(s, 0) + 1
-        for k in sizes.values():
-            yield from range(-(-k // b))
-    else:
-        n = calib.num_images if limit is None else min(int(limit), calib.num_images)
-        yield from range(-(-n // b))
+    n = calib.num_images if limit is None else min(int(limit), calib.num_images)
+    if not isinstance(calib, MixedSizeSet):
+        return -(-n // b)
+    return sum(-(-k // b) for k in Counter(calib.shapes[:n]).values())
 
 
 def stacked_outputs(outputs: list[np.ndarray]) -> np.ndarray:
@@ -162,49 +154,45 @@ def load_mixed_calibration_set(data, split: str, num_images: int, preprocess: Pr
     bounds = [list(map(int, s)) for s in size_range]
     key = cache_key(CACHE_VERSION, "mixed-sizes", model_sha256, images_hash, preprocess.to_dict(), bounds)
     cache_dir = Path(cache_dir)
-    npy, side = cache_dir / f"calib-{key}.flat.npy", cache_dir / f"calib-{key}.json"
+    raw, side = cache_dir / f"calib-{key}.f32", cache_dir / f"calib-{key}.json"
     source = src.describe() | {"chosen": len(chosen)}
     size_range = tuple(tuple(s) for s in bounds)
-    if npy.is_file() and side.is_file():
+    if raw.is_file() and side.is_file():
         try:
             info = json.loads(side.read_text())
-            flat = np.load(npy, mmap_mode="r")
             shapes = [tuple(s) for s in info["shapes"]]
-            if flat.ndim == 1 and flat.size == sum(3 * h * w for h, w in shapes) and len(shapes) == len(info["ids"]):
-                say(progress, f"calibration images: {len(shapes)} (mixed sizes) from cache {npy}")
-                return MixedSizeSet(flat, shapes, info["ids"], images_hash, source, info.get("skipped", []), npy, True,
-                                    int(info.get("resized", 0)), size_range)
+            if raw.stat().st_size == 4 * sum(3 * h * w for h, w in shapes) and len(shapes) == len(info["ids"]):
+                say(progress, f"calibration images: {len(shapes)} (mixed sizes) from cache {raw}")
+                return MixedSizeSet(np.memmap(raw, np.float32, "r"), shapes, info["ids"], images_hash, source,
+                                    info.get("skipped", []), raw, True, int(info.get("resized", 0)), size_range)
         except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
             pass  # unreadable cache: rebuild it
-    images, shapes, ok_ids, skipped, resized = [], [], [], [], 0
-    for i in tqdm(chosen, desc="calibration images", disable=not progress, leave=False, dynamic_ncols=True):
-        try:
-            img = decoded.pop(i) if i in decoded else src.load(i)
-        except UserError:
-            skipped.append(src.ident(i))
-            continue
-        h, w = fit_to_bounds(img.shape[0], img.shape[1], size_range)
-        resized += (h, w) != tuple(img.shape[:2])
-        images.append(preprocess.with_size(h, w)(img).ravel())
-        shapes.append((h, w))
-        ok_ids.append(src.ident(i))
-    if len(skipped) > max_decode_failures * len(chosen):
-        raise UserError(f"{where}: {len(skipped)} of {len(chosen)} calibration images could not be decoded "
-                        f"(first: {skipped[0]}); fix or remove the broken files")
-    if len(images) < min_images:
-        raise UserError(f"{where}: found {len(images)} decodable calibration images; calibration needs at least "
-                        f"{min_images}")
+    shapes, ok_ids, skipped, resized = [], [], [], 0
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(npy) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, np.concatenate(images).astype(np.float32))
-    del images
+    with atomic_path(raw) as tmp, open(tmp, "wb") as f:  # written image by image: memory stays one image
+        for i in tqdm(chosen, desc="calibration images", disable=not progress, leave=False, dynamic_ncols=True):
+            try:
+                img = decoded.pop(i) if i in decoded else src.load(i)
+            except UserError:
+                skipped.append(src.ident(i))
+                continue
+            h, w = fit_to_bounds(img.shape[0], img.shape[1], size_range)
+            resized += (h, w) != tuple(img.shape[:2])
+            f.write(np.ascontiguousarray(preprocess.with_size(h, w)(img), np.float32).tobytes())
+            shapes.append((h, w))
+            ok_ids.append(src.ident(i))
+        if len(skipped) > max_decode_failures * len(chosen):
+            raise UserError(f"{where}: {len(skipped)} of {len(chosen)} calibration images could not be decoded "
+                            f"(first: {skipped[0]}); fix or remove the broken files")
+        if len(shapes) < min_images:
+            raise UserError(f"{where}: found {len(shapes)} decodable calibration images; calibration needs at least "
+                            f"{min_images}")
     atomic_write_json(side, {"ids": ok_ids, "skipped": skipped, "images_hash": images_hash,
                              "model_sha256": model_sha256, "preprocess": preprocess.to_dict(), "source": source,
                              "shapes": [list(s) for s in shapes], "resized": resized, "size_range": bounds})
     if skipped:
         say(progress, f"warning: skipped {len(skipped)} calibration image(s) that could not be decoded (first: {skipped[0]})")
-    return MixedSizeSet(np.load(npy, mmap_mode="r"), shapes, ok_ids, images_hash, source, skipped, npy, False,
+    return MixedSizeSet(np.memmap(raw, np.float32, "r"), shapes, ok_ids, images_hash, source, skipped, raw, False,
                         resized, size_range)
 
 
