@@ -186,8 +186,8 @@ def test_openvino_bounded_and_static_ir(dyn_fp32, tmp_path):
 
 
 def test_int8_dynamic_graph_runs_at_unseen_sizes(dyn_fp32, tmp_path):
-    """pspnet-calibrate takes the dynamic graph (calibrated at its optimise-for size; mixed-size
-    calibration is not implemented). On this UNTRAINED tiny net INT8 agrees with FP32 at
+    """pspnet-calibrate takes the dynamic graph (calibrated on the synthetic images at their own
+    96x128; mixed sizes and the documented agreement: tests/test_calib_dynamic.py). On this UNTRAINED tiny net INT8 agrees with FP32 at
     0.97-0.98 of pixels, below the 0.98 / cosine 0.999 that test_calibrate states for its trained
     net; the bounds here are what this untrained net gives, not the documented agreement."""
     from pspnet_deploy.compare import compare_outputs

@@ -15,6 +15,8 @@ import torch
 
 from conftest import make_tiny_model, synthetic_meta
 
+from pspnet_deploy.parser_check import check_onnx_for_tensorrt
+
 STEPS = 2  # per epoch
 
 
@@ -209,6 +211,59 @@ def _check_fp32_checkpoint(work, rep, out):
     assert not list(tuned.parent.glob(".*tmp*"))
 
 
+def test_qat_uint8_in_labels_out(work, full_run, capsys):
+    """--input-kind uint8 --channel-order BGR --output-kind labels: the same fine-tuned network (resumed
+    from the full run's state, so only the export runs), pixels in and labels out, the preprocessing
+    FP32 in front of the first Q/DQ, parity gated by the exporter; its labels are the float QAT file's
+    argmax on the NumPy preprocessing of the same pixels, and the PyTorch fake-quant model's."""
+    import onnx
+    import onnxruntime as ort
+
+    from pspnet_deploy.card import read_card
+    from pspnet_deploy.checkpoint import load_model
+    from pspnet_deploy.data import Preprocess
+    from pspnet_deploy.data.samples import generated_images
+    from pspnet_deploy.qat import QATModel, QATPlan, run_qat
+
+    out = work / "u8" / "m.int8.onnx"
+    state_path = full_run[1].with_suffix(".qat-state.pt")
+    rep = run_qat(work / "tiny.pt", out, _cfg(), resume=state_path, input_kind="uint8", channel_order="BGR",
+                  output_kind="labels")
+    assert rep["export_parity"]["passed"] and rep["ranges"] == full_run[0]["ranges"]
+    card = read_card(out)
+    assert (card.precision, card.input_kind, card.input_channel_order, card.output_kind) == \
+        ("int8", "uint8", "BGR", "labels")
+    assert card.meta["calibration_method"] == "qat" and card.inputs[0]["shape"] == [1, 64, 96, 3]
+    m = onnx.load(str(out))
+    ops = [n.op_type for n in m.graph.node]
+    assert ops[:6] == ["Cast", "Slice", "Sub", "Div", "Transpose", "QuantizeLinear"] and "ArgMax" in ops[-2:]
+    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert not list(check_onnx_for_tensorrt(str(out)))
+
+    pixels = generated_images(64, 96, 2, seed=4)  # RGB uint8, as the toolkit's reader gives
+    x = Preprocess.from_dict(card.meta["preprocess"]).batch(pixels).astype(np.float32)  # NumPy preprocessing
+    run = lambda path, feed: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(  # noqa: E731
+        None, {"input": feed})[0]
+    labels = np.concatenate([run(out, np.ascontiguousarray(p[None, :, :, ::-1])) for p in pixels])
+    float_qat = np.concatenate([run(full_run[1], x[i:i + 1]) for i in range(len(x))])
+    assert labels.dtype == np.int32 and np.array_equal(labels, float_qat.argmax(1))
+    state = torch.load(state_path, weights_only=True)
+    net, _ = load_model(work / "tiny.pt")
+    model = QATModel(net, QATPlan.from_dict(state["plan"]))
+    model.load_state_dict(state["model"])
+    with torch.no_grad():
+        fq = model.eval()(torch.from_numpy(x)).numpy().argmax(1)
+    assert (fq == labels).mean() > 0.99
+    # the file itself as pspnet-qat's source: refused, naming the options that give the same file
+    from pspnet_deploy.cli.common import run as run_cli_inproc
+    from pspnet_deploy.cli.qat import PROG, main
+
+    assert run_cli_inproc(PROG, main, [str(out), "--data", "synthetic", "--output", str(work / "u8" / "x.onnx")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is an ONNX model" in err[0] and \
+        "--input-kind uint8 --channel-order BGR --output-kind labels" in err[0]
+
+
 def test_bf16_feature_detection_and_refusal(work, tmp_path):
     from pspnet_deploy.cli.common import run
     from pspnet_deploy.cli.qat import PROG, main
@@ -234,4 +289,9 @@ def test_cli_bad_input_one_line(tmp_path, capsys):
     assert len(err) == 1 and "missing.pt" in err[0] and "Traceback" not in err[0]
     assert run(PROG, main, [str(tmp_path / "missing.pt"), "--data", "synthetic", "--output", str(tmp_path / "x.onnx"),
                             "--resume", str(tmp_path / "nope.pt")]) == 2
+    capsys.readouterr()
+    assert run(PROG, main, [str(tmp_path / "missing.pt"), "--data", "synthetic", "--output", str(out),
+                            "--channel-order", "BGR"]) == 2  # refused before the checkpoint is even read
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--channel-order applies to --input-kind uint8" in err[0]
     assert not out.exists()

@@ -22,7 +22,8 @@ arrays, so it includes the copies and the device synchronisation. Each row names
 Load sweep (``concurrency``, like Triton's perf_analyzer): per model and level N, N requests of one
 image are kept in flight by N threads (:meth:`Runner.request_workers
 <pspnet_deploy.runners.base.Runner.request_workers>`: ONNX Runtime and PyTorch share one model
-between the threads, OpenVINO gets N infer requests on N streams); each request's wall time is a
+between the threads, OpenVINO gets N infer requests on N streams, TensorRT N execution contexts on N
+CUDA streams); each request's wall time is a
 latency sample and the throughput is the images completed over the wall time of the level.
 ``report["load"]`` holds one row per model and level (``concurrency``, ``throughput_ips``,
 p50/p99), plotted as a latency-throughput curve.

@@ -17,7 +17,8 @@ def build_parser():
     p = make_parser(PROG, "Calibrate an FP32 ONNX (from pspnet-export) into an INT8 Q/DQ ONNX: symmetric INT8, zero "
                           "points 0, weights per channel, biases FP32, the static pyramid pooling kept exact. Writes "
                           "OUT, OUT's .calib.json (per-tensor scales) and, with --max-miou-drop, a sensitivity "
-                          "report (.sensitivity.md/.json/.png) when nodes had to stay FP32.")
+                          "report (.sensitivity.md/.json/.png) when nodes had to stay FP32. A dynamic-shape "
+                          "model is calibrated on the images at their own sizes (fitted into its bounds).")
     p.add_argument("model", help="FP32 ONNX written by pspnet-export (model.fp32.onnx)")
     p.add_argument("--data", default=None,
                    help="calibration images: dataset folder, synthetic[:SEED], or a folder of images (no masks)")

@@ -35,6 +35,13 @@ def build_parser():
                         f"table's)")
     p.add_argument("--input-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                    help="export size (default: the checkpoint's)")
+    p.add_argument("--input-kind", choices=["float", "uint8"], default="float",
+                   help="what the INT8 file takes, as pspnet-export --input-kind: uint8 = N x H x W x 3 pixels, the "
+                        "cast, mean/std and transpose in the graph (kept FP32); training is the same either way")
+    p.add_argument("--channel-order", type=str.upper, choices=["RGB", "BGR"], default="RGB",
+                   help="uint8 input: the pixels' channel order (RGB: the toolkit's image reader; BGR: cv2.imread)")
+    p.add_argument("--output-kind", choices=["logits", "labels"], default="logits",
+                   help="what the INT8 file gives, as pspnet-export --output-kind: labels = ArgMax in the graph")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-4, help="SGD learning rate (poly decay); ranges use --range-lr")
     p.add_argument("--range-lr", type=float, default=None, help="learning rate of the activation ranges (default --lr)")
@@ -67,6 +74,8 @@ def main(argv=None) -> int:
     a = parser.parse_args(argv)
     refuse_ignored(parser, a, [("calib_split", a.calib_table is not None, "with --calib-table (its ranges are reused)"),
                                ("num_images", a.calib_table is not None, "with --calib-table (its ranges are reused)")])
+    if a.channel_order != "RGB" and a.input_kind != "uint8":
+        raise UserError("--channel-order applies to --input-kind uint8 (a float input is preprocessed by the caller)")
     cfg = QATConfig(data=a.data, split=a.split, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, range_lr=a.range_lr,
                     crop=list(a.crop) if a.crop else None, max_steps_per_epoch=a.max_steps_per_epoch, seed=a.seed,
                     threads=a.threads, bf16=a.bf16, stop_after_epochs=a.stop_after_epochs, progress=not a.no_progress)
@@ -84,6 +93,8 @@ def main(argv=None) -> int:
         if made_with != a.method:
             raise UserError(f"{a.calib_table}: the table's ranges were made with --method {made_with}, not {a.method}; "
                             f"drop --method to reuse them, or drop --calib-table to calibrate with {a.method}")
+    if str(a.checkpoint).lower().endswith(".onnx"):  # e.g. a uint8/labels export: QAT needs its checkpoint
+        _refuse_model_file(a.checkpoint)
     card = read_card(a.checkpoint, kind="torch")
     size = card.check_size(a.input_size)  # the export size: the model's bounds and memory
     card.check_size(a.crop or size, "--crop" if a.crop else "training crop (the export size)", batch=a.batch_size,
@@ -101,7 +112,8 @@ def main(argv=None) -> int:
 
     rep = run_qat(a.checkpoint, a.output, cfg, calib_table=a.calib_table, calib_split=a.calib_split or a.split,
                   num_images=a.num_images, method=a.method, input_size=tuple(a.input_size) if a.input_size else None,
-                  resume=a.resume, cache_dir=a.cache_dir, fp32_checkpoint=a.fp32_checkpoint)
+                  resume=a.resume, cache_dir=a.cache_dir, fp32_checkpoint=a.fp32_checkpoint,
+                  input_kind=a.input_kind, channel_order=a.channel_order, output_kind=a.output_kind)
     if rep.get("output") is None:
         print(f"stopped after epoch {rep['stopped_after_epoch']}; continue with --resume {rep['state']}")
     else:
@@ -110,11 +122,37 @@ def main(argv=None) -> int:
               f"INT8 weighted ops, {rep['quantized_activations']} learned activation ranges, zero points 0: "
               f"{q['all_zero_points_zero']}); table {rep['table']}; BF16 autocast "
               f"{'on' if rep['bf16']['used'] else 'off'} (CPU BF16: {rep['bf16']['cpu_has_bf16']}, ISA "
-              f"{rep['bf16']['isa']})" + ("; TensorRT parser check: ok" if rep.get("parser_check") else "")
+              f"{rep['bf16']['isa']}); input {rep['input_kind']}"
+              + (f" ({rep['channel_order']})" if rep["input_kind"] == "uint8" else "") + f", output {rep['output_kind']}"
+              + ("; TensorRT parser check: ok" if rep.get("parser_check") else "")
               + (f"; fine-tuned FP32 weights {rep['fp32_checkpoint']}" if rep.get("fp32_checkpoint") else ""))
     if a.json:
         atomic_write_json(a.json, jsonable(rep))
     return 0
+
+
+def _refuse_model_file(path) -> None:
+    """UserError naming the checkpoint an exported ONNX came from and the options that give the same
+    input and output kinds after QAT."""
+    from ..card import read_card
+    from ..errors import UserError
+
+    try:
+        card = read_card(path, kind="onnx")
+    except UserError:
+        card = None
+    flags = ""
+    if card is not None:
+        if card.input_kind == "uint8":
+            flags += f" --input-kind uint8 --channel-order {card.input_channel_order}"
+        if card.output_kind == "labels":
+            flags += " --output-kind labels"
+    src = (card.provenance.get("checkpoint") if card is not None else None) or "the checkpoint (.pt) it was exported from"
+    qat = card.meta.get("qat") if card is not None else None
+    if isinstance(qat, dict):  # a QAT file records the checkpoint it was fine-tuned from by hash (its export's is temporary)
+        src = f"the checkpoint it was fine-tuned from (sha256 {str(qat.get('source_checkpoint_sha256'))[:12]}…)"
+    raise UserError(f"{path}: is an ONNX model; pspnet-qat fine-tunes the PyTorch weights: pass {src}"
+                    + (f" with{flags} to get the same pixels-in / labels-out file" if flags else ""))
 
 
 def entry() -> None:

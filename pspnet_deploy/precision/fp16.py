@@ -178,6 +178,9 @@ def convert_fp16(fp32_onnx_path, out_path, calibration_images=None, margin: floa
 
     ``calibration_images``: preprocessed float32 NCHW array at the model's input size, or a
     dataset folder (``num_images`` of ``split``), or None for generated images (recorded as such).
+    A dynamic-shape export (``pspnet-export --dynamic-shape``) gets them at its optimise-for size
+    plus one image at its minimum and one at its maximum size (``calibration.sizes``), so ranges
+    and the parity check cover the declared bounds, as the export's own ``--fp16`` does.
     The FP32 model runs on them with ONNX Runtime; nodes touching values above
     ``FP16_MAX / margin`` stay FP32 (:func:`fp16_block_list`). Inputs/outputs stay FP32. With
     ``verify`` the FP16 file is compared with the FP32 one (ONNX Runtime, FP16 tolerances) and a
@@ -195,7 +198,8 @@ def convert_fp16(fp32_onnx_path, out_path, calibration_images=None, margin: floa
     src_path = Path(fp32_onnx_path)
     if not src_path.is_file():
         raise UserError(f"{src_path}: ONNX file not found")
-    meta = read_card(src_path, kind="onnx").meta
+    card = read_card(src_path, kind="onnx")
+    meta = card.meta
     if str(meta.get("precision", "fp32")) != "fp32":
         raise UserError(f"{src_path}: is {meta.get('precision')}, not an FP32 export; convert the FP32 ONNX")
     fp32 = onnx.load(str(src_path))
@@ -206,8 +210,9 @@ def convert_fp16(fp32_onnx_path, out_path, calibration_images=None, margin: floa
     inp = fp32.graph.input[0]
     dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
     h, w = dims[2], dims[3]
-    if h is None or w is None:  # a dynamic-shape export: calibrate at its optimise-for size
-        h, w = read_card(src_path, kind="onnx").input_size
+    size_range = card.size_range if (h is None or w is None) else None
+    if size_range is not None:  # a dynamic-shape export: ranges at the optimise-for size and both bounds
+        h, w = card.input_size
     fixed_batch = dims[0]
     dyn = meta.get("export", {}).get("dynamic_batch") if fixed_batch is None else None
     if fixed_batch is None and not dyn:
@@ -221,6 +226,12 @@ def convert_fp16(fp32_onnx_path, out_path, calibration_images=None, margin: floa
     else:
         images, src = verification_images(pre, calibration_images, split, num_images)
     batches = fitted_batches(images, fixed_batch or 1, dyn)
+    if size_range is not None:
+        for sh, sw in dict.fromkeys(tuple(s) for s in (size_range[0], size_range[2]) if tuple(s) != (h, w)):
+            more, _ = verification_images(pre.with_size(sh, sw), None if isinstance(calibration_images, np.ndarray)
+                                          else calibration_images, split, 1)
+            batches += fitted_batches(more, fixed_batch or 1, dyn)
+        src = dict(src, sizes=[list(b.shape[2:]) for b in batches])
     say(progress, f"pspnet-export: FP16: calibrating activation ranges on {len(images)} images ({src['kind']})")
     fp16, info = fp16_proto(fp32, batches, margin, threads, block_ops)
     info["calibration"] = src
@@ -243,7 +254,7 @@ def convert_fp16(fp32_onnx_path, out_path, calibration_images=None, margin: floa
         if verify:
             ref_sess = make_session(fp32, threads)
             cand_sess = make_session(tmp.read_bytes(), threads)
-            comp, agree, pixels = Comparison(), 0, 0
+            comp, agree, pixels = Comparison(any_size=size_range is not None), 0, 0
             for b in batches:
                 ref = ref_sess.run(None, {inp.name: b})[0]
                 cand = cand_sess.run(None, {inp.name: b if u8_order is None else pre.to_uint8(b, u8_order)})[0]

@@ -18,8 +18,8 @@ import numpy as np
 
 from ..errors import UserError
 from ..utils import atomic_path
-from .batches import iter_batches
 from .calib_data import CACHE_VERSION, CalibrationSet, cache_key
+from .mixed_sizes import MixedSizeSet, calibration_batches, num_batches
 from .observer import observe
 
 __all__ = ["METHODS", "DEFAULT_METHOD", "METHOD_PREFERENCE", "DEFAULT_PERCENTILE", "NUM_BINS", "AbsHistogram", "entropy_amax",
@@ -171,10 +171,11 @@ def amax_from_stats(stats: dict, method: str, percentile: float = DEFAULT_PERCEN
     return out
 
 
-def collect_statistics(model, tensors: Sequence[str], calib: CalibrationSet, input_name: str, batch: int | None,
+def collect_statistics(model, tensors: Sequence[str], calib: CalibrationSet | MixedSizeSet, input_name: str, batch: int | None,
                        cache_dir: str | Path | None = None, progress: bool = True, threads: int | None = None,
                        model_key: str = "") -> tuple[dict, bool]:
-    """Run the FP32 model over the calibration tensor and histogram ``|x|`` of every tensor.
+    """Run the FP32 model over the calibration images (one tensor, or images of mixed sizes for a
+    dynamic-shape model) and histogram ``|x|`` of every tensor.
 
     Returns ``({tensor: (hist, bin_width, amax)}, from_cache)``. Cached as ``.npz`` beside the
     image tensor, keyed by the model, the images and the tensor list.
@@ -192,9 +193,9 @@ def collect_statistics(model, tensors: Sequence[str], calib: CalibrationSet, inp
             except (OSError, KeyError, ValueError):
                 pass
     hists = {t: AbsHistogram() for t in tensors}
-    observe(model, tensors, iter_batches(calib.array, batch), lambda t, v: hists[t].update(v), threads=threads,
+    observe(model, tensors, calibration_batches(calib, batch), lambda t, v: hists[t].update(v), threads=threads,
             optimize=True, input_name=input_name, progress=progress, desc="calibration statistics",
-            total=math.ceil(calib.num_images / (batch or 1)))
+            total=num_batches(calib, batch))
     stats = {t: hists[t].to_arrays() for t in tensors}
     if path is not None:
         with atomic_path(path) as tmp:
