@@ -324,7 +324,7 @@ def run_qat(checkpoint: str | Path, output: str | Path, cfg: QATConfig, *, calib
             import onnx
 
             plan = plan_from_qdq(onnx.load(str(calibrated)), net)
-            base_table = json.loads(table_path_for(calibrated).read_text())
+            base_table = read_calibration_table(table_path_for(calibrated))
             report["calibration"] = {"method": rep["method"], "images": rep.get("images"), "from_table": str(calib_table) if calib_table else None}
         else:
             plan = QATPlan.from_dict(state["plan"])

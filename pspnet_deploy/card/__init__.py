@@ -37,7 +37,7 @@ from .bounds import check_bounds, check_size, model_min_side
 from .checkpoint import (check_finite_weights, dump_checkpoint_meta, read_checkpoint_payload,
                          safe_torch_load)
 from .crosscheck import (check_engine_source, crosscheck_card, crosscheck_runtime_io,
-                         engine_source_mismatch)
+                         engine_source_mismatch, rebuild_note)
 from .foreign import convert_hint, foreign_layout, foreign_layout_of_file, is_mmseg_state, is_semseg_state
 from .names import (PRECISIONS, SIDECAR_KINDS, SUFFIX_KINDS, default_engine_path, failed_report_path,
                     ir_weights_path, model_files, model_kind, parity_report_path, qat_state_path,
@@ -57,7 +57,7 @@ __all__ = ["CHANNEL_ORDERS", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "INPUT_K
            "SIDECAR_SECTIONS", "SIDECAR_VERSION", "SUFFIX_KINDS", "TABLE_FORMAT", "TABLE_VERSION", "ModelCard",
            "card_from_meta", "card_from_onnx_proto", "check_bounds", "check_engine_source", "check_finite_initializers",
            "check_finite_weights", "check_size", "convert_hint", "crosscheck_card", "crosscheck_runtime_io",
-           "default_engine_path", "dump_checkpoint_meta", "engine_source_mismatch", "failed_report_path",
+           "default_engine_path", "dump_checkpoint_meta", "engine_source_mismatch", "failed_report_path", "rebuild_note",
            "fix_hint", "foreign_layout", "foreign_layout_of_file", "ir_weights_path", "is_mmseg_state",
            "is_semseg_state", "load_onnx_proto", "model_files", "model_kind", "model_min_side", "onnx_graph_precision",
            "onnx_meta_from_proto", "parity_report_path", "qat_state_path", "read_calibration_cache_record",

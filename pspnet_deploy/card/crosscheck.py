@@ -145,15 +145,13 @@ def _check_sidecar(card: ModelCard) -> None:
     sc = card.sidecar or {}
     model = sc.get("model") if isinstance(sc.get("model"), dict) else {}
     meta = sc.get("pspnet_metadata") if isinstance(sc.get("pspnet_metadata"), dict) else {}
-    for key in MODEL_KEYS + ("input_kind",):
+    for key in MODEL_KEYS + ("input_kind", "input_channel_order"):
         if key in model and key in meta and model[key] != meta[key]:
             raise _contradiction(card, f"sidecar model.{key} ({_brief(model[key])}) differs from its "
                                        f"pspnet_metadata.{key} ({_brief(meta[key])})")
-    pre = model.get("preprocess", meta.get("preprocess"))
-    if isinstance(pre, dict):
-        for key in ("mean", "std"):
-            if key not in pre:
-                raise _contradiction(card, f"sidecar model.preprocess has no {key}")
+    if meta and ("preprocess" in model) != ("preprocess" in meta):  # present on both sides or neither
+        has, lacks = ("pspnet_metadata", "model") if "preprocess" in meta else ("model", "pspnet_metadata")
+        raise _contradiction(card, f"sidecar {has}.preprocess is recorded but its {lacks} section has none")
     onnx = sc.get("onnx") if isinstance(sc.get("onnx"), dict) else {}
     built, stated = onnx.get("precision"), meta.get("precision")
     if card.precision != "bf16" and built in PRECISIONS and built != card.precision:
@@ -248,3 +246,19 @@ def check_engine_source(engine_path: str | Path, onnx_path: str | Path, sidecar:
     if diff:
         raise UserError(f"{engine_path} was not built from this ONNX: {diff}; rebuild from the changed ONNX "
                         f"(pspnet-build-engine {onnx_path} --engine {engine_path}) or pass the ONNX it was built from")
+
+
+def rebuild_note(model_path: str | Path, onnx_path: str | Path) -> str | None:
+    """What a build that writes ``model_path`` (an engine or IR) from ``onnx_path`` should say when
+    the existing file there was built from another ONNX (its sidecar records another sha256): a
+    rebuild from a changed ONNX. None when there is no readable existing sidecar or it matches."""
+    from .sidecar import read_sidecar_json
+
+    try:
+        sc = read_sidecar_json(model_path)
+    except UserError:
+        return None  # nothing (usable) there yet: a first build
+    diff = engine_source_mismatch(sc, onnx_path)
+    if diff is None:
+        return None
+    return f"note: {model_path} exists and was built from another ONNX ({diff}); rebuilding from the changed ONNX"

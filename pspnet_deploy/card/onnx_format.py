@@ -184,15 +184,16 @@ def check_finite_initializers(model, path: str | Path) -> None:
         _FINITE_CACHE[key] = True
 
 
-def write_onnx_metadata(model_proto, meta: dict) -> None:
+def write_onnx_metadata(model_proto, meta: dict, replace: bool = False) -> None:
     """Set ``pspnet.<key>`` metadata_props (JSON values) on ``model_proto``, replacing same keys
-    and keeping other props. Keys may be given with or without the ``pspnet.`` prefix."""
+    and keeping other props (``replace=True``: dropping every other prop first). Keys may be given
+    with or without the ``pspnet.`` prefix."""
     entries = {}
     for k, v in meta.items():
         key = k if k.startswith(ONNX_PREFIX) else f"{ONNX_PREFIX}{k}"
         entries[key] = json.dumps(jsonable(v), sort_keys=False, allow_nan=False)
     _check_before_write({k[len(ONNX_PREFIX):]: json.loads(v) for k, v in entries.items()}, "ONNX metadata", "onnx")
-    keep = [(p.key, p.value) for p in model_proto.metadata_props if p.key not in entries]
+    keep = [] if replace else [(p.key, p.value) for p in model_proto.metadata_props if p.key not in entries]
     del model_proto.metadata_props[:]
     for k, v in keep + sorted(entries.items()):
         e = model_proto.metadata_props.add()

@@ -72,9 +72,10 @@ def inspect_fp32_onnx(path: str | Path) -> SourceModel:
     except Exception as e:  # noqa: BLE001 - onnx raises several types for bad files
         raise UserError(f"{path}: cannot read ONNX model ({type(e).__name__}); pass the model.fp32.onnx written by "
                         f"pspnet-export") from e
-    from ..card import card_from_onnx_proto, validate_card
+    from ..card import card_from_onnx_proto, check_finite_initializers, crosscheck_card, validate_card
 
-    card = validate_card(card_from_onnx_proto(model, path))
+    card = crosscheck_card(validate_card(card_from_onnx_proto(model, path)))  # the contract's checks of a file
+    check_finite_initializers(model, path)
     meta = card.meta
     ops = {n.op_type for n in model.graph.node}
     precision = str(meta.get("precision", "")).lower()
@@ -140,7 +141,6 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, *args, 
     Transpose) stays FP32 and the first convolution's input is quantized from the normalised
     values, exactly as for the float model. The file's and the table's ``source_onnx_sha256``
     name the uint8 file."""
-    import json
     import shutil
 
     import onnx
@@ -187,7 +187,7 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, *args, 
         write_onnx_metadata(q, {"input_kind": "uint8", "input_channel_order": order, "source_onnx_sha256": real_sha})
         onnx.checker.check_model(q)
         tpath = table_path_for(output)
-        tdata = json.loads(table_path_for(tmp_out).read_text(encoding="utf-8"))
+        tdata = read_calibration_table(table_path_for(tmp_out))
         tdata["source_onnx"], tdata["source_onnx_sha256"] = src.name, real_sha
         for f in tmp_out.parent.iterdir():  # reports written beside the output (sensitivity) move with it
             if f.name not in (tmp_out.name, table_path_for(tmp_out).name):
@@ -487,8 +487,7 @@ def _stamp_metadata(m, meta: dict) -> None:
     """Replace a quantized model's pspnet metadata (in place) and check the graph."""
     import onnx
 
-    del m.metadata_props[:]
-    write_onnx_metadata(m, meta)
+    write_onnx_metadata(m, meta, replace=True)
     onnx.checker.check_model(m)
 
 
