@@ -176,15 +176,16 @@ def _check_checkpoint(card: ModelCard) -> None:
 
 
 def crosscheck_card(card: ModelCard) -> ModelCard:
-    """Refuse a card whose facts contradict each other (see the module docstring); returns it."""
+    """Refuse a card whose facts contradict each other (see the module docstring); returns it. A
+    sidecar's two records of the model are compared first (the card's fields come from one of them)."""
+    if card.sidecar is not None:
+        _check_sidecar(card)
     _check_checkpoint(card)
     where = "the graph's output" if card.kind == "onnx" else "recorded output"
     _check_output(card, card.outputs, "output" if card.kind == "onnx" else where)
     _check_input(card, card.inputs, "the graph's" if card.kind == "onnx" else "the recorded")
     _check_precision(card)
     _check_ignore_index(card)
-    if card.sidecar is not None:
-        _check_sidecar(card)
     return card
 
 
