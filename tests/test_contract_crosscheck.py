@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY_CLASSES, TINY_SIZE, run_cli
+from conftest import ROOT, TINY_CLASSES, TINY_SIZE, run_cli
 
 EVAL = "pspnet_deploy.cli.eval"
 
@@ -232,12 +232,16 @@ def _fake_mmseg(path: Path) -> Path:
     return path
 
 
+SEMSEG = ROOT.parent / "shared" / "interop" / "semseg" / "pspnet50_voc21.json"
+
+
 def _fake_semseg(path: Path) -> Path:
+    """semseg's real layout (the key names of the reference fixture's PSPNet-50, ``module.``
+    prefixes, ``{'epoch', 'state_dict', 'optimizer'}``), each tensor one zero (small)."""
     import torch
 
-    sd = {"module.layer0.0.weight": torch.zeros(4, 3, 3, 3), "module.ppm.features.0.1.weight": torch.zeros(2, 4, 1, 1),
-          "module.cls.4.weight": torch.zeros(3, 4, 1, 1)}
-    torch.save({"epoch": 50, "state_dict": sd}, path)
+    keys = [k for k, _shape in json.loads(SEMSEG.read_text())["keys"]]
+    torch.save({"epoch": 50, "state_dict": {f"module.{k}": torch.zeros(1) for k in keys}, "optimizer": {}}, path)
     return path
 
 
