@@ -74,8 +74,7 @@ def inspect_fp32_onnx(path: str | Path) -> SourceModel:
                         f"pspnet-export") from e
     from ..card import card_from_onnx_proto, check_finite_initializers, crosscheck_card, validate_card
 
-    card = crosscheck_card(validate_card(card_from_onnx_proto(model, path)))  # the contract's checks of a file
-    check_finite_initializers(model, path)
+    card = validate_card(card_from_onnx_proto(model, path))
     meta = card.meta
     ops = {n.op_type for n in model.graph.node}
     precision = str(meta.get("precision", "")).lower()
@@ -87,6 +86,8 @@ def inspect_fp32_onnx(path: str | Path) -> SourceModel:
     if fp16 or precision == "fp16":
         raise UserError(f"{path}: model is FP16; calibration needs the FP32 ONNX (pspnet-export without --fp16, "
                         f"model.fp32.onnx)")
+    crosscheck_card(card)  # the contract's checks of a file (after the precision refusals: they say more here)
+    check_finite_initializers(model, path)
     missing = [k for k in ("preprocess", "classes", "palette") if k not in meta]
     if missing:
         raise UserError(f"{path}: ONNX has no pspnet.{missing[0]} metadata (not written by pspnet-export); pass the "
