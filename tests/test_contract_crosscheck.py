@@ -60,10 +60,6 @@ def _five_channels(m) -> None:
     m.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 5
 
 
-def _static_export_declares_range(m) -> None:
-    pass  # the metadata row below adds export.dynamic_shape to a static graph
-
-
 # one row per field: (id, metadata changes (a function of the file's metadata), graph change, needles)
 ONNX_ROWS = [
     ("classes", lambda md: {"classes": TINY_CLASSES + ["extra"], "palette": md["palette"] + [[1, 2, 3]]}, None,

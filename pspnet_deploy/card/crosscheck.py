@@ -25,7 +25,7 @@ from .schema import MODEL_KEYS, ONNX_PREFIX, ModelCard, fix_hint
 
 
 def _label(card: ModelCard) -> str:
-    return {"onnx": "metadata " + ONNX_PREFIX, "torch": "checkpoint metadata ", }.get(card.kind, "sidecar model.")
+    return {"onnx": "metadata " + ONNX_PREFIX, "torch": "checkpoint metadata "}.get(card.kind, "sidecar model.")
 
 
 def _contradiction(card: ModelCard, what: str) -> UserError:
@@ -67,9 +67,8 @@ def _check_output(card: ModelCard, outputs: list, where: str) -> None:
             raise _contradiction(card, f"{where} {out.get('name')} is {out.get('dtype')} (a label map) but the "
                                        f"{lab}output_kind says logits")
         if len(shape) == 4 and shape[1] is not None and card.classes is not None and shape[1] != len(card.classes):
-            # (the wording the tests of earlier releases match)
-            raise _contradiction(card, f"{where.replace('the graph', '').strip() or 'output'} has {shape[1]} channels "
-                                       f"but the metadata names {len(card.classes)} classes")
+            raise _contradiction(card, f"{where} has {shape[1]} channels but the metadata names {len(card.classes)} "
+                                       f"classes")
         if len(shape) not in (0, 4):
             raise _contradiction(card, f"{where} {out.get('name')} has shape {_shown(out['shape'])}, not the N x C x "
                                        f"H x W logits the {lab}output_kind says")
@@ -181,8 +180,7 @@ def crosscheck_card(card: ModelCard) -> ModelCard:
     if card.sidecar is not None:
         _check_sidecar(card)
     _check_checkpoint(card)
-    where = "the graph's output" if card.kind == "onnx" else "recorded output"
-    _check_output(card, card.outputs, "output" if card.kind == "onnx" else where)
+    _check_output(card, card.outputs, "output" if card.kind == "onnx" else "recorded output")
     _check_input(card, card.inputs, "the graph's" if card.kind == "onnx" else "the recorded")
     _check_precision(card)
     _check_ignore_index(card)

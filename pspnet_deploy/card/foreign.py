@@ -20,20 +20,13 @@ def is_semseg_state(keys) -> bool:
     return any(k.startswith("layer0.") for k in keys) and any(k.startswith("cls.") for k in keys)
 
 
-def _strip_module(keys) -> list[str]:
-    keys = [k for k in keys if isinstance(k, str)]
-    if keys and all(k.startswith("module.") for k in keys):
-        return [k[len("module."):] for k in keys]
-    return keys
-
-
 def foreign_layout_of_keys(keys) -> str | None:
     """'mmseg', 'semseg' or None for a collection of weight names (``module.`` prefixes allowed)."""
-    keys = list(keys)
-    stripped = _strip_module(keys)
-    if is_mmseg_state(keys):
+    keys = [k for k in keys if isinstance(k, str)]
+    unwrapped = [k[len("module."):] for k in keys if k.startswith("module.")]  # DataParallel's prefix
+    if is_mmseg_state(keys) or is_mmseg_state(unwrapped):
         return "mmseg"
-    if is_semseg_state(stripped) or is_semseg_state([k[len("module."):] for k in keys if k.startswith("module.")]):
+    if is_semseg_state(keys) or is_semseg_state(unwrapped):
         return "semseg"
     return None
 
