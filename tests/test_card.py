@@ -158,3 +158,13 @@ def test_malformed_sidecar_is_one_line(tmp_path, changes, message):
     with pytest.raises(UserError, match=message) as e:
         read_card(_sidecar(tmp_path, **changes))
     assert "\n" not in str(e.value) and "pspnet-build-engine" in str(e.value)
+
+
+def test_check_size_of_a_dynamic_model_uses_its_bounds():
+    """ModelCard.check_size asks check_bounds (the one bounds check) for a dynamic-shape model."""
+    meta = {**tiny_meta(), "model": {"bins": [1, 2, 3, 6], "output_stride": 8},
+            "export": {"dynamic_shape": {"min": [48, 48], "opt": [64, 96], "max": [96, 128]}}}
+    card = card_from_meta(meta, "dyn.onnx", kind="onnx")
+    assert card.check_size() == (64, 96) and card.check_size((96, 128)) == (96, 128)
+    with pytest.raises(UserError, match=r"dyn.onnx: input 100x128 is outside the model's size range 48x48 .. 96x128"):
+        card.check_size((100, 128))
