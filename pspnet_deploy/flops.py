@@ -154,16 +154,21 @@ def onnx_flops(path: str | Path, input_size: tuple[int, int] | None = None) -> d
             "method": "2 x MACs of Conv/ConvTranspose/MatMul/Gemm from ONNX shape inference, per image"}
 
 
-def engine_source_onnx(engine) -> Path | None:
+def engine_source_onnx(engine, strict: bool = False) -> Path | None:
     """The ONNX file an engine was built from (``engine``: its path or its card), if its sidecar
-    names one that still exists."""
-    from .card import ModelCard, read_card
+    names one that still exists and still has the sha256 the sidecar records (a changed ONNX is
+    another graph: None, or with ``strict`` the contract's one-line refusal)."""
+    from .card import ModelCard, check_engine_source, engine_source_mismatch, read_card
 
     card = engine if isinstance(engine, ModelCard) else read_card(engine)
     src = card.provenance.get("onnx_path")
     if isinstance(src, str):
         cand = Path(src) if Path(src).is_absolute() else Path(card.path).parent / src
         if cand.suffix == ".onnx" and cand.is_file():
+            if strict:
+                check_engine_source(card.path, cand, sidecar=card.sidecar)
+            elif card.sidecar and engine_source_mismatch(card.sidecar, cand):
+                return None
             return cand
     return None
 

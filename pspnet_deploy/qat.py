@@ -395,7 +395,7 @@ def _start_plan(checkpoint, net: nn.Module, work: Path, size, cfg: QATConfig, *,
                              cache_dir=cache_dir, progress=cfg.progress, threads=cfg.threads,
                              parser_check=False, **({"min_images": min_images} if min_images else {}))
     plan = plan_from_qdq(onnx.load(str(calibrated)), net)
-    base_table = json.loads(table_path_for(calibrated).read_text())
+    base_table = read_calibration_table(table_path_for(calibrated))
     record = {"method": rep["method"], "images": rep.get("images"),
               "from_table": str(calib_table) if calib_table else None}
     return plan, base_table, record

@@ -14,10 +14,11 @@ from pspnet_deploy.errors import UserError
 
 
 def _identity_onnx(path: Path, meta: dict | None, batch=1, raw: dict | None = None,
-                   channels: int = len(TINY_CLASSES)) -> Path:
+                   channels: int = len(TINY_CLASSES), fp16: bool = False, out_type: int = 1) -> Path:
     """A one-node ONNX (1x1 Conv from Nx3xHxW to one logits channel per class, ``channels``) carrying
     ``meta`` through the real writer, and/or ``raw`` pspnet.* strings written as they are (to plant
-    corrupt values)."""
+    corrupt values). ``fp16``: the graph also holds an FP16 tensor (what an FP16 graph does);
+    ``out_type``: the declared output's ONNX element type (6: an int32 label map)."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -25,8 +26,8 @@ def _identity_onnx(path: Path, meta: dict | None, batch=1, raw: dict | None = No
     w = numpy_helper.from_array(np.ones((channels, 3, 1, 1), np.float32), "w")
     g = helper.make_graph([helper.make_node("Conv", ["input", "w"], ["logits"])], "g",
                           [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, *TINY_SIZE])],
-                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, channels, *TINY_SIZE])],
-                          [w])
+                          [helper.make_tensor_value_info("logits", out_type, [batch, channels, *TINY_SIZE])],
+                          [w] + ([numpy_helper.from_array(np.ones(1, np.float16), "h")] if fp16 else []))
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     if meta is not None:
         write_onnx_metadata(m, meta)
@@ -57,7 +58,7 @@ def test_checkpoint_card_without_building_the_model(tiny_checkpoint):
 
 def test_onnx_card_io_batch_and_precision_from_graph(tmp_path):
     meta = {**tiny_meta(), "precision": "fp16", "export": {"dynamic_batch": [1, 2, 4]}}
-    card = read_card(_identity_onnx(tmp_path / "m.onnx", meta, batch="N"))
+    card = read_card(_identity_onnx(tmp_path / "m.onnx", meta, batch="N", fp16=True))
     assert card.kind == "onnx" and card.precision == "fp16" and card.classes == TINY_CLASSES
     assert card.inputs == [{"name": "input", "dtype": "float32", "shape": ["N", 3, *TINY_SIZE]}]
     assert card.fixed_batch is None and card.batch_range == (1, 2, 4) and card.static_size
@@ -88,8 +89,14 @@ def test_graph_that_contradicts_its_metadata_is_one_line(tmp_path):
     with pytest.raises(UserError, match=r"output has 3 channels but the metadata names 4 classes") as e:
         read_card(_identity_onnx(tmp_path / "c.onnx", tiny_meta(), channels=3))
     assert "\n" not in str(e.value) and str(e.value).endswith("re-export the ONNX with pspnet-export")
-    labels = read_card(_identity_onnx(tmp_path / "l.onnx", {**tiny_meta(), "output_kind": "labels"}, channels=1))
+    labels = read_card(_identity_onnx(tmp_path / "l.onnx", {**tiny_meta(), "output_kind": "labels"}, channels=1,
+                                      out_type=6))
     assert labels.output_kind == "labels"  # a labels output has one channel whatever the classes
+    with pytest.raises(UserError, match=r"output logits is float32 \(logits\) but the metadata pspnet.output_kind "
+                                        r"says labels"):  # a float map said labels
+        read_card(_identity_onnx(tmp_path / "lf.onnx", {**tiny_meta(), "output_kind": "labels"}, channels=1))
+    with pytest.raises(UserError, match=r"holds FP16 tensors \(fp16\) but the metadata pspnet.precision says fp32"):
+        read_card(_identity_onnx(tmp_path / "p.onnx", {**tiny_meta(), "precision": "fp32"}, fp16=True))
     (tmp_path / "empty.onnx").write_bytes(b"")  # parses as an empty ModelProto
     with pytest.raises(UserError, match=r"empty.onnx: not an ONNX model \(0 bytes, no graph\)"):
         read_card(tmp_path / "empty.onnx")
@@ -151,3 +158,13 @@ def test_malformed_sidecar_is_one_line(tmp_path, changes, message):
     with pytest.raises(UserError, match=message) as e:
         read_card(_sidecar(tmp_path, **changes))
     assert "\n" not in str(e.value) and "pspnet-build-engine" in str(e.value)
+
+
+def test_check_size_of_a_dynamic_model_uses_its_bounds():
+    """ModelCard.check_size asks check_bounds (the one bounds check) for a dynamic-shape model."""
+    meta = {**tiny_meta(), "model": {"bins": [1, 2, 3, 6], "output_stride": 8},
+            "export": {"dynamic_shape": {"min": [48, 48], "opt": [64, 96], "max": [96, 128]}}}
+    card = card_from_meta(meta, "dyn.onnx", kind="onnx")
+    assert card.check_size() == (64, 96) and card.check_size((96, 128)) == (96, 128)
+    with pytest.raises(UserError, match=r"dyn.onnx: input 100x128 is outside the model's size range 48x48 .. 96x128"):
+        card.check_size((100, 128))

@@ -72,16 +72,6 @@ def test_plan_reads_precision_from_metadata_and_graph(work_onnx, tmp_path):
     from pspnet_deploy.errors import UserError
 
     m = onnx.load(str(work_onnx))
-    for p in m.metadata_props:
-        if p.key == "pspnet.precision":
-            p.value = json.dumps("int8")
-    q = tmp_path / "tiny.int8.onnx"
-    onnx.save(m, str(q))
-    assert onnx_precision(q) == "int8"
-    assert plan_build(q, BuildOptions(precision="int8")).convert is None  # already INT8: build it as it is
-    with pytest.raises(UserError, match="is the INT8 ONNX; --fp16 starts from the FP32 ONNX"):
-        plan_build(q, BuildOptions(precision="fp16"))
-    del m.metadata_props[:]  # no metadata: the graph decides (Q/DQ nodes -> int8)
     helper = onnx.helper
     scale = helper.make_tensor("qs", onnx.TensorProto.FLOAT, [], [0.1])
     m.graph.initializer.append(scale)
@@ -93,8 +83,25 @@ def test_plan_reads_precision_from_metadata_and_graph(work_onnx, tmp_path):
         for i, name in enumerate(n.input):
             if name == src:
                 n.input[i] = "dq_out"
+    for p in m.metadata_props:
+        if p.key == "pspnet.precision":
+            p.value = json.dumps("int8")
+    q = tmp_path / "tiny.int8.onnx"
     onnx.save(m, str(q))
     assert onnx_precision(q) == "int8"
+    assert plan_build(q, BuildOptions(precision="int8")).convert is None  # already INT8: build it as it is
+    with pytest.raises(UserError, match="is the INT8 ONNX; --fp16 starts from the FP32 ONNX"):
+        plan_build(q, BuildOptions(precision="fp16"))
+    del m.metadata_props[:]  # no metadata: the graph decides (Q/DQ nodes -> int8)
+    onnx.save(m, str(q))
+    assert onnx_precision(q) == "int8"
+    said = onnx.load(str(work_onnx))  # metadata that contradicts the graph (int8 said, no Q/DQ): refused
+    for p in said.metadata_props:
+        if p.key == "pspnet.precision":
+            p.value = json.dumps("int8")
+    onnx.save(said, str(tmp_path / "said.int8.onnx"))
+    with pytest.raises(UserError, match=r"no Q/DQ nodes \(fp32\) but the metadata pspnet.precision says int8"):
+        plan_build(tmp_path / "said.int8.onnx", BuildOptions(precision="int8"))
 
 
 def test_engine_modules_import_no_circle():

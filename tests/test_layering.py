@@ -109,3 +109,99 @@ def test_the_checker_sees_function_level_and_relative_imports(tmp_path):
     finally:
         probe.unlink()
     assert ("pspnet_deploy.bench", 2) in found and tier("bench") > tier("data._layering_probe")
+
+
+# ---------------------------------------------------------------------------------- the contract's monopoly
+
+#: the contract: the one package that parses model-file facts (checkpoint meta JSON, ONNX pspnet.*
+#: metadata_props, engine / IR sidecars, the calibration table beside a Q/DQ ONNX)
+CONTRACT = "card"
+#: modules outside the contract that parse JSON, each with why what it parses is not a model-file fact
+JSON_ALLOWED = {
+    "export": "torch's per-node metadata (pkg.torch.onnx.name_scopes) that the exporter leaves on graph nodes",
+    "runners.trt_runner": "TensorRT's engine inspector JSON, returned by the API (layer precisions), not a file",
+    "debug.profile": "ONNX Runtime's profiling trace, a file the session just wrote",
+    "train": "a checkpoint's training history (train_state, training progress), not the model's facts",
+}
+#: modules outside the contract that touch metadata_props, each with why
+METADATA_PROPS_ALLOWED = {
+    "export": "reads and strips torch's node/graph metadata the exporter leaves (not pspnet.* facts)",
+}
+#: artefact-name helpers whose files are model-file facts (reading them by hand is parsing them)
+FACT_FILES = ("sidecar_path", "table_path_for")
+FACT_SUFFIXES = (".calib.json", ".engine.json", ".xml.json", ".plan.json", ".trt.json")
+
+
+def _mentions_fact_file(node) -> bool:
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Call):
+            f = sub.func
+            name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else None
+            if name in FACT_FILES:
+                return True
+        if isinstance(sub, ast.Constant) and isinstance(sub.value, str) and sub.value.endswith(FACT_SUFFIXES):
+            return True
+    return False
+
+
+def contract_reads(path: Path) -> list[tuple[str, int]]:
+    """(what, line) of every place a module parses model-file facts by hand: a json.load(s) call,
+    a ``.metadata_props`` access, or a read (read_text, read_bytes, open) of a sidecar or table path."""
+    found = []
+    tree = ast.parse(path.read_text(), str(path))
+    json_names = {a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "json"
+                  for a in n.names if a.name in ("load", "loads")}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr == "metadata_props":
+            found.append(("metadata_props", node.lineno))
+        elif isinstance(node, ast.Call):
+            f = node.func
+            if (isinstance(f, ast.Attribute) and f.attr in ("load", "loads") and isinstance(f.value, ast.Name)
+                    and f.value.id == "json") or (isinstance(f, ast.Name) and f.id in json_names):
+                found.append(("json", node.lineno))
+            elif (isinstance(f, ast.Attribute) and f.attr in ("read_text", "read_bytes") and _mentions_fact_file(f.value)) \
+                    or (isinstance(f, ast.Name) and f.id == "open" and node.args and _mentions_fact_file(node.args[0])):
+                found.append(("fact file", node.lineno))
+    return found
+
+
+def _monopoly_breaches(modules) -> tuple[list[str], set]:
+    breaches, used = [], set()
+    for name, path in modules:
+        if name.split(".")[0] == CONTRACT:
+            continue
+        for what, line in contract_reads(path):
+            allowed = {"json": JSON_ALLOWED, "metadata_props": METADATA_PROPS_ALLOWED}.get(what, {})
+            if name in allowed:
+                used.add((what, name))
+                continue
+            breaches.append(f"pspnet_deploy/{path.relative_to(PKG)}:{line} ({name}) parses {what} outside the contract")
+    return breaches, used
+
+
+def test_only_the_contract_parses_model_file_facts():
+    """Issue 21's monopoly: checkpoint meta, ONNX pspnet.* metadata, sidecars and calibration tables
+    are read through pspnet_deploy.card; every other JSON parse or metadata_props access is on the
+    allow-list with its reason, and every allow-list entry is still needed."""
+    breaches, used = _monopoly_breaches(_modules())
+    assert not breaches, "read model-file facts through pspnet_deploy.card:\n" + "\n".join(breaches)
+    stale = {("json", m) for m in JSON_ALLOWED} | {("metadata_props", m) for m in METADATA_PROPS_ALLOWED}
+    assert stale <= used, f"allow-list entries no longer needed (remove them): {sorted(stale - used)}"
+
+
+def test_the_monopoly_check_sees_hand_written_readers():
+    """The scanner itself: a probe module that reads a sidecar, a table and ONNX metadata by hand is
+    caught on every line (relative, aliased and open() forms)."""
+    probe = PKG / "runners" / "_contract_probe.py"
+    probe.write_text("import json\nfrom json import loads as L\nfrom ..card import sidecar_path\n"
+                     "def f(p, m):\n"
+                     "    a = json.loads(sidecar_path(p).read_text())\n"
+                     "    b = {x.key: x.value for x in m.metadata_props}\n"
+                     "    c = L(open(str(p) + '.calib.json').read())\n"
+                     "    d = (p.parent / 'x.engine.json').read_bytes()\n")
+    try:
+        breaches, _ = _monopoly_breaches([("runners._contract_probe", probe)])
+    finally:
+        probe.unlink()
+    lines = sorted(int(b.split(":")[1].split()[0]) for b in breaches)
+    assert lines == [5, 5, 6, 7, 7, 8], breaches

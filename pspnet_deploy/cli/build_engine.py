@@ -217,6 +217,15 @@ def declare_files(a, plan, outputs) -> None:
     files.check()
 
 
+def _say_rebuild(out, onnx) -> None:
+    """A rebuild over a model built from another ONNX says so (the contract compares the sha256)."""
+    from ..card import rebuild_note
+
+    note = rebuild_note(out, onnx)
+    if note:
+        print(f"{PROG}: {note}", file=sys.stderr)
+
+
 def main_openvino(a, parser) -> int:
     from ..engine.openvino import OVBuildOptions, build_openvino, plan_openvino_build
 
@@ -235,6 +244,7 @@ def main_openvino(a, parser) -> int:
     plan = plan_openvino_build(a.onnx, opts, a.engine)
     # the IR, its weights and its sidecar are one unit
     declare_files(a, plan, [(plan.xml_path, "IR"), (plan.bin_path, "IR weights"), (plan.sidecar_path, "IR sidecar")])
+    _say_rebuild(plan.xml_path, plan.source_onnx)
     if a.dry_run:
         steps = [f"write the INT8 ONNX {plan.build_onnx}"] if plan.convert else []
         steps.append(f"convert {plan.build_onnx} to the OpenVINO IR {plan.xml_path} + {plan.bin_path.name} "
@@ -273,6 +283,7 @@ def main(argv=None) -> int:
     plan = plan_build(a.onnx, opts, a.engine)
     declare_files(a, plan, [(plan.engine_path, "engine"), (plan.sidecar_path, "engine sidecar")]
                   + ([(a.timing_cache, "--timing-cache")] if a.timing_cache else []))
+    _say_rebuild(plan.engine_path, plan.source_onnx)
     if a.dry_run:
         steps = []
         if plan.convert:

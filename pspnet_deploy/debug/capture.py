@@ -253,7 +253,7 @@ class TensorRTSource(Source):
 
         env = environment(device if device.startswith("cuda") else 0)
         require_engine_support(env, action="compare a TensorRT engine layer by layer")
-        src = engine_source_onnx(self.card)
+        src = engine_source_onnx(self.card, strict=True)  # refused when the ONNX changed after the build
         if src is None:
             raise UserError(f"{self.path}: its sidecar names no ONNX file that still exists; the debug build needs the "
                             f"ONNX the engine was built from (keep it beside the engine)")

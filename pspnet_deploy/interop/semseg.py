@@ -20,8 +20,7 @@ __all__ = ["is_semseg_state", "model_config_from_semseg", "map_keys", "preproces
 _LAYERS = {(3, 4, 6, 3): 50, (3, 4, 23, 3): 101, (3, 8, 36, 3): 152}
 
 
-def is_semseg_state(state: dict) -> bool:
-    return any(k.startswith("layer0.") for k in state) and any(k.startswith("cls.") for k in state)
+from ..card import is_semseg_state  # noqa: E402 - the layout test is the contract's (its readers point here)
 
 
 def model_config_from_semseg(state: dict, where: str, options: dict | None = None) -> tuple[dict, list[str]]:

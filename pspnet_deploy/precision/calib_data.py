@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..card import read_calibration_cache_record  # the contract reads the cache record
 from ..data.io import IMAGE_EXTS, read_image
 from ..data.preprocess import Preprocess
 from ..errors import UserError
@@ -151,13 +152,13 @@ def load_calibration_set(data, split: str, num_images: int, preprocess: Preproce
     side = cache_dir / f"calib-{key}.json"
     source = src.describe() | {"chosen": len(chosen)}
     if npy.is_file() and side.is_file():
+        info = read_calibration_cache_record(side)
         try:
-            info = json.loads(side.read_text())
-            arr = np.load(npy, mmap_mode="r")
-            if arr.ndim == 4 and arr.shape[0] == len(info["ids"]) and arr.dtype == np.float32:
+            arr = np.load(npy, mmap_mode="r") if info is not None else None
+            if arr is not None and arr.ndim == 4 and arr.shape[0] == len(info["ids"]) and arr.dtype == np.float32:
                 say(progress, f"calibration images: {arr.shape[0]} from cache {npy}")
                 return CalibrationSet(arr, info["ids"], images_hash, source, info.get("skipped", []), npy, True)
-        except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        except (OSError, ValueError):
             pass  # unreadable cache: rebuild it
     h, w = preprocess.input_size
     ok_ids: list[str] = []

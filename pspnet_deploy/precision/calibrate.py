@@ -73,7 +73,7 @@ def inspect_fp32_onnx(path: str | Path) -> SourceModel:
     except Exception as e:  # noqa: BLE001 - onnx raises several types for bad files
         raise UserError(f"{path}: cannot read ONNX model ({type(e).__name__}); pass the model.fp32.onnx written by "
                         f"pspnet-export") from e
-    from ..card import card_from_onnx_proto, validate_card
+    from ..card import card_from_onnx_proto, check_finite_initializers, crosscheck_card, validate_card
 
     card = validate_card(card_from_onnx_proto(model, path))
     meta = card.meta
@@ -87,6 +87,8 @@ def inspect_fp32_onnx(path: str | Path) -> SourceModel:
     if fp16 or precision == "fp16":
         raise UserError(f"{path}: model is FP16; calibration needs the FP32 ONNX (pspnet-export without --fp16, "
                         f"model.fp32.onnx)")
+    crosscheck_card(card)  # the contract's checks of a file (after the precision refusals: they say more here)
+    check_finite_initializers(model, path)
     missing = [k for k in ("preprocess", "classes", "palette") if k not in meta]
     if missing:
         raise UserError(f"{path}: ONNX has no pspnet.{missing[0]} metadata (not written by pspnet-export); pass the "
@@ -142,7 +144,6 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, *args, 
     Transpose) stays FP32 and the first convolution's input is quantized from the normalised
     values, exactly as for the float model. The file's and the table's ``source_onnx_sha256``
     name the uint8 file."""
-    import json
     import shutil
 
     import onnx
@@ -189,7 +190,7 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, *args, 
         write_onnx_metadata(q, {"input_kind": "uint8", "input_channel_order": order, "source_onnx_sha256": real_sha})
         onnx.checker.check_model(q)
         tpath = table_path_for(output)
-        tdata = json.loads(table_path_for(tmp_out).read_text(encoding="utf-8"))
+        tdata = read_calibration_table(table_path_for(tmp_out))
         tdata["source_onnx"], tdata["source_onnx_sha256"] = src.name, real_sha
         for f in tmp_out.parent.iterdir():  # reports written beside the output (sensitivity) move with it
             if f.name not in (tmp_out.name, table_path_for(tmp_out).name):
@@ -632,8 +633,7 @@ def _stamp_metadata(m, meta: dict) -> None:
     """Replace a quantized model's pspnet metadata (in place) and check the graph."""
     import onnx
 
-    del m.metadata_props[:]
-    write_onnx_metadata(m, meta)
+    write_onnx_metadata(m, meta, replace=True)
     onnx.checker.check_model(m)
 
 

@@ -6,31 +6,10 @@ with ``--calib-table`` instead of images and gets the same plan unless it says o
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-from ..card import table_path_for  # the artefact names' owner
-from ..errors import UserError
+from ..card import TABLE_FORMAT, TABLE_VERSION, read_calibration_table, table_path_for  # the contract reads
 from .ranges import NUM_BINS
 
 __all__ = ["TABLE_FORMAT", "TABLE_VERSION", "table_path_for", "read_calibration_table", "make_table", "table_plan"]
-
-TABLE_FORMAT = "pspnet-deploy/calibration-table"
-TABLE_VERSION = 1
-
-
-def read_calibration_table(path: str | Path) -> dict:
-    """A table written by :func:`make_table` (checked header); one clear UserError otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: calibration table not found")
-    try:
-        t = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: calibration table is not valid JSON ({e}); recalibrate to rewrite it") from e
-    if not isinstance(t, dict) or t.get("format") != TABLE_FORMAT or not isinstance(t.get("tensors"), dict):
-        raise UserError(f"{path}: not a pspnet-deploy calibration table (no '{TABLE_FORMAT}' header)")
-    return t
 
 
 def make_table(method: str, amax: dict, calib_info: dict, src, placement: str, percentile: float,

@@ -58,6 +58,11 @@ class OpenVINORunner(Runner):
             msg = " ".join(str(e).split())[:200]
             raise UserError(f"{path}: OpenVINO cannot read this IR ({msg}); rebuild it: "
                             f"{rebuild_command(sidecar, path)}") from e
+        from ..card import crosscheck_runtime_io  # the IR's own IO vs its sidecar: the contract's check
+
+        desc = lambda p: {"name": p.get_any_name(), "dtype": p.get_element_type().get_type_name(),  # noqa: E731
+                          "shape": [d.get_length() if d.is_static else -1 for d in p.get_partial_shape()]}
+        crosscheck_runtime_io(card, [desc(p) for p in model.inputs], [desc(p) for p in model.outputs], "the IR")
         try:
             self.compiled = core.compile_model(model, DEVICE, cfg)
         except Exception as e:  # noqa: BLE001
