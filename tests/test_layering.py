@@ -122,6 +122,7 @@ JSON_ALLOWED = {
     "runners.trt_runner": "TensorRT's engine inspector JSON, returned by the API (layer precisions), not a file",
     "debug.profile": "ONNX Runtime's profiling trace, a file the session just wrote",
     "train": "a checkpoint's training history (train_state, training progress), not the model's facts",
+    "machine": "a benchmark record's environment section (python -m pspnet_deploy.machine RECORD.json)",
 }
 #: modules outside the contract that touch metadata_props, each with why
 METADATA_PROPS_ALLOWED = {

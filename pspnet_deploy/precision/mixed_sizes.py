@@ -19,7 +19,6 @@ the bounds.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ..card import read_calibration_cache_record  # the contract reads the cache record
 from ..data.preprocess import Preprocess
 from ..errors import UserError
 from ..utils import atomic_path, atomic_write_json, say
@@ -158,14 +158,14 @@ def load_mixed_calibration_set(data, split: str, num_images: int, preprocess: Pr
     source = src.describe() | {"chosen": len(chosen)}
     size_range = tuple(tuple(s) for s in bounds)
     if raw.is_file() and side.is_file():
+        info = read_calibration_cache_record(side)  # the contract reads the cache record (None: rebuild)
         try:
-            info = json.loads(side.read_text())
             shapes = [tuple(s) for s in info["shapes"]]
             if raw.stat().st_size == 4 * sum(3 * h * w for h, w in shapes) and len(shapes) == len(info["ids"]):
                 say(progress, f"calibration images: {len(shapes)} (mixed sizes) from cache {raw}")
                 return MixedSizeSet(np.memmap(raw, np.float32, "r"), shapes, info["ids"], images_hash, source,
                                     info.get("skipped", []), raw, True, int(info.get("resized", 0)), size_range)
-        except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
+        except (OSError, ValueError, KeyError, TypeError):
             pass  # unreadable cache: rebuild it
     shapes, ok_ids, skipped, resized = [], [], [], 0
     cache_dir.mkdir(parents=True, exist_ok=True)
