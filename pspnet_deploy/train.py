@@ -29,7 +29,7 @@ from .machine import bf16_choice
 from .model import PSPNet, min_input_size
 from .runners.torch_runner import TorchRunner
 from .train_config import CLASS_WEIGHTS, TrainConfig  # noqa: F401 - TrainConfig re-exported
-from .utils import check_output_dir, torch_device, versions
+from .utils import check_output_dir, nonfinite_loss_error, torch_device, versions
 
 
 class SeededAugment(torch.utils.data.Dataset):
@@ -333,7 +333,7 @@ def train(cfg: TrainConfig) -> dict:
                 aux_loss = F.cross_entropy(aux.float(), y, weight=weight, ignore_index=info.ignore_index)
                 total = loss + cfg.aux_weight * aux_loss
             if not torch.isfinite(total):
-                raise UserError(f"loss became {total.item()} at step {global_step}; lower --lr")
+                raise nonfinite_loss_error(total.item(), y, info.ignore_index, global_step)  # all-ignore masks say so
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(total).backward()
             scaler.step(optimizer)

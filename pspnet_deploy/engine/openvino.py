@@ -28,10 +28,12 @@ not match the sidecar, or whose sidecar comes from another OpenVINO version or C
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,7 +41,7 @@ from ..card import ModelCard, default_engine_path, ir_weights_path, read_card, r
 from ..errors import UserError
 from ..machine import ISA_FEATURES, cpu_flags, cpu_has_bf16, cpu_has_vnni, cpu_model_name
 from ..precision.ranges import DEFAULT_METHOD
-from ..utils import atomic_write_json, sha256_file
+from ..utils import no_space_error, publish, quiet_openvino_telemetry, sha256_file, temp_beside, tmp_name
 from .plan import check_calibration_options, source_onnx, variant_path
 from .sidecar import PROG, check_engine_file, rebuild_command, sidecar_sections
 
@@ -55,6 +57,7 @@ class OpenVINOUnavailable(UserError):
 
 
 def _ov():
+    quiet_openvino_telemetry()  # before the first import: OpenVINO's telemetry would reach the network
     try:
         import openvino as ov
     except ImportError as e:
@@ -340,24 +343,77 @@ def _np_name(t) -> str:
 # Build
 # --------------------------------------------------------------------------------------------
 
-def _save_ir(model, xml: Path) -> tuple[int, int]:
-    """Save the IR next to ``xml`` under temporary names, then move the .bin and the .xml into place
-    (the .xml last, so an .xml never names weights that are not there). Returns (xml size, bin size)."""
-    ov = _ov()
-    xml.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{xml.stem}.", suffix=".xml", dir=xml.parent)
-    os.close(fd)
-    tmp_xml = Path(tmp)
-    tmp_bin = tmp_xml.with_suffix(".bin")
+@contextmanager
+def _ir_temporaries(xml: Path):
+    """Temporary names for the three files of one IR, in the IR's folder: ``(xml, bin, sidecar)``,
+    named like every temporary (:func:`pspnet_deploy.utils.tmp_name`, so a killed build's are
+    removed by the next write there) and removed when the body does not publish them."""
+    with temp_beside(xml) as (parent, _created):
+        prefix, suffix = tmp_name(xml, ".xml")
+        fd, t = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=parent)
+        os.close(fd)
+        tmp_xml = Path(t)
+        prefix, suffix = tmp_name(sidecar_path(xml), ".json")
+        fd, t = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=parent)
+        os.close(fd)
+        tmp_sc = Path(t)
+    tmp_bin = tmp_xml.with_suffix(".bin")  # where OpenVINO's serializer puts the weights of tmp_xml
+    try:
+        yield tmp_xml, tmp_bin, tmp_sc
+    finally:
+        for t in (tmp_xml, tmp_bin, tmp_sc):
+            try:
+                t.unlink()
+            except FileNotFoundError:
+                pass
+
+
+def _weights_bytes(model) -> int:
+    """Bytes of the model's constants: the size of the ``.bin`` the serializer writes."""
+    total = 0
+    for op in model.get_ops():
+        if op.get_type_name() == "Constant":
+            total += int(op.get_byte_size())
+    return total
+
+
+def _serialize(ov, model, tmp_xml: Path, xml: Path) -> None:
+    """``ov.save_model`` to the temporary names. The serializer reports every write failure as
+    ``RuntimeError: basic_ios::clear: iostream error`` (no errno) and removes what it wrote, so a
+    full disk is recognised by the free space left in the folder being less than the ``.bin``
+    needs; that and any other write failure is one line (UserError), not an internal error."""
     try:
         ov.save_model(model, str(tmp_xml), compress_to_fp16=False)
-        os.replace(tmp_bin, weights_path(xml))
-        os.replace(tmp_xml, xml)
-    finally:
-        for t in (tmp_xml, tmp_bin):
-            if t.exists():
-                t.unlink()
-    return xml.stat().st_size, weights_path(xml).stat().st_size
+    except Exception as e:  # noqa: BLE001 - the serializer raises RuntimeError for every I/O failure
+        err = no_space_error(e, xml)
+        why = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
+        if err is None:
+            need = _weights_bytes(model) + (1 << 20)  # the .bin and a generous .xml
+            free = _free_bytes(tmp_xml.parent)
+            if free is not None and free < need:
+                err = UserError(f"{xml}: no space left to write it (the IR needs about {need / 2**20:.0f} MiB, "
+                                f"{free / 2**20:.0f} MiB are free); free disk space or choose another output path")
+            else:
+                err = UserError(f"{xml}: OpenVINO could not write the IR ({why}); check the output folder and disk")
+        raise err from e
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def publish_ir(tmp_xml: Path, tmp_bin: Path, tmp_sc: Path, xml: Path) -> None:
+    """Put a finished IR in place so that at every instant the folder holds the previous IR whole,
+    or an IR that no reader accepts: the old sidecar goes first (an IR without its sidecar is
+    refused with one line, whatever its .xml and .bin are), then the .bin, the .xml, and the new
+    sidecar last, which records the sha256 and size of exactly this .xml and .bin. Every file gets
+    the usual mode (the serializer writes the .xml 0600)."""
+    sc = sidecar_path(xml)
+    publish([(tmp_bin, weights_path(xml)), (tmp_xml, xml), (tmp_sc, sc)], retire=[sc])
 
 
 def _shape_input(ov, model, size_range, static_size=None) -> None:
@@ -410,18 +466,20 @@ def build_openvino(onnx_path: str | Path | OVBuildPlan, xml_path: str | Path | N
     resolved = resolved_precision(compiled)
     io = _io(model)
     del compiled
-    xml_size, bin_size = _save_ir(model, plan.xml_path)
-    seconds = time.perf_counter() - t0
     onnx_sha = sha256_file(plan.build_onnx)
     source_sha = sha256_file(plan.source_onnx) if plan.source_onnx != plan.build_onnx else onnx_sha
-    try:
+    # the .xml, .bin and sidecar are one unit: all three under temporary names, then published together
+    with _ir_temporaries(plan.xml_path) as (tmp_xml, tmp_bin, tmp_sc):
+        _serialize(ov, model, tmp_xml, plan.xml_path)
+        xml_size, bin_size = tmp_xml.stat().st_size, tmp_bin.stat().st_size
+        seconds = time.perf_counter() - t0
         sidecar = make_sidecar(plan, opts, env, io, resolved, xml_size, bin_size, seconds, onnx_sha, source_sha,
-                               command or build_argv(plan.source_onnx, plan.xml_path, opts))
-        atomic_write_json(plan.sidecar_path, sidecar)
-    except BaseException:
-        for f in (plan.xml_path, plan.bin_path):
-            f.unlink(missing_ok=True)
-        raise
+                               command or build_argv(plan.source_onnx, plan.xml_path, opts), files=(tmp_xml, tmp_bin))
+        try:
+            tmp_sc.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
+        except OSError as e:
+            raise no_space_error(e, plan.sidecar_path) or e
+        publish_ir(tmp_xml, tmp_bin, tmp_sc, plan.xml_path)
     log(f"wrote {plan.xml_path} + {plan.bin_path.name} ({bin_size / 2**20:.1f} MiB, {seconds:.1f} s) and "
         f"{plan.sidecar_path.name}; runs as {describe_used(plan.precision, resolved)}")
     note = sidecar["openvino"].get("precision_note")
@@ -431,13 +489,16 @@ def build_openvino(onnx_path: str | Path | OVBuildPlan, xml_path: str | Path | N
 
 
 def make_sidecar(plan: OVBuildPlan, opts: OVBuildOptions, env: dict, io: dict, resolved: dict, xml_size: int,
-                 bin_size: int, seconds: float, onnx_sha256: str, source_sha256: str, command: list[str]) -> dict:
+                 bin_size: int, seconds: float, onnx_sha256: str, source_sha256: str, command: list[str],
+                 files: tuple[Path, Path] | None = None) -> dict:
     """The TensorRT engines' sidecar (:func:`~pspnet_deploy.engine.sidecar.sidecar_sections`) with the
-    ``.bin`` under ``engine.weights`` and the ``openvino`` and ``cpu`` sections."""
-    sidecar = sidecar_sections(plan, opts, io, sha256_file(plan.xml_path), xml_size, seconds, onnx_sha256,
+    ``.bin`` under ``engine.weights`` and the ``openvino`` and ``cpu`` sections. ``files``: the
+    (.xml, .bin) to hash when they are still under their temporary names (default: the plan's)."""
+    xml_file, bin_file = files or (plan.xml_path, plan.bin_path)
+    sidecar = sidecar_sections(plan, opts, io, sha256_file(xml_file), xml_size, seconds, onnx_sha256,
                                source_sha256, command, onnx_precision="int8" if plan.convert else plan.source_precision)
     sidecar["engine"]["weights"] = {"file": plan.bin_path.name, "size": int(bin_size),
-                                    "sha256": sha256_file(plan.bin_path)}
+                                    "sha256": sha256_file(bin_file)}
     sidecar["backend"] = BACKEND
     sidecar["openvino"] = {"version": env["openvino"], "device": DEVICE,
                            "inference_precision_hint": HINTS[plan.precision],
@@ -489,6 +550,9 @@ def check_ir(xml_path: str | Path, verify_hash: bool = True, env: dict | None = 
     """Sidecar, files (the .xml and its .bin), then this machine: (sidecar, env). Nothing is compiled yet."""
     sidecar = read_sidecar(xml_path) if sidecar is None else sidecar
     check_engine_file(xml_path, sidecar, verify_hash=verify_hash, what="IR")
+    if not verify_hash:  # the .xml is small: always check that it is the one its sidecar and .bin belong to
+        check_engine_file(xml_path, {"engine": {k: v for k, v in sidecar["engine"].items() if k != "weights"},
+                                     **{k: v for k, v in sidecar.items() if k != "engine"}}, verify_hash=True, what="IR")
     env = env if env is not None else cpu_environment()
     check_environment(sidecar, env, xml_path)
     return sidecar, env
@@ -497,4 +561,4 @@ def check_ir(xml_path: str | Path, verify_hash: bool = True, env: dict | None = 
 __all__ = ["BACKEND", "HINTS", "ISA_FEATURES", "OVBuildOptions", "OVBuildPlan", "OpenVINOUnavailable", "build_argv",
            "build_openvino", "check_environment", "check_ir", "compile_config", "cpu_environment",
            "default_ir_path", "describe_used", "make_sidecar", "native_support", "plan_openvino_build",
-           "ov_core", "precision_note", "read_sidecar", "resolved_precision", "weights_path"]
+           "ov_core", "precision_note", "publish_ir", "read_sidecar", "resolved_precision", "weights_path"]
