@@ -279,13 +279,45 @@ def publish(moves: list[tuple[Path, Path]], retire: tuple[Path, ...] | list[Path
         guard_write(final)
     for tmp, _final in moves:
         umask_mode(tmp)
-    for old in retire:
-        try:
-            os.unlink(old)
-        except FileNotFoundError:
-            pass
-    for tmp, final in moves:
-        os.replace(tmp, final)
+    with _sigint_deferred():  # Ctrl-C between two renames would leave the set unusable: it waits for the last
+        for old in retire:
+            try:
+                os.unlink(old)
+            except FileNotFoundError:
+                pass
+        fault_point("publish:retired")
+        for tmp, final in moves:
+            os.replace(tmp, final)
+            fault_point(f"publish:{final.name}")
+
+
+@contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold SIGINT back for the duration (main thread, where the platform allows); an interrupt that
+    came meanwhile is raised right after, when the files are consistent again."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+FAULT_ENV = "PSPNET_FAULT_AT"  # test hook (as in pspnet_deploy.checkpoint): SIGKILL this process at a named point
+
+
+def fault_point(name: str) -> None:
+    """Kill this process with SIGKILL at ``name`` when ``$PSPNET_FAULT_AT`` names it (the kill tests
+    of tests/test_faults_io.py); nothing otherwise."""
+    if os.environ.get(FAULT_ENV) == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @contextmanager

@@ -41,7 +41,7 @@ from ..card import ModelCard, default_engine_path, ir_weights_path, read_card, r
 from ..errors import UserError
 from ..machine import ISA_FEATURES, cpu_flags, cpu_has_bf16, cpu_has_vnni, cpu_model_name
 from ..precision.ranges import DEFAULT_METHOD
-from ..utils import no_space_error, publish, quiet_openvino_telemetry, sha256_file, temp_beside, tmp_name
+from ..utils import fault_point, no_space_error, publish, quiet_openvino_telemetry, sha256_file, temp_beside, tmp_name
 from .plan import check_calibration_options, source_onnx, variant_path
 from .sidecar import PROG, check_engine_file, rebuild_command, sidecar_sections
 
@@ -471,6 +471,7 @@ def build_openvino(onnx_path: str | Path | OVBuildPlan, xml_path: str | Path | N
     # the .xml, .bin and sidecar are one unit: all three under temporary names, then published together
     with _ir_temporaries(plan.xml_path) as (tmp_xml, tmp_bin, tmp_sc):
         _serialize(ov, model, tmp_xml, plan.xml_path)
+        fault_point("ir:serialized")
         xml_size, bin_size = tmp_xml.stat().st_size, tmp_bin.stat().st_size
         seconds = time.perf_counter() - t0
         sidecar = make_sidecar(plan, opts, env, io, resolved, xml_size, bin_size, seconds, onnx_sha, source_sha,
@@ -479,6 +480,7 @@ def build_openvino(onnx_path: str | Path | OVBuildPlan, xml_path: str | Path | N
             tmp_sc.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
         except OSError as e:
             raise no_space_error(e, plan.sidecar_path) or e
+        fault_point("ir:sidecar-written")
         publish_ir(tmp_xml, tmp_bin, tmp_sc, plan.xml_path)
     log(f"wrote {plan.xml_path} + {plan.bin_path.name} ({bin_size / 2**20:.1f} MiB, {seconds:.1f} s) and "
         f"{plan.sidecar_path.name}; runs as {describe_used(plan.precision, resolved)}")
