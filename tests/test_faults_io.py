@@ -387,3 +387,58 @@ def test_openvino_telemetry_does_not_reach_the_network(nets, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(record.read_text()) == []
     assert listing(home) == set(), sorted(listing(home))  # no ~/intel/openvino_ga_cid, no stats
+
+
+# ------------------------------------------------------------------------------------ misleading messages
+
+def test_training_on_all_ignore_masks_says_so(tmp_path):
+    """Masks that are the ignore index everywhere make the loss 0/0: the one line names the masks,
+    not the learning rate; nothing is written."""
+    import cv2
+
+    data = tmp_path / "data"
+    for sub in ("images", "masks"):
+        (data / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        cv2.imwrite(str(data / "images" / f"{i}.png"), rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+        cv2.imwrite(str(data / "masks" / f"{i}.png"), np.full((64, 64), 255, np.uint8))
+    (data / "classes.txt").write_text("road\ncar\n")
+    before = {n: sha(data / n) for n in listing(data) if (data / n).is_file()}
+    r = cli("pspnet_deploy.cli.train", "--data", data, "--out", tmp_path / "run", "--backbone", "resnet18",
+            "--head-channels", "16", "--crop", "64", "64", "--batch-size", "2", "--epochs", "1", "--workers", "0",
+            "--threads", THREADS, "--no-progress", "--max-steps-per-epoch", "1", "--val-limit", "1")
+    line = one_error_line(r, "pspnet-train")
+    assert "ignore index 255" in line and "masks" in line and "--lr" not in line, line
+    assert {n: sha(data / n) for n in before} == before and set(listing(data)) == set(before) | {"images", "masks"}
+    assert not (tmp_path / "run").exists() or not list((tmp_path / "run").rglob("*.pt"))
+
+
+def test_nonfinite_loss_error_tells_the_causes_apart():
+    import torch
+
+    from pspnet_deploy.utils import nonfinite_loss_error
+
+    y = torch.full((2, 4, 4), 255)
+    assert "ignore index 255" in str(nonfinite_loss_error(float("nan"), y, 255, 3))
+    y[0, 0, 0] = 1
+    assert str(nonfinite_loss_error(float("inf"), y, 255, 3)) == "loss became inf at step 3; lower --lr"
+
+
+def test_no_space_error_reads_native_and_chained_errors(tmp_path):
+    import errno
+
+    from pspnet_deploy.utils import full_disk_error, no_space_error
+
+    assert "no space left" in str(no_space_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "f.onnx")))
+    native = RuntimeError(f"write failed: {os.strerror(errno.ENOSPC)}")
+    assert "out.xml: no space left" in str(no_space_error(native, "out.xml"))
+    try:
+        try:
+            raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+        except OSError as inner:
+            raise ValueError("parse error") from inner
+    except ValueError as outer:
+        assert no_space_error(outer, "x") is not None
+    assert no_space_error(ValueError("parse error")) is None
+    assert full_disk_error(tmp_path, "x") is None  # this disk is not full
