@@ -42,7 +42,9 @@ def output_error(path: str | Path, e: OSError) -> UserError:
     return UserError(f"{path}: cannot write ({why}); choose another output path")
 
 
-_NO_SPACE_TEXT = tuple(os.strerror(n) for n in sorted(_NO_SPACE))  # "No space left on device", ...
+#: how native libraries that turn an errno into text say it ("No space left on device", "Disk quota
+#: exceeded"); not EFBIG's "File too large", which other messages use for other limits
+_NO_SPACE_TEXT = tuple(os.strerror(n) for n in sorted(_NO_SPACE - {errno.EFBIG}))
 
 
 def no_space_error(e: BaseException, path: str | Path | None = None) -> UserError | None:
@@ -475,39 +477,6 @@ def nonfinite_loss_error(loss: float, target, ignore_index: int, step: int) -> U
                          f"{ignore_index}, so there is nothing to learn from; check the dataset's masks (their label "
                          f"values and the ignore index it declares)")
     return UserError(f"loss became {loss} at step {step}; lower --lr")
-
-
-# --------------------------------------------------------------------------------------------
-# OpenVINO's telemetry: off for this process, before openvino is imported
-# --------------------------------------------------------------------------------------------
-
-def quiet_openvino_telemetry() -> None:
-    """Turn OpenVINO's usage telemetry off for this process, before ``import openvino``.
-
-    What the installed sources do (openvino 2026.4, openvino-telemetry 2025.2): ``import openvino``
-    imports ``openvino.tools.ovc``, whose ``telemetry_utils.py`` and ``convert_impl.py`` do
-    ``try: import openvino_telemetry as tm / except ImportError: import
-    openvino.tools.ovc.telemetry_stub as tm``. Every ``convert_model`` then starts a session and
-    sends events to Google Analytics from a thread pool (``urllib`` to www.google-analytics.com)
-    unless ``~/intel/openvino_telemetry`` holds ``0`` (what ``opt_in_out --opt_out``, the documented
-    opt-out, writes: a per-user setting we do not change for the user) or ``CI=true`` is set. A
-    ``None`` entry in ``sys.modules`` makes ``import openvino_telemetry`` raise ImportError, so
-    OpenVINO takes its own no-op stub, for this process only: no network, no client-id file in
-    the home folder, no sender threads to interrupt at exit. When openvino was imported before
-    (a caller's own import), its modules get the stub in place of the telemetry module."""
-    if "openvino_telemetry" not in sys.modules:
-        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]
-        return
-    if sys.modules["openvino_telemetry"] is None:
-        return
-    try:
-        from openvino.tools.ovc import telemetry_stub
-    except ImportError:
-        return
-    for name in ("openvino.tools.ovc.telemetry_utils", "openvino.tools.ovc.convert_impl"):
-        mod = sys.modules.get(name)
-        if mod is not None and hasattr(mod, "tm"):
-            mod.tm = telemetry_stub
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,6 +24,10 @@ Files: ``NAME.PRECISION.xml`` + ``NAME.PRECISION.bin`` and the sidecar ``NAME.PR
 (OpenVINO version, CPU and its ISA features, requested and resolved precision, IO, the ONNX's
 sha256, the model's classes, palette and preprocessing). A runner refuses an IR whose files do
 not match the sidecar, or whose sidecar comes from another OpenVINO version or CPU.
+
+The three files are one unit (:func:`publish_ir`): written under temporary names, then the old
+sidecar removed, the .bin, the .xml and the new sidecar renamed into place, in that order; a kill
+at any moment leaves the previous IR whole or one without a sidecar (refused with one line).
 """
 from __future__ import annotations
 
@@ -41,7 +45,7 @@ from ..card import ModelCard, default_engine_path, ir_weights_path, read_card, r
 from ..errors import UserError
 from ..machine import ISA_FEATURES, cpu_flags, cpu_has_bf16, cpu_has_vnni, cpu_model_name
 from ..precision.ranges import DEFAULT_METHOD
-from ..utils import fault_point, no_space_error, publish, quiet_openvino_telemetry, sha256_file, temp_beside, tmp_name
+from ..utils import fault_point, no_space_error, publish, sha256_file, temp_beside, tmp_name
 from .plan import check_calibration_options, source_onnx, variant_path
 from .sidecar import PROG, check_engine_file, rebuild_command, sidecar_sections
 
@@ -54,6 +58,42 @@ HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
 class OpenVINOUnavailable(UserError):
     """The openvino package is missing or broken."""
+
+
+def quiet_openvino_telemetry() -> None:
+    """Turn OpenVINO's usage telemetry off for this process, before ``import openvino``.
+
+    What the installed sources do (openvino 2026.4, openvino-telemetry 2025.2): ``import openvino``
+    imports ``openvino.tools.ovc``, whose ``telemetry_utils.py`` and ``convert_impl.py`` do
+    ``try: import openvino_telemetry as tm / except ImportError: import
+    openvino.tools.ovc.telemetry_stub as tm``. Every ``convert_model`` then starts a session and
+    sends events to Google Analytics from a thread pool (``urllib`` to www.google-analytics.com)
+    unless ``~/intel/openvino_telemetry`` holds ``0`` (what ``opt_in_out --opt_out``, the documented
+    opt-out, writes: a per-user setting we do not change for the user) or ``CI=true`` is set. A
+    ``None`` entry in ``sys.modules`` makes ``import openvino_telemetry`` raise ImportError, so
+    OpenVINO takes its own no-op stub, for this process only: no network, no client-id file in
+    the home folder, no sender threads to interrupt at exit. When openvino was imported before
+    (a caller's own import), its modules get the stub in place of the telemetry module."""
+    if "openvino_telemetry" not in sys.modules:
+        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]
+        return
+    if sys.modules["openvino_telemetry"] is None:
+        return
+    try:
+        from openvino.tools.ovc import telemetry_stub
+    except ImportError:
+        return
+    for name in ("openvino.tools.ovc.telemetry_utils", "openvino.tools.ovc.convert_impl", "openvino.tools.ovc.utils",
+                 "openvino.tools.ovc.main"):
+        mod = sys.modules.get(name)
+        if mod is not None and hasattr(mod, "tm"):
+            mod.tm = telemetry_stub
+    try:  # the instance that import already made: nothing more leaves it
+        real = sys.modules["openvino_telemetry"].Telemetry()
+        real.consent = False
+        real.sender.executor.shutdown(wait=False, cancel_futures=True)
+    except Exception:  # noqa: BLE001 - never configured, or another telemetry version: nothing to stop
+        pass
 
 
 def _ov():
