@@ -259,6 +259,9 @@ def temp_beside(path: str | Path) -> Iterator[tuple[Path, list[Path]]]:
     except OSError as e:
         rmdirs_if_empty(created)
         raise output_error(path, e) from e
+    except BaseException:
+        rmdirs_if_empty(created)
+        raise
 
 
 def umask_mode(path: str | Path) -> None:
@@ -281,7 +284,7 @@ def publish(moves: list[tuple[Path, Path]], retire: tuple[Path, ...] | list[Path
         guard_write(final)
     for tmp, _final in moves:
         umask_mode(tmp)
-    with _sigint_deferred():  # Ctrl-C between two renames would leave the set unusable: it waits for the last
+    with sigint_deferred():  # Ctrl-C between two renames would leave the set unusable: it waits for the last
         for old in retire:
             try:
                 os.unlink(old)
@@ -294,32 +297,47 @@ def publish(moves: list[tuple[Path, Path]], retire: tuple[Path, ...] | list[Path
 
 
 @contextmanager
-def _sigint_deferred() -> Iterator[None]:
-    """Hold SIGINT back for the duration (main thread, where the platform allows); an interrupt that
-    came meanwhile is raised right after, when the files are consistent again."""
+def sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C back for the duration; an interrupt that came meanwhile is raised right after,
+    when the files are consistent again. For the short steps a Ctrl-C must not cut in two: making a
+    temporary and registering it for removal, removing temporaries, renaming a set of files into
+    place. Python runs signal handlers in the main thread only, so the Python-level handler is
+    swapped (blocking the signal would not do: a native library's thread would take it and the
+    main thread would still raise at once); elsewhere than the main thread nothing changes."""
     import signal
     import threading
 
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    came: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: came.append(signum))
+    except (ValueError, OSError):
+        yield
+        return
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        signal.signal(signal.SIGINT, previous)
+        if came and callable(previous):
+            previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt here
+        elif came and previous == signal.SIG_DFL:
+            os.kill(os.getpid(), signal.SIGINT)
 
 
 FAULT_ENV = "PSPNET_FAULT_AT"  # test hook (as in pspnet_deploy.checkpoint): SIGKILL this process at a named point
 
 
 def fault_point(name: str) -> None:
-    """Kill this process with SIGKILL at ``name`` when ``$PSPNET_FAULT_AT`` names it (the kill tests
-    of tests/test_faults_io.py); nothing otherwise."""
-    if os.environ.get(FAULT_ENV) == name:
+    """Kill this process with SIGKILL at ``name`` when ``$PSPNET_FAULT_AT`` is ``name``, or send it
+    SIGINT (a Ctrl-C) when it is ``name=SIGINT`` (the kill and interrupt tests of
+    tests/test_faults_io.py); nothing otherwise."""
+    want = os.environ.get(FAULT_ENV)
+    if want and want.split("=")[0] == name:
         import signal
 
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGINT if want.endswith("=SIGINT") else signal.SIGKILL)
 
 
 @contextmanager
@@ -336,13 +354,16 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     if path.is_dir():
         raise UserError(f"{path}: is a folder; give a file path")
     guard_write(path)  # never onto an input of the running command (its file plan)
-    with temp_beside(path) as (parent, created):
-        prefix, sfx = tmp_name(path, suffix or ".tmp")
-        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=sfx, dir=parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path: Path | None = None
+    created: list[Path] = []
     done = False
     try:
+        with temp_beside(path) as (parent, created):
+            prefix, sfx = tmp_name(path, suffix or ".tmp")
+            with sigint_deferred():  # the temporary exists only once the cleanup below knows it
+                fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=sfx, dir=parent)
+                os.close(fd)
+                tmp_path = Path(tmp)
         try:
             yield tmp_path
             publish([(tmp_path, path)])
@@ -358,11 +379,13 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
             raise
     finally:
         if not done:
-            try:
-                tmp_path.unlink()
-            except OSError:
-                pass
-            rmdirs_if_empty(created)
+            with sigint_deferred():
+                if tmp_path is not None:
+                    try:
+                        tmp_path.unlink()
+                    except OSError:
+                        pass
+                rmdirs_if_empty(created)
 
 
 @contextmanager
@@ -373,25 +396,31 @@ def work_dir(beside: str | Path) -> Iterator[Path]:
     import shutil
 
     beside = Path(beside)
-    with temp_beside(beside) as (parent, created):
-        work = Path(tempfile.mkdtemp(prefix=tmp_name(beside)[0], suffix=".work", dir=parent))
+    work: Path | None = None
+    created: list[Path] = []
     ok = False
     try:
-        yield work
-        ok = True
-    except UserError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a full disk, however the writer reports it, is one line
-        full = no_space_error(e, beside) or full_disk_error(work, beside)
-        if full is not None:
-            raise full from e
-        if isinstance(e, OSError) and e.errno == errno.EROFS:
-            raise output_error(beside, e) from e
-        raise
+        with temp_beside(beside) as (parent, created):
+            with sigint_deferred():  # the folder exists only once the cleanup below knows it
+                work = Path(tempfile.mkdtemp(prefix=tmp_name(beside)[0], suffix=".work", dir=parent))
+        try:
+            yield work
+            ok = True
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a full disk, however the writer reports it, is one line
+            full = no_space_error(e, beside) or full_disk_error(work, beside)
+            if full is not None:
+                raise full from e
+            if isinstance(e, OSError) and e.errno == errno.EROFS:
+                raise output_error(beside, e) from e
+            raise
     finally:
-        shutil.rmtree(work, ignore_errors=True)
-        if not ok:
-            rmdirs_if_empty(created)
+        with sigint_deferred():
+            if work is not None:
+                shutil.rmtree(work, ignore_errors=True)
+            if not ok:
+                rmdirs_if_empty(created)
 
 
 def check_writable(path: str | Path, expect: str = "a file path") -> None:

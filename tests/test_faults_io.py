@@ -367,6 +367,21 @@ def test_ctrl_c_during_openvino_build(nets, old_ir, new_out, delay):
     assert listing(d) == {"m.xml", "m.bin", "m.xml.json"}, sorted(listing(d))
 
 
+@pytest.mark.parametrize("point", ["ir:temporary-made", "ir:serialized", "publish:retired", "publish:m.bin"])
+def test_ctrl_c_at_named_point(nets, old_ir, new_out, point):
+    """A Ctrl-C (SIGINT the process sends itself) at the moments where one would cut a step in two:
+    while a temporary is made and not yet registered for removal, between the serializer and the
+    sidecar, and between the renames that publish the IR. Exit 130, one line; the previous IR whole
+    (before publishing) or the new one whole (publishing finishes first); no temporary left."""
+    xml, d = old_ir["xml"], old_ir["dir"]
+    r = rebuild(nets, xml, fault=f"{point}=SIGINT")
+    assert r.returncode == 130, (r.returncode, r.stderr[-3000:])
+    assert r.stderr.strip().splitlines()[-1] == "pspnet-build-engine: interrupted", r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and "telemetry" not in r.stderr.lower()
+    assert ir_state(xml, old_ir["out"], new_out) == ("new" if point.startswith("publish:") else "old")
+    assert listing(d) == {"m.xml", "m.bin", "m.xml.json"}, sorted(listing(d))
+
+
 AUDIT = """
 import json, runpy, sys
 events = []

@@ -45,7 +45,7 @@ from ..card import ModelCard, default_engine_path, ir_weights_path, read_card, r
 from ..errors import UserError
 from ..machine import ISA_FEATURES, cpu_flags, cpu_has_bf16, cpu_has_vnni, cpu_model_name
 from ..precision.ranges import DEFAULT_METHOD
-from ..utils import fault_point, no_space_error, publish, sha256_file, temp_beside, tmp_name
+from ..utils import fault_point, no_space_error, publish, sha256_file, sigint_deferred, temp_beside, tmp_name
 from .plan import check_calibration_options, source_onnx, variant_path
 from .sidecar import PROG, check_engine_file, rebuild_command, sidecar_sections
 
@@ -387,25 +387,29 @@ def _np_name(t) -> str:
 def _ir_temporaries(xml: Path):
     """Temporary names for the three files of one IR, in the IR's folder: ``(xml, bin, sidecar)``,
     named like every temporary (:func:`pspnet_deploy.utils.tmp_name`, so a killed build's are
-    removed by the next write there) and removed when the body does not publish them."""
-    with temp_beside(xml) as (parent, _created):
-        prefix, suffix = tmp_name(xml, ".xml")
-        fd, t = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=parent)
-        os.close(fd)
-        tmp_xml = Path(t)
-        prefix, suffix = tmp_name(sidecar_path(xml), ".json")
-        fd, t = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=parent)
-        os.close(fd)
-        tmp_sc = Path(t)
-    tmp_bin = tmp_xml.with_suffix(".bin")  # where OpenVINO's serializer puts the weights of tmp_xml
+    removed by the next write there) and removed when the body does not publish them (Ctrl-C
+    included: each exists only once registered for removal)."""
+    made: list[Path] = []
     try:
+        with temp_beside(xml) as (parent, _created):
+            for target, suffix in ((xml, ".xml"), (sidecar_path(xml), ".json")):
+                prefix, suffix = tmp_name(target, suffix)
+                with sigint_deferred():
+                    fd, t = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=parent)
+                    fault_point("ir:temporary-made")
+                    os.close(fd)
+                    made.append(Path(t))
+        tmp_xml, tmp_sc = made
+        tmp_bin = tmp_xml.with_suffix(".bin")  # where OpenVINO's serializer puts the weights of tmp_xml
+        made.append(tmp_bin)
         yield tmp_xml, tmp_bin, tmp_sc
     finally:
-        for t in (tmp_xml, tmp_bin, tmp_sc):
-            try:
-                t.unlink()
-            except FileNotFoundError:
-                pass
+        with sigint_deferred():
+            for t in made:
+                try:
+                    t.unlink()
+                except FileNotFoundError:
+                    pass
 
 
 def _weights_bytes(model) -> int:
