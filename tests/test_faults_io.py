@@ -22,7 +22,7 @@ this cannot catch: a power loss (the page cache is not flushed; renames are not 
 from __future__ import annotations
 
 import hashlib
-import json
+import importlib.util
 import os
 import signal
 import subprocess
@@ -36,7 +36,8 @@ import pytest
 
 from conftest import ROOT, TINY_SIZE, tiny_meta
 
-pytest.importorskip("openvino")
+if importlib.util.find_spec("openvino") is None:  # not imported here: an import alone sends telemetry
+    pytest.skip("openvino is not installed", allow_module_level=True)
 
 THREADS = os.environ.get("PSPNET_TEST_THREADS", "1")
 BUILD = "pspnet_deploy.cli.build_engine"
@@ -383,24 +384,21 @@ def test_ctrl_c_at_named_point(nets, old_ir, new_out, point):
 
 
 AUDIT = """
-import json, runpy, sys
-events = []
-def hook(event, args):
+import os, runpy, sys
+def hook(event, args):  # inherited by forked children (the telemetry sends from one)
     if event.startswith("socket.") or event == "urllib.Request":
-        events.append([event, repr(args)[:200]])
+        with open(OUT, "a") as f:
+            f.write(f"{os.getpid()} {event} {repr(args)[:200]}\\n")
 sys.addaudithook(hook)
 sys.argv = ["pspnet-build-engine"] + sys.argv[1:]
-try:
-    runpy.run_module("pspnet_deploy.cli.build_engine", run_name="__main__")
-finally:
-    open(OUT, "w").write(json.dumps(events))
+runpy.run_module("pspnet_deploy.cli.build_engine", run_name="__main__")
 """
 
 
 def test_openvino_telemetry_does_not_reach_the_network(nets, tmp_path):
     """An OpenVINO build (ONNX conversion included) makes no socket and no URL request, and writes
     nothing into the home folder's telemetry files."""
-    record = tmp_path / "events.json"
+    record = tmp_path / "events.txt"
     script = tmp_path / "audit.py"
     script.write_text(AUDIT.replace("OUT", repr(str(record))))
     home = tmp_path / "home"
@@ -409,7 +407,8 @@ def test_openvino_telemetry_does_not_reach_the_network(nets, tmp_path):
                         tmp_path / "m.xml"], cwd=ROOT, env=env(HOME=str(home)), capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert json.loads(record.read_text()) == []
+    time.sleep(0.5)  # a sender child still running would write its events now
+    assert not record.exists(), record.read_text()[:2000]
     assert listing(home) == set(), sorted(listing(home))  # no ~/intel/openvino_ga_cid, no stats
 
 
