@@ -311,11 +311,12 @@ def one_error_line(r: subprocess.CompletedProcess, prog: str) -> str:
 
 
 def test_full_disk_openvino_build(nets, tmp_path):
-    """An IR whose .bin does not fit: the one-line full-disk message, exit 2, nothing left there."""
+    """An IR whose .bin does not fit: the one-line full-disk message, exit 2, nothing left there (nor
+    the folder the build made for it)."""
     with tmpfs(tmp_path / "disk", "1m") as disk:
-        r = cli(BUILD, nets["a"], "--backend", "openvino", "--engine", disk / "m.xml")
+        r = cli(BUILD, nets["a"], "--backend", "openvino", "--engine", disk / "new" / "m.xml")
         line = one_error_line(r, "pspnet-build-engine")
-        assert "no space left" in line and str(disk / "m.xml") in line, line
+        assert "no space left" in line and str(disk / "new" / "m.xml") in line, line
         assert listing(disk) == set(), sorted(listing(disk))
 
 

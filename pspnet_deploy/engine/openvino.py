@@ -45,7 +45,8 @@ from ..card import ModelCard, default_engine_path, ir_weights_path, read_card, r
 from ..errors import UserError
 from ..machine import ISA_FEATURES, cpu_flags, cpu_has_bf16, cpu_has_vnni, cpu_model_name
 from ..precision.ranges import DEFAULT_METHOD
-from ..utils import fault_point, no_space_error, publish, sha256_file, sigint_deferred, temp_beside, tmp_name
+from ..utils import (fault_point, no_space_error, publish, rmdirs_if_empty, sha256_file, sigint_deferred,
+                     temp_beside, tmp_name)
 from .plan import check_calibration_options, source_onnx, variant_path
 from .sidecar import PROG, check_engine_file, rebuild_command, sidecar_sections
 
@@ -390,8 +391,9 @@ def _ir_temporaries(xml: Path):
     removed by the next write there) and removed when the body does not publish them (Ctrl-C
     included: each exists only once registered for removal)."""
     made: list[Path] = []
+    created: list[Path] = []
     try:
-        with temp_beside(xml) as (parent, _created):
+        with temp_beside(xml) as (parent, created):
             for target, suffix in ((xml, ".xml"), (sidecar_path(xml), ".json")):
                 prefix, suffix = tmp_name(target, suffix)
                 with sigint_deferred():
@@ -410,6 +412,7 @@ def _ir_temporaries(xml: Path):
                     t.unlink()
                 except FileNotFoundError:
                     pass
+            rmdirs_if_empty(created)  # the folders this build made, unless an IR is in them now
 
 
 def _weights_bytes(model) -> int:
