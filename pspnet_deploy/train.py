@@ -29,7 +29,7 @@ from .machine import bf16_decision
 from .model import PSPNet, min_input_size
 from .runners.torch_runner import TorchRunner
 from .train_config import CLASS_WEIGHTS, TrainConfig  # noqa: F401 - TrainConfig re-exported
-from .utils import check_output_dir, torch_device, versions
+from .utils import check_output_dir, nonfinite_loss_error, torch_device, versions
 
 
 class SeededAugment(torch.utils.data.Dataset):
@@ -409,7 +409,7 @@ def _train_epoch(loop: _Loop, epoch: int, global_step: int, bar) -> tuple[list[f
             aux_loss = F.cross_entropy(aux.float(), y, weight=loop.weight, ignore_index=loop.ignore_index)
             total = loss + cfg.aux_weight * aux_loss
         if not torch.isfinite(total):
-            raise UserError(f"loss became {total.item()} at step {global_step}; lower --lr")
+            raise nonfinite_loss_error(total.item(), y, loop.ignore_index, global_step)  # all-ignore masks say so
         loop.optimizer.zero_grad(set_to_none=True)
         loop.scaler.scale(total).backward()
         loop.scaler.step(loop.optimizer)

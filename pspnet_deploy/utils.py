@@ -42,6 +42,52 @@ def output_error(path: str | Path, e: OSError) -> UserError:
     return UserError(f"{path}: cannot write ({why}); choose another output path")
 
 
+#: how native libraries that turn an errno into text say it ("No space left on device", "Disk quota
+#: exceeded"); not EFBIG's "File too large", which other messages use for other limits
+_NO_SPACE_TEXT = tuple(os.strerror(n) for n in sorted(_NO_SPACE - {errno.EFBIG}))
+
+
+def no_space_error(e: BaseException, path: str | Path | None = None) -> UserError | None:
+    """The one-line full-disk UserError when ``e`` (or an exception it was raised from) is a full disk
+    (ENOSPC, EFBIG, EDQUOT), also when a native library (OpenVINO, ONNX Runtime, protobuf) reports
+    it as its own exception type with the system's text; else None. ``path``: named when the
+    exception names no file."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _NO_SPACE:
+            return output_error(e.filename or path or "output", e)
+        text = str(e)
+        hit = next((t for t in _NO_SPACE_TEXT if t in text), None)
+        if hit is not None:
+            where = path or "output"
+            return UserError(f"{where}: no space left to write it ({hit}); free disk space or choose another "
+                             f"output path")
+        e = e.__cause__ or e.__context__
+    return None
+
+
+#: a folder whose file system has less than this left is full (for writers that do not say so)
+FULL_MARGIN = 1 << 20
+
+
+def full_disk_error(folder: str | Path, path: str | Path) -> UserError | None:
+    """The full-disk UserError for ``path`` when the file system of ``folder`` has less than
+    :data:`FULL_MARGIN` bytes left for this user *now*, else None. For a failure that a native
+    writer does not report as one (ONNX's C++ shape inference truncates its output on a full disk
+    and the next reader fails to parse it): asked while the failed write's files still hold their
+    space, i.e. before the temporaries are removed."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    free = (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
+    if free >= FULL_MARGIN:
+        return None
+    return UserError(f"{path}: no space left to write it ({free // 1024} KiB free on its disk); free disk space or "
+                     f"choose another output path")
+
+
 def _existing_ancestor(p: Path) -> Path:
     p = Path(os.path.abspath(p))
     while not os.path.lexists(p):
@@ -197,6 +243,104 @@ def tmp_name(path: str | Path, suffix: str = ".tmp") -> tuple[str, str]:
 
 
 @contextmanager
+def temp_beside(path: str | Path) -> Iterator[tuple[Path, list[Path]]]:
+    """The folder preparation that every temporary next to an output shares (:func:`atomic_path`,
+    :func:`work_dir`, multi-file writers such as the OpenVINO IR): create the output's folder
+    (``mkdir -p``), remove the temporaries killed writers left there, and run the body that makes
+    the temporaries. Yields ``(folder, folders created)``. An OSError in the body (no space, no
+    permission) removes the folders it created and becomes :func:`output_error`'s one line."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    created: list[Path] = []
+    try:
+        created = mkdirs(parent)
+        clean_stale_tmp(parent)
+        yield parent, created
+    except OSError as e:
+        rmdirs_if_empty(created)
+        raise output_error(path, e) from e
+    except BaseException:
+        rmdirs_if_empty(created)
+        raise
+
+
+def umask_mode(path: str | Path) -> None:
+    """Give a finished file the mode every output gets (``0666 & ~umask``): ``mkstemp`` and some
+    writers (OpenVINO's serializer) create files 0600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def publish(moves: list[tuple[Path, Path]], retire: tuple[Path, ...] | list[Path] = ()) -> None:
+    """Put finished temporaries in place: each ``(temporary, final)`` gets the usual mode, then the
+    files in ``retire`` are removed (the file that vouches for the old set, e.g. a sidecar), then
+    the temporaries are renamed in the order given (the file that vouches for the new set last).
+    Each rename is atomic; a kill between two leaves a set that its reader refuses with one line,
+    never a mix that it accepts. Every final path is checked against the run's file plan first."""
+    from .runfiles import guard_write
+
+    for _tmp, final in moves:
+        guard_write(final)
+    for tmp, _final in moves:
+        umask_mode(tmp)
+    with sigint_deferred():  # Ctrl-C between two renames would leave the set unusable: it waits for the last
+        for old in retire:
+            try:
+                os.unlink(old)
+            except FileNotFoundError:
+                pass
+        fault_point("publish:retired")
+        for tmp, final in moves:
+            os.replace(tmp, final)
+            fault_point(f"publish:{final.name}")
+
+
+@contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C back for the duration; an interrupt that came meanwhile is raised right after,
+    when the files are consistent again. For the short steps a Ctrl-C must not cut in two: making a
+    temporary and registering it for removal, removing temporaries, renaming a set of files into
+    place. Python runs signal handlers in the main thread only, so the Python-level handler is
+    swapped (blocking the signal would not do: a native library's thread would take it and the
+    main thread would still raise at once); elsewhere than the main thread nothing changes."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: came.append(signum))
+    except (ValueError, OSError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if came and callable(previous):
+            previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt here
+        elif came and previous == signal.SIG_DFL:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+FAULT_ENV = "PSPNET_FAULT_AT"  # test hook (as in pspnet_deploy.checkpoint): SIGKILL this process at a named point
+
+
+def fault_point(name: str) -> None:
+    """Kill this process with SIGKILL at ``name`` when ``$PSPNET_FAULT_AT`` is ``name``, or send it
+    SIGINT (a Ctrl-C) when it is ``name=SIGINT`` (the kill and interrupt tests of
+    tests/test_faults_io.py); nothing otherwise."""
+    want = os.environ.get(FAULT_ENV)
+    if want and want.split("=")[0] == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGINT if want.endswith("=SIGINT") else signal.SIGKILL)
+
+
+@contextmanager
 def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path in the destination folder; rename it onto ``path`` on success.
 
@@ -207,41 +351,41 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     from .runfiles import guard_write
 
     path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise UserError(f"{path}: is a folder; give a file path")
     guard_write(path)  # never onto an input of the running command (its file plan)
+    tmp_path: Path | None = None
     created: list[Path] = []
-    try:
-        created = mkdirs(parent)
-        clean_stale_tmp(parent)
-        prefix, sfx = tmp_name(path, suffix or ".tmp")
-        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=sfx, dir=parent)
-    except OSError as e:
-        rmdirs_if_empty(created)
-        raise output_error(path, e) from e
-    os.close(fd)
-    tmp_path = Path(tmp)
     done = False
     try:
+        with temp_beside(path) as (parent, created):
+            prefix, sfx = tmp_name(path, suffix or ".tmp")
+            with sigint_deferred():  # the temporary exists only once the cleanup below knows it
+                fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=sfx, dir=parent)
+                os.close(fd)
+                tmp_path = Path(tmp)
         try:
             yield tmp_path
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; finished files get the usual mode
-            os.replace(tmp_path, path)
+            publish([(tmp_path, path)])
             done = True
-        except OSError as e:
-            if e.errno in _NO_SPACE or e.errno == errno.EROFS:
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a full disk, however the writer reports it, is one line
+            full = no_space_error(e, path) or full_disk_error(parent, path)
+            if full is not None:
+                raise full from e
+            if isinstance(e, OSError) and e.errno == errno.EROFS:
                 raise output_error(path, e) from e
             raise
     finally:
         if not done:
-            try:
-                tmp_path.unlink()
-            except OSError:
-                pass
-            rmdirs_if_empty(created)
+            with sigint_deferred():
+                if tmp_path is not None:
+                    try:
+                        tmp_path.unlink()
+                    except OSError:
+                        pass
+                rmdirs_if_empty(created)
 
 
 @contextmanager
@@ -252,27 +396,31 @@ def work_dir(beside: str | Path) -> Iterator[Path]:
     import shutil
 
     beside = Path(beside)
-    parent = beside.parent if str(beside.parent) else Path(".")
+    work: Path | None = None
     created: list[Path] = []
-    try:
-        created = mkdirs(parent)
-        clean_stale_tmp(parent)
-        work = Path(tempfile.mkdtemp(prefix=tmp_name(beside)[0], suffix=".work", dir=parent))
-    except OSError as e:
-        rmdirs_if_empty(created)
-        raise output_error(beside, e) from e
     ok = False
     try:
-        yield work
-        ok = True
-    except OSError as e:
-        if e.errno in _NO_SPACE or e.errno == errno.EROFS:
-            raise output_error(beside, e) from e
-        raise
+        with temp_beside(beside) as (parent, created):
+            with sigint_deferred():  # the folder exists only once the cleanup below knows it
+                work = Path(tempfile.mkdtemp(prefix=tmp_name(beside)[0], suffix=".work", dir=parent))
+        try:
+            yield work
+            ok = True
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a full disk, however the writer reports it, is one line
+            full = no_space_error(e, beside) or full_disk_error(work, beside)
+            if full is not None:
+                raise full from e
+            if isinstance(e, OSError) and e.errno == errno.EROFS:
+                raise output_error(beside, e) from e
+            raise
     finally:
-        shutil.rmtree(work, ignore_errors=True)
-        if not ok:
-            rmdirs_if_empty(created)
+        with sigint_deferred():
+            if work is not None:
+                shutil.rmtree(work, ignore_errors=True)
+            if not ok:
+                rmdirs_if_empty(created)
 
 
 def check_writable(path: str | Path, expect: str = "a file path") -> None:
@@ -342,6 +490,22 @@ def jsonable(obj):
     if obj is None or isinstance(obj, (str, int, float, bool)):
         return obj
     return str(obj)
+
+
+# --------------------------------------------------------------------------------------------
+# training: a loss that is not a number
+# --------------------------------------------------------------------------------------------
+
+def nonfinite_loss_error(loss: float, target, ignore_index: int, step: int) -> UserError:
+    """Why a training loss became NaN/Inf, as one line. Asked only once the loss is not finite (no
+    cost per step): when no pixel of the batch's masks is labelled (every one is ``ignore_index``)
+    the mean cross-entropy is 0/0, which is the dataset's fault, not the learning rate's."""
+    labelled = int((target != ignore_index).sum())
+    if labelled == 0:
+        return UserError(f"loss became {loss} at step {step}: every pixel of this batch's masks is the ignore index "
+                         f"{ignore_index}, so there is nothing to learn from; check the dataset's masks (their label "
+                         f"values and the ignore index it declares)")
+    return UserError(f"loss became {loss} at step {step}; lower --lr")
 
 
 # --------------------------------------------------------------------------------------------

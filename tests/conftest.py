@@ -12,6 +12,9 @@ import pytest
 import torch
 
 torch.set_num_threads(int(os.environ.get("PSPNET_TEST_THREADS", "1")))  # THREADS below
+# test files import openvino themselves, and that import alone sends OpenVINO's telemetry: off, as the
+# commands do it (pspnet_deploy.engine.openvino.quiet_openvino_telemetry)
+sys.modules.setdefault("openvino_telemetry", None)
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMVID = ROOT.parent / "shared" / "data" / "camvid"

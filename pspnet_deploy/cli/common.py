@@ -53,17 +53,43 @@ def run(prog: str, main: Callable[[Sequence[str] | None], int | None], argv: Seq
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+        # the context managers between here and the interrupt have removed their temporaries
+        print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+        _exit_quietly_on_second_interrupt()
         return 130
     except Exception as e:  # noqa: BLE001 - last resort: still one line unless --debug
+        from ..utils import no_space_error
+
+        full = no_space_error(e)
         if debug:
             traceback.print_exc()
-        else:
+        if full is not None:  # a full disk met by a writer that has no check of its own (a library's)
+            print(f"{prog}: error: {full}", file=sys.stderr)
+            return 2
+        if not debug:
             print(f"{prog}: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
                   f"(run with --debug for the traceback)", file=sys.stderr)
         return 1
     finally:
         reset()  # the command's file plan ends with it
+
+
+def _exit_quietly_on_second_interrupt() -> None:
+    """After the one "interrupted" line, a second Ctrl-C while the interpreter shuts down (joining a
+    library's threads, running exit handlers) ends the process at once with 130 instead of printing
+    the traceback of whatever was running then."""
+    import signal
+
+    def _now(signum, frame):
+        try:
+            sys.stderr.flush()
+        finally:
+            os._exit(130)
+
+    try:
+        signal.signal(signal.SIGINT, _now)
+    except (ValueError, OSError):  # not the main thread: nothing to do
+        pass
 
 
 def refuse_ignored(parser: argparse.ArgumentParser, a: argparse.Namespace, rules) -> None:

@@ -24,14 +24,20 @@ Files: ``NAME.PRECISION.xml`` + ``NAME.PRECISION.bin`` and the sidecar ``NAME.PR
 (OpenVINO version, CPU and its ISA features, requested and resolved precision, IO, the ONNX's
 sha256, the model's classes, palette and preprocessing). A runner refuses an IR whose files do
 not match the sidecar, or whose sidecar comes from another OpenVINO version or CPU.
+
+The three files are one unit (:func:`publish_ir`): written under temporary names, then the old
+sidecar removed, the .bin, the .xml and the new sidecar renamed into place, in that order; a kill
+at any moment leaves the previous IR whole or one without a sidecar (refused with one line).
 """
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,7 +45,8 @@ from ..card import ModelCard, default_engine_path, ir_weights_path, read_card, r
 from ..errors import UserError
 from ..machine import ISA_FEATURES, cpu_flags, cpu_has_bf16, cpu_has_vnni, cpu_model_name
 from ..precision.ranges import DEFAULT_METHOD
-from ..utils import atomic_write_json, sha256_file
+from ..utils import (fault_point, no_space_error, publish, rmdirs_if_empty, sha256_file, sigint_deferred,
+                     temp_beside, tmp_name)
 from .plan import check_calibration_options, source_onnx, variant_path
 from .sidecar import PROG, check_engine_file, rebuild_command, sidecar_sections
 
@@ -54,7 +61,44 @@ class OpenVINOUnavailable(UserError):
     """The openvino package is missing or broken."""
 
 
+def quiet_openvino_telemetry() -> None:
+    """Turn OpenVINO's usage telemetry off for this process, before ``import openvino``.
+
+    What the installed sources do (openvino 2026.4, openvino-telemetry 2025.2): ``import openvino``
+    imports ``openvino.tools.ovc``, whose ``telemetry_utils.py`` and ``convert_impl.py`` do
+    ``try: import openvino_telemetry as tm / except ImportError: import
+    openvino.tools.ovc.telemetry_stub as tm``. Every ``convert_model`` then starts a session and
+    sends events to Google Analytics from a thread pool (``urllib`` to www.google-analytics.com)
+    unless ``~/intel/openvino_telemetry`` holds ``0`` (what ``opt_in_out --opt_out``, the documented
+    opt-out, writes: a per-user setting we do not change for the user) or ``CI=true`` is set. A
+    ``None`` entry in ``sys.modules`` makes ``import openvino_telemetry`` raise ImportError, so
+    OpenVINO takes its own no-op stub, for this process only: no network, no client-id file in
+    the home folder, no sender threads to interrupt at exit. When openvino was imported before
+    (a caller's own import), its modules get the stub in place of the telemetry module."""
+    if "openvino_telemetry" not in sys.modules:
+        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]
+        return
+    if sys.modules["openvino_telemetry"] is None:
+        return
+    try:
+        from openvino.tools.ovc import telemetry_stub
+    except ImportError:
+        return
+    for name in ("openvino.tools.ovc.telemetry_utils", "openvino.tools.ovc.convert_impl", "openvino.tools.ovc.utils",
+                 "openvino.tools.ovc.main"):
+        mod = sys.modules.get(name)
+        if mod is not None and hasattr(mod, "tm"):
+            mod.tm = telemetry_stub
+    try:  # the instance that import already made: nothing more leaves it
+        real = sys.modules["openvino_telemetry"].Telemetry()
+        real.consent = False
+        real.sender.executor.shutdown(wait=False, cancel_futures=True)
+    except Exception:  # noqa: BLE001 - never configured, or another telemetry version: nothing to stop
+        pass
+
+
 def _ov():
+    quiet_openvino_telemetry()  # before the first import: OpenVINO's telemetry would reach the network
     try:
         import openvino as ov
     except ImportError as e:
@@ -340,24 +384,83 @@ def _np_name(t) -> str:
 # Build
 # --------------------------------------------------------------------------------------------
 
-def _save_ir(model, xml: Path) -> tuple[int, int]:
-    """Save the IR next to ``xml`` under temporary names, then move the .bin and the .xml into place
-    (the .xml last, so an .xml never names weights that are not there). Returns (xml size, bin size)."""
-    ov = _ov()
-    xml.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{xml.stem}.", suffix=".xml", dir=xml.parent)
-    os.close(fd)
-    tmp_xml = Path(tmp)
-    tmp_bin = tmp_xml.with_suffix(".bin")
+@contextmanager
+def _ir_temporaries(xml: Path):
+    """Temporary names for the three files of one IR, in the IR's folder: ``(xml, bin, sidecar)``,
+    named like every temporary (:func:`pspnet_deploy.utils.tmp_name`, so a killed build's are
+    removed by the next write there) and removed when the body does not publish them (Ctrl-C
+    included: each exists only once registered for removal)."""
+    made: list[Path] = []
+    created: list[Path] = []
+    try:
+        with temp_beside(xml) as (parent, created):
+            for target, suffix in ((xml, ".xml"), (sidecar_path(xml), ".json")):
+                prefix, suffix = tmp_name(target, suffix)
+                with sigint_deferred():
+                    fd, t = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=parent)
+                    fault_point("ir:temporary-made")
+                    os.close(fd)
+                    made.append(Path(t))
+        tmp_xml, tmp_sc = made
+        tmp_bin = tmp_xml.with_suffix(".bin")  # where OpenVINO's serializer puts the weights of tmp_xml
+        made.append(tmp_bin)
+        yield tmp_xml, tmp_bin, tmp_sc
+    finally:
+        with sigint_deferred():
+            for t in made:
+                try:
+                    t.unlink()
+                except FileNotFoundError:
+                    pass
+            rmdirs_if_empty(created)  # the folders this build made, unless an IR is in them now
+
+
+def _weights_bytes(model) -> int:
+    """Bytes of the model's constants: the size of the ``.bin`` the serializer writes."""
+    total = 0
+    for op in model.get_ops():
+        if op.get_type_name() == "Constant":
+            total += int(op.get_byte_size())
+    return total
+
+
+def _serialize(ov, model, tmp_xml: Path, xml: Path) -> None:
+    """``ov.save_model`` to the temporary names. The serializer reports every write failure as
+    ``RuntimeError: basic_ios::clear: iostream error`` (no errno) and removes what it wrote, so a
+    full disk is recognised by the free space left in the folder being less than the ``.bin``
+    needs; that and any other write failure is one line (UserError), not an internal error."""
     try:
         ov.save_model(model, str(tmp_xml), compress_to_fp16=False)
-        os.replace(tmp_bin, weights_path(xml))
-        os.replace(tmp_xml, xml)
-    finally:
-        for t in (tmp_xml, tmp_bin):
-            if t.exists():
-                t.unlink()
-    return xml.stat().st_size, weights_path(xml).stat().st_size
+    except Exception as e:  # noqa: BLE001 - the serializer raises RuntimeError for every I/O failure
+        err = no_space_error(e, xml)
+        why = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
+        if err is None:
+            need = _weights_bytes(model) + (1 << 20)  # the .bin and a generous .xml
+            free = _free_bytes(tmp_xml.parent)
+            if free is not None and free < need:
+                err = UserError(f"{xml}: no space left to write it (the IR needs about {need / 2**20:.0f} MiB, "
+                                f"{free / 2**20:.0f} MiB are free); free disk space or choose another output path")
+            else:
+                err = UserError(f"{xml}: OpenVINO could not write the IR ({why}); check the output folder and disk")
+        raise err from e
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def publish_ir(tmp_xml: Path, tmp_bin: Path, tmp_sc: Path, xml: Path) -> None:
+    """Put a finished IR in place so that at every instant the folder holds the previous IR whole,
+    or an IR that no reader accepts: the old sidecar goes first (an IR without its sidecar is
+    refused with one line, whatever its .xml and .bin are), then the .bin, the .xml, and the new
+    sidecar last, which records the sha256 and size of exactly this .xml and .bin. Every file gets
+    the usual mode (the serializer writes the .xml 0600)."""
+    sc = sidecar_path(xml)
+    publish([(tmp_bin, weights_path(xml)), (tmp_xml, xml), (tmp_sc, sc)], retire=[sc])
 
 
 def _shape_input(ov, model, size_range, static_size=None) -> None:
@@ -410,18 +513,22 @@ def build_openvino(onnx_path: str | Path | OVBuildPlan, xml_path: str | Path | N
     resolved = resolved_precision(compiled)
     io = _io(model)
     del compiled
-    xml_size, bin_size = _save_ir(model, plan.xml_path)
-    seconds = time.perf_counter() - t0
     onnx_sha = sha256_file(plan.build_onnx)
     source_sha = sha256_file(plan.source_onnx) if plan.source_onnx != plan.build_onnx else onnx_sha
-    try:
+    # the .xml, .bin and sidecar are one unit: all three under temporary names, then published together
+    with _ir_temporaries(plan.xml_path) as (tmp_xml, tmp_bin, tmp_sc):
+        _serialize(ov, model, tmp_xml, plan.xml_path)
+        fault_point("ir:serialized")
+        xml_size, bin_size = tmp_xml.stat().st_size, tmp_bin.stat().st_size
+        seconds = time.perf_counter() - t0
         sidecar = make_sidecar(plan, opts, env, io, resolved, xml_size, bin_size, seconds, onnx_sha, source_sha,
-                               command or build_argv(plan.source_onnx, plan.xml_path, opts))
-        atomic_write_json(plan.sidecar_path, sidecar)
-    except BaseException:
-        for f in (plan.xml_path, plan.bin_path):
-            f.unlink(missing_ok=True)
-        raise
+                               command or build_argv(plan.source_onnx, plan.xml_path, opts), files=(tmp_xml, tmp_bin))
+        try:
+            tmp_sc.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
+        except OSError as e:
+            raise no_space_error(e, plan.sidecar_path) or e
+        fault_point("ir:sidecar-written")
+        publish_ir(tmp_xml, tmp_bin, tmp_sc, plan.xml_path)
     log(f"wrote {plan.xml_path} + {plan.bin_path.name} ({bin_size / 2**20:.1f} MiB, {seconds:.1f} s) and "
         f"{plan.sidecar_path.name}; runs as {describe_used(plan.precision, resolved)}")
     note = sidecar["openvino"].get("precision_note")
@@ -431,13 +538,16 @@ def build_openvino(onnx_path: str | Path | OVBuildPlan, xml_path: str | Path | N
 
 
 def make_sidecar(plan: OVBuildPlan, opts: OVBuildOptions, env: dict, io: dict, resolved: dict, xml_size: int,
-                 bin_size: int, seconds: float, onnx_sha256: str, source_sha256: str, command: list[str]) -> dict:
+                 bin_size: int, seconds: float, onnx_sha256: str, source_sha256: str, command: list[str],
+                 files: tuple[Path, Path] | None = None) -> dict:
     """The TensorRT engines' sidecar (:func:`~pspnet_deploy.engine.sidecar.sidecar_sections`) with the
-    ``.bin`` under ``engine.weights`` and the ``openvino`` and ``cpu`` sections."""
-    sidecar = sidecar_sections(plan, opts, io, sha256_file(plan.xml_path), xml_size, seconds, onnx_sha256,
+    ``.bin`` under ``engine.weights`` and the ``openvino`` and ``cpu`` sections. ``files``: the
+    (.xml, .bin) to hash when they are still under their temporary names (default: the plan's)."""
+    xml_file, bin_file = files or (plan.xml_path, plan.bin_path)
+    sidecar = sidecar_sections(plan, opts, io, sha256_file(xml_file), xml_size, seconds, onnx_sha256,
                                source_sha256, command, onnx_precision="int8" if plan.convert else plan.source_precision)
     sidecar["engine"]["weights"] = {"file": plan.bin_path.name, "size": int(bin_size),
-                                    "sha256": sha256_file(plan.bin_path)}
+                                    "sha256": sha256_file(bin_file)}
     sidecar["backend"] = BACKEND
     sidecar["openvino"] = {"version": env["openvino"], "device": DEVICE,
                            "inference_precision_hint": HINTS[plan.precision],
@@ -489,6 +599,9 @@ def check_ir(xml_path: str | Path, verify_hash: bool = True, env: dict | None = 
     """Sidecar, files (the .xml and its .bin), then this machine: (sidecar, env). Nothing is compiled yet."""
     sidecar = read_sidecar(xml_path) if sidecar is None else sidecar
     check_engine_file(xml_path, sidecar, verify_hash=verify_hash, what="IR")
+    if not verify_hash:  # the .xml is small: always check that it is the one its sidecar and .bin belong to
+        check_engine_file(xml_path, {"engine": {k: v for k, v in sidecar["engine"].items() if k != "weights"},
+                                     **{k: v for k, v in sidecar.items() if k != "engine"}}, verify_hash=True, what="IR")
     env = env if env is not None else cpu_environment()
     check_environment(sidecar, env, xml_path)
     return sidecar, env
@@ -497,4 +610,4 @@ def check_ir(xml_path: str | Path, verify_hash: bool = True, env: dict | None = 
 __all__ = ["BACKEND", "HINTS", "ISA_FEATURES", "OVBuildOptions", "OVBuildPlan", "OpenVINOUnavailable", "build_argv",
            "build_openvino", "check_environment", "check_ir", "compile_config", "cpu_environment",
            "default_ir_path", "describe_used", "make_sidecar", "native_support", "plan_openvino_build",
-           "ov_core", "precision_note", "read_sidecar", "resolved_precision", "weights_path"]
+           "ov_core", "precision_note", "publish_ir", "read_sidecar", "resolved_precision", "weights_path"]

@@ -18,7 +18,6 @@ fewest first, until the budget holds.
 """
 from __future__ import annotations
 
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,8 +169,7 @@ def calibrate_onnx(fp32_onnx: str | Path, output: str | Path, data=None, *args, 
     output.parent.mkdir(parents=True, exist_ok=True)
     real_sha = sha256_file(src)
     kwargs.setdefault("cache_dir", output.parent / "calib-cache")
-    with tempfile.TemporaryDirectory(prefix=".calib-u8-", dir=output.parent) as work_s:
-        work = Path(work_s)
+    with work_dir(output) as work:  # named as a temporary: a killed run's is removed by the next write there
         body = work / src.name
         onnx.save(model, str(body))
         body_sha = sha256_file(body)
