@@ -40,7 +40,7 @@ from .card import qat_state_path, safe_torch_load
 from .train_config import QATConfig  # noqa: F401 - re-exported (checked before torch is imported)
 from .errors import UserError
 from .machine import bf16_decision, cpu_has_bf16
-from .utils import atomic_path, check_output_file, say, sha256_file, work_dir
+from .utils import atomic_path, check_output_file, nonfinite_loss_error, say, sha256_file, work_dir
 
 __all__ = ["QATConfig", "QATPlan", "plan_from_qdq", "QATModel", "fake_quant", "run_qat"]
 
@@ -456,6 +456,8 @@ def _fine_tune(model: QATModel, cfg: QATConfig, meta: dict, pre, size, state: di
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
                 out = model(x)
             loss = F.cross_entropy(out.float(), y.long(), ignore_index=ds.info.ignore_index)
+            if not torch.isfinite(loss):  # never train on (or export from) NaN weights: say why, as pspnet-train does
+                raise nonfinite_loss_error(loss.item(), y, ds.info.ignore_index, step)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
