@@ -217,6 +217,7 @@ def test_cli_real_run_pt_and_onnx_with_data(models, camvid_dir, tmp_path):
         assert env[key] == here[key], key
 
     res = rep["results"]
+    assert rep["settings"]["scopes_interleaved"] is True
     assert len(res) == 2 * 2 * 2  # models x batches x scopes
     assert {(x["model"], x["batch"], x["scope"]) for x in res} == {
         (m, b, s) for m in ("torch-fp32", "ort-fp32") for b in (1, 2) for s in ("model", "end2end")}
@@ -226,6 +227,8 @@ def test_cli_real_run_pt_and_onnx_with_data(models, camvid_dir, tmp_path):
         assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p95"] <= lat["p99"] <= lat["max"]
         assert lat["min"] <= lat["mean"] <= lat["max"]
         assert len(x["samples_ms"]) == x["iterations"] == 3
+        # both scopes were timed call by call in turn (their ratio comes from the same moments)
+        assert x["interleaved_with"] == [{"model": "end2end", "end2end": "model"}[x["scope"]]]
         assert latency_stats(x["samples_ms"])["p90"] == pytest.approx(lat["p90"], rel=1e-5)
         assert x["throughput_ips"] == pytest.approx(x["batch"] * 1000 / lat["mean"])
         assert x["backend"] == ("torch" if x["model"] == "torch-fp32" else "onnxruntime")
@@ -317,3 +320,21 @@ def test_cli_bad_input_one_line_nonzero_nothing_written(models, tmp_path, case):
     assert lines[0].startswith("pspnet-bench: error:") and expect in lines[0]
     assert "Traceback" not in r.stderr
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_collect_interleaved_alternates_calls():
+    """The scopes of one model are called A B A B ... after the warm-up, each sample its own call's time."""
+    from pspnet_deploy.bench.timing import collect_interleaved
+
+    order = []
+
+    def make(name, ms):
+        def call():
+            order.append(name)
+            return ms
+        return call
+
+    got = collect_interleaved({"model": make("model", 1.0), "end2end": make("end2end", 2.0)}, warmup=1,
+                              iterations=3, duration=None, progress=False, desc="t")
+    assert order == ["model", "end2end"] * 4  # 1 warm-up round + 3 timed rounds
+    assert got == {"model": [1.0] * 3, "end2end": [2.0] * 3}

@@ -24,7 +24,7 @@ from .accuracy import measure_accuracy
 from .models import (ModelSpec, check_batches, load_model_runner, model_device, parse_model_arg, peek_model,
                      short_classes)
 from .recommend import recommendation
-from .timing import (SCOPES, check_concurrency, collect, end2end_call, end2end_images, latency_stats, load_level,
+from .timing import (SCOPES, check_concurrency, collect, collect_interleaved, end2end_call, end2end_images, latency_stats, load_level,
                      measure_peak, throughput_ips)
 
 DEFAULT_IMAGE_SIZE = (360, 480)
@@ -123,7 +123,7 @@ def run_bench(models: Sequence, out_dir: str | Path | None = None, *, labels: Se
         env["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     except OSError:  # pragma: no cover
         pass
-    settings = {"scopes": plan.scopes, "batches": plan.batches, "warmup": warmup, "iterations": plan.iterations,
+    settings = {"scopes": plan.scopes, "scopes_interleaved": len(plan.scopes) > 1, "batches": plan.batches, "warmup": warmup, "iterations": plan.iterations,
                 "duration_s": duration, "threads": threads, "device": device, "cuda_graph": bool(cuda_graph),
                 "input_size": list(input_size) if input_size else None,
                 "data": None if data is None else {"spec": str(data) if isinstance(data, (str, Path))
@@ -356,16 +356,23 @@ def time_batches(s: ModelSpec, runner, mrow: dict, pool_imgs, images: list[Path]
     rows = []
     for b in plan.batches:
         staged = np.stack([runner.prepare(pool_imgs[k % len(pool_imgs)]) for k in range(b)])
+        calls, timers = {}, {}
         for sc in plan.scopes:
-            probes.memory.reset()
-            probes.gpu_memory.reset()
             if sc == "model":
-                call, timer = runner.model_timer(staged)
+                calls[sc], timers[sc] = runner.model_timer(staged)
             else:
-                call, timer = end2end_call(runner, images, b), "wall clock (time.perf_counter)"
-            samples = collect(call, plan.warmup, plan.iterations, plan.duration, plan.progress,
-                              f"{s.label} b{b} {sc}")
-            rows.append(result_row(s, runner, mrow, b, sc, timer, samples, plan, probes, peak))
+                calls[sc], timers[sc] = end2end_call(runner, images, b), "wall clock (time.perf_counter)"
+        probes.memory.reset()
+        probes.gpu_memory.reset()
+        if len(calls) > 1:  # both scopes: call by call in turn, so their ratio is from the same moments
+            by_scope = collect_interleaved(calls, plan.warmup, plan.iterations, plan.duration, plan.progress,
+                                           f"{s.label} b{b} {'+'.join(calls)}")
+            rows += [dict(result_row(s, runner, mrow, b, sc, timers[sc], by_scope[sc], plan, probes, peak),
+                          interleaved_with=[o for o in calls if o != sc]) for sc in calls]
+            continue
+        for sc, call in calls.items():
+            samples = collect(call, plan.warmup, plan.iterations, plan.duration, plan.progress, f"{s.label} b{b} {sc}")
+            rows.append(result_row(s, runner, mrow, b, sc, timers[sc], samples, plan, probes, peak))
     return rows
 
 

@@ -71,6 +71,30 @@ def collect(call: Callable[[], float], warmup: int, iterations: int | None, dura
     return samples
 
 
+def collect_interleaved(calls: dict[str, Callable[[], float]], warmup: int, iterations: int | None,
+                        duration: float | None, progress: bool, desc: str) -> dict[str, list[float]]:
+    """:func:`collect` for several scopes of one model, call by call in turn (A B A B ...), so that
+    what the machine does meanwhile (a noisy neighbour, a frequency change) weighs on every scope
+    alike and their ratio is fair; ``duration`` is shared by all of them. Returns the milliseconds
+    per scope."""
+    names = list(calls)
+    rounds = [lambda: [calls[n]() for n in names]]  # one round: every scope once
+    for _ in tqdm(range(warmup), desc=f"{desc} warm-up", disable=not progress or warmup == 0, leave=False,
+                  dynamic_ncols=True):
+        rounds[0]()
+    gc.collect()
+    samples: dict[str, list[float]] = {n: [] for n in names}
+
+    def one_round() -> float:
+        t = time.perf_counter()
+        for n, ms in zip(names, rounds[0]()):
+            samples[n].append(ms)
+        return (time.perf_counter() - t) * 1e3
+
+    collect(one_round, 0, iterations, duration, progress, desc)
+    return samples
+
+
 def _wall(fn: Callable[[], object]) -> Callable[[], float]:
     def call() -> float:
         t = time.perf_counter()
