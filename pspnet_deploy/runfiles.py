@@ -220,4 +220,9 @@ def reset() -> None:
     _ACTIVE.clear()
 
 
+from .utils import WRITE_GUARDS  # noqa: E402 - utils.atomic_path / publish ask the plan through this list
+
+if guard_write not in WRITE_GUARDS:
+    WRITE_GUARDS.append(guard_write)
+
 __all__ = ["RunFiles", "guard_write", "reset"]

@@ -272,16 +272,24 @@ def umask_mode(path: str | Path) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
+#: the write guards of the active file plans: :mod:`pspnet_deploy.runfiles` adds its own when it is
+#: imported (it sits above this module, so this module never imports it); every rename asks them
+WRITE_GUARDS: list = []
+
+
+def _guard_write(path) -> None:
+    for guard in WRITE_GUARDS:
+        guard(path)
+
+
 def publish(moves: list[tuple[Path, Path]], retire: tuple[Path, ...] | list[Path] = ()) -> None:
     """Put finished temporaries in place: each ``(temporary, final)`` gets the usual mode, then the
     files in ``retire`` are removed (the file that vouches for the old set, e.g. a sidecar), then
     the temporaries are renamed in the order given (the file that vouches for the new set last).
     Each rename is atomic; a kill between two leaves a set that its reader refuses with one line,
     never a mix that it accepts. Every final path is checked against the run's file plan first."""
-    from .runfiles import guard_write
-
     for _tmp, final in moves:
-        guard_write(final)
+        _guard_write(final)
     for tmp, _final in moves:
         umask_mode(tmp)
     with sigint_deferred():  # Ctrl-C between two renames would leave the set unusable: it waits for the last
@@ -348,12 +356,10 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     created are removed again. A full disk while writing becomes a one-line UserError. Stale
     temporary files of killed writers in the folder are cleaned first.
     """
-    from .runfiles import guard_write
-
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: is a folder; give a file path")
-    guard_write(path)  # never onto an input of the running command (its file plan)
+    _guard_write(path)  # never onto an input of the running command (its file plan)
     tmp_path: Path | None = None
     created: list[Path] = []
     done = False

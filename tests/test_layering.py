@@ -221,3 +221,11 @@ def test_no_function_runs_over_120_lines():
                 if n > limit:
                     long.append(f"{path.relative_to(PKG.parent)}:{node.lineno} {node.name} ({n} lines)")
     assert not long, f"functions over {limit} lines:\n" + "\n".join(long)
+
+
+def test_no_import_circle_in_the_package():
+    """Issue 21: no import circle anywhere in pspnet_deploy, function-level imports included (the
+    write guard of the file plan reaches utils through utils.WRITE_GUARDS, not an import back)."""
+    from test_trt_api import import_circles
+
+    assert import_circles(("",)) == []
