@@ -127,10 +127,15 @@ def add_uint8_input(model, preprocess: dict, channel_order: str = "RGB") -> None
     del graph.node[:]
     graph.node.extend(nodes + body)
     t.elem_type = TensorProto.UINT8
-    new = [dims[0], dims[2], dims[3], dims[1]]
-    copies = [type(d)() for d in new]
-    for c, d in zip(copies, new):
-        c.CopyFrom(d)
+    _permute_dims(t, (0, 2, 3, 1))  # N x 3 x H x W -> N x H x W x 3
+
+
+def _permute_dims(t, order) -> None:
+    """Reorder the shape dims of tensor type ``t`` (symbolic names kept)."""
+    dims = list(t.shape.dim)
+    copies = [type(d)() for d in dims]
+    for c, k in zip(copies, order):
+        c.CopyFrom(dims[k])
     del t.shape.dim[:]
     t.shape.dim.extend(copies)
 
@@ -162,13 +167,7 @@ def strip_uint8_input(model) -> bool:
     del graph.value_info[:]
     graph.value_info.extend(vis)
     t = inp.type.tensor_type
-    dims = list(t.shape.dim)
-    new = [dims[0], dims[3], dims[1], dims[2]]
-    copies = [type(d)() for d in new]
-    for c, d in zip(copies, new):
-        c.CopyFrom(d)
-    del t.shape.dim[:]
-    t.shape.dim.extend(copies)
+    _permute_dims(t, (0, 3, 1, 2))  # N x H x W x 3 -> N x 3 x H x W
     t.elem_type = TensorProto.FLOAT
     return True
 

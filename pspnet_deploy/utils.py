@@ -71,18 +71,36 @@ def no_space_error(e: BaseException, path: str | Path | None = None) -> UserErro
 FULL_MARGIN = 1 << 20
 
 
+def free_bytes(folder: str | Path) -> int | None:
+    """Bytes this user may still write on ``folder``'s file system (root: the reserved blocks too),
+    or None when it cannot be asked."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    return (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
+
+
+def write_failure(e: BaseException, path: str | Path, folder: str | Path | None) -> UserError | None:
+    """The one-line UserError for a write of ``path`` that failed with ``e``: a full disk, however the
+    writer reports it (the free space of ``folder`` asked while the failed files still hold it), or
+    a read-only file system; None for anything else (a real bug, raised as it is)."""
+    full = no_space_error(e, path) or (full_disk_error(folder, path) if folder is not None else None)
+    if full is not None:
+        return full
+    if isinstance(e, OSError) and e.errno == errno.EROFS:
+        return output_error(path, e)
+    return None
+
+
 def full_disk_error(folder: str | Path, path: str | Path) -> UserError | None:
     """The full-disk UserError for ``path`` when the file system of ``folder`` has less than
     :data:`FULL_MARGIN` bytes left for this user *now*, else None. For a failure that a native
     writer does not report as one (ONNX's C++ shape inference truncates its output on a full disk
     and the next reader fails to parse it): asked while the failed write's files still hold their
     space, i.e. before the temporaries are removed."""
-    try:
-        st = os.statvfs(folder)
-    except OSError:
-        return None
-    free = (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
-    if free >= FULL_MARGIN:
+    free = free_bytes(folder)
+    if free is None or free >= FULL_MARGIN:
         return None
     return UserError(f"{path}: no space left to write it ({free // 1024} KiB free on its disk); free disk space or "
                      f"choose another output path")
@@ -377,11 +395,9 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
         except UserError:
             raise
         except Exception as e:  # noqa: BLE001 - a full disk, however the writer reports it, is one line
-            full = no_space_error(e, path) or full_disk_error(parent, path)
-            if full is not None:
-                raise full from e
-            if isinstance(e, OSError) and e.errno == errno.EROFS:
-                raise output_error(path, e) from e
+            err = write_failure(e, path, parent)
+            if err is not None:
+                raise err from e
             raise
     finally:
         if not done:
@@ -415,11 +431,9 @@ def work_dir(beside: str | Path) -> Iterator[Path]:
         except UserError:
             raise
         except Exception as e:  # noqa: BLE001 - a full disk, however the writer reports it, is one line
-            full = no_space_error(e, beside) or full_disk_error(work, beside)
-            if full is not None:
-                raise full from e
-            if isinstance(e, OSError) and e.errno == errno.EROFS:
-                raise output_error(beside, e) from e
+            err = write_failure(e, beside, work)
+            if err is not None:
+                raise err from e
             raise
     finally:
         with sigint_deferred():

@@ -49,6 +49,21 @@ def tiny_meta(input_size=TINY_SIZE) -> dict:
             "dataset": {"name": "tiny", "path": "none"}}
 
 
+def all_ignore_dataset(root: Path, count: int, classes: int, size: int = 64) -> Path:
+    """A dataset folder (images/, masks/, classes.txt) whose masks are the ignore index 255 everywhere:
+    random pixels, nothing labelled (the loss is 0/0)."""
+    import cv2
+
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    gen = np.random.default_rng(0)
+    for i in range(count):
+        cv2.imwrite(str(root / "images" / f"{i}.png"), gen.integers(0, 255, (size, size, 3), dtype=np.uint8))
+        cv2.imwrite(str(root / "masks" / f"{i}.png"), np.full((size, size), 255, np.uint8))
+    (root / "classes.txt").write_text("".join(f"c{i}\n" for i in range(classes)))
+    return root
+
+
 def synthetic_meta() -> dict:
     """:func:`tiny_meta` with the classes and palette of the ``synthetic`` dataset (evaluable on it)."""
     from pspnet_deploy.data.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY_SIZE, tiny_meta
+from conftest import ROOT, TINY_SIZE, all_ignore_dataset, tiny_meta
 
 if importlib.util.find_spec("openvino") is None:  # not imported here: an import alone sends telemetry
     pytest.skip("openvino is not installed", allow_module_level=True)
@@ -434,16 +434,7 @@ def test_openvino_telemetry_does_not_reach_the_network(nets, tmp_path):
 def test_training_on_all_ignore_masks_says_so(tmp_path):
     """Masks that are the ignore index everywhere make the loss 0/0: the one line names the masks,
     not the learning rate; nothing is written."""
-    import cv2
-
-    data = tmp_path / "data"
-    for sub in ("images", "masks"):
-        (data / sub).mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        cv2.imwrite(str(data / "images" / f"{i}.png"), rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
-        cv2.imwrite(str(data / "masks" / f"{i}.png"), np.full((64, 64), 255, np.uint8))
-    (data / "classes.txt").write_text("road\ncar\n")
+    data = all_ignore_dataset(tmp_path / "data", count=2, classes=2)
     before = {n: sha(data / n) for n in listing(data) if (data / n).is_file()}
     r = cli("pspnet_deploy.cli.train", "--data", data, "--out", tmp_path / "run", "--backbone", "resnet18",
             "--head-channels", "16", "--crop", "64", "64", "--batch-size", "2", "--epochs", "1", "--workers", "0",

@@ -45,7 +45,7 @@ from ..card import ModelCard, default_engine_path, ir_weights_path, read_card, r
 from ..errors import UserError
 from ..machine import ISA_FEATURES, cpu_flags, cpu_has_bf16, cpu_has_vnni, cpu_model_name
 from ..precision.ranges import DEFAULT_METHOD
-from ..utils import (fault_point, no_space_error, publish, rmdirs_if_empty, sha256_file, sigint_deferred,
+from ..utils import (fault_point, free_bytes, no_space_error, publish, rmdirs_if_empty, sha256_file, sigint_deferred,
                      temp_beside, tmp_name)
 from .plan import check_calibration_options, source_onnx, variant_path
 from .sidecar import PROG, check_engine_file, rebuild_command, sidecar_sections
@@ -436,21 +436,13 @@ def _serialize(ov, model, tmp_xml: Path, xml: Path) -> None:
         why = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
         if err is None:
             need = _weights_bytes(model) + (1 << 20)  # the .bin and a generous .xml
-            free = _free_bytes(tmp_xml.parent)
+            free = free_bytes(tmp_xml.parent)
             if free is not None and free < need:
                 err = UserError(f"{xml}: no space left to write it (the IR needs about {need / 2**20:.0f} MiB, "
                                 f"{free / 2**20:.0f} MiB are free); free disk space or choose another output path")
             else:
                 err = UserError(f"{xml}: OpenVINO could not write the IR ({why}); check the output folder and disk")
         raise err from e
-
-
-def _free_bytes(folder: Path) -> int | None:
-    try:
-        st = os.statvfs(folder)
-    except OSError:
-        return None
-    return st.f_bavail * st.f_frsize
 
 
 def publish_ir(tmp_xml: Path, tmp_bin: Path, tmp_sc: Path, xml: Path) -> None:

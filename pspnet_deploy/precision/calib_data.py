@@ -112,16 +112,11 @@ def cache_key(*parts) -> str:
     return h.hexdigest()[:24]
 
 
-def load_calibration_set(data, split: str, num_images: int, preprocess: Preprocess, model_sha256: str,
-                         cache_dir: str | Path, progress: bool = True, min_images: int = MIN_CALIB_IMAGES,
-                         max_decode_failures: float = MAX_DECODE_FAILURES) -> CalibrationSet:
-    """Choose ``num_images`` images deterministically, preprocess them, cache the tensor (.npy).
-
-    The cache file is keyed by the model hash, the chosen images (their contents when they are
-    files) and the preprocessing; a second call with the same inputs memory-maps it instead.
-    """
-    from tqdm import tqdm
-
+def choose_images(data, split: str, num_images: int, min_images: int):
+    """The calibration images of ``data`` [``split``]: ``num_images`` spaced evenly (at least
+    ``min_images`` must exist) and their identity hash (file contents where they are files, else
+    decoded pixels). Returns (source, where, chosen indices, images hash, the images decoded for
+    the hash, by index)."""
     if num_images is None or int(num_images) <= 0:
         raise UserError(f"--num-images must be positive, got {num_images}")
     src = _ImageSource(data, split)
@@ -131,7 +126,6 @@ def load_calibration_set(data, split: str, num_images: int, preprocess: Preproce
         raise UserError(f"{where}: found {total} calibration image{'s' if total != 1 else ''}; calibration needs at "
                         f"least {min_images} (a few hundred is typical); pass a bigger split or folder")
     chosen = _spaced(total, int(num_images))
-    # Identity of the chosen images: file contents where they are files, else decoded pixels.
     hasher = hashlib.sha256()
     decoded: dict[int, np.ndarray] = {}
     for i in chosen:
@@ -145,7 +139,31 @@ def load_calibration_set(data, split: str, num_images: int, preprocess: Preproce
                 decoded[i] = img
                 ch = hashlib.sha256(np.ascontiguousarray(img).tobytes()).hexdigest()
         hasher.update(f"{Path(src.ident(i)).name}:{ch}\n".encode())
-    images_hash = hasher.hexdigest()
+    return src, where, chosen, hasher.hexdigest(), decoded
+
+
+def check_decoded(where: str, chosen: int, decoded: int, skipped: list[str], min_images: int,
+                  max_decode_failures: float) -> None:
+    """Refuse a calibration set with too many undecodable images or too few decodable ones."""
+    if len(skipped) > max_decode_failures * chosen:
+        raise UserError(f"{where}: {len(skipped)} of {chosen} calibration images could not be decoded "
+                        f"(first: {skipped[0]}); fix or remove the broken files")
+    if decoded < min_images:
+        raise UserError(f"{where}: found {decoded} decodable calibration images; calibration needs at least "
+                        f"{min_images}")
+
+
+def load_calibration_set(data, split: str, num_images: int, preprocess: Preprocess, model_sha256: str,
+                         cache_dir: str | Path, progress: bool = True, min_images: int = MIN_CALIB_IMAGES,
+                         max_decode_failures: float = MAX_DECODE_FAILURES) -> CalibrationSet:
+    """Choose ``num_images`` images deterministically, preprocess them, cache the tensor (.npy).
+
+    The cache file is keyed by the model hash, the chosen images (their contents when they are
+    files) and the preprocessing; a second call with the same inputs memory-maps it instead.
+    """
+    from tqdm import tqdm
+
+    src, where, chosen, images_hash, decoded = choose_images(data, split, num_images, min_images)
     key = cache_key(CACHE_VERSION, model_sha256, images_hash, preprocess.to_dict())
     cache_dir = Path(cache_dir)
     npy = cache_dir / f"calib-{key}.npy"
@@ -176,11 +194,7 @@ def load_calibration_set(data, split: str, num_images: int, preprocess: Preproce
             buf[n] = preprocess(img)
             ok_ids.append(src.ident(i))
             n += 1
-        if len(skipped) > max_decode_failures * len(chosen):
-            raise UserError(f"{where}: {len(skipped)} of {len(chosen)} calibration images could not be decoded "
-                            f"(first: {skipped[0]}); fix or remove the broken files")
-        if n < min_images:
-            raise UserError(f"{where}: found {n} decodable calibration images; calibration needs at least {min_images}")
+        check_decoded(where, len(chosen), n, skipped, min_images, max_decode_failures)
         if n < len(chosen):  # compact: rewrite without the skipped rows
             buf.flush()
             data_ok = np.array(buf[:n])

@@ -18,7 +18,6 @@ the bounds.
 """
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +30,8 @@ from ..data.preprocess import Preprocess
 from ..errors import UserError
 from ..utils import atomic_path, atomic_write_json, say
 from .batches import batch_indices, iter_batches
-from .calib_data import (CACHE_VERSION, MAX_DECODE_FAILURES, MIN_CALIB_IMAGES, CalibrationSet, _ImageSource, _spaced,
-                         cache_key)
+from .calib_data import (CACHE_VERSION, MAX_DECODE_FAILURES, MIN_CALIB_IMAGES, CalibrationSet, cache_key,
+                         check_decoded, choose_images)
 
 __all__ = ["MixedSizeSet", "fit_to_bounds", "load_mixed_calibration_set", "calibration_batches", "stacked_outputs"]
 
@@ -129,28 +128,7 @@ def load_mixed_calibration_set(data, split: str, num_images: int, preprocess: Pr
     images, each preprocessed at its own size fitted into ``size_range`` (:func:`fit_to_bounds`)."""
     from tqdm import tqdm
 
-    if num_images is None or int(num_images) <= 0:
-        raise UserError(f"--num-images must be positive, got {num_images}")
-    src = _ImageSource(data, split)
-    where = f"{data}" + (f" [{split}]" if src.kind == "dataset" else "")
-    total = len(src)
-    if total < min_images:
-        raise UserError(f"{where}: found {total} calibration image{'s' if total != 1 else ''}; calibration needs at "
-                        f"least {min_images} (a few hundred is typical); pass a bigger split or folder")
-    chosen = _spaced(total, int(num_images))
-    hasher = hashlib.sha256()
-    decoded: dict[int, np.ndarray] = {}
-    for i in chosen:  # identity of the chosen images, as the one-size set computes it
-        ch = src.content_hash(i)
-        if ch is None:
-            try:
-                decoded[i] = src.load(i)
-            except UserError:
-                ch = "undecodable"
-            else:
-                ch = hashlib.sha256(np.ascontiguousarray(decoded[i]).tobytes()).hexdigest()
-        hasher.update(f"{Path(src.ident(i)).name}:{ch}\n".encode())
-    images_hash = hasher.hexdigest()
+    src, where, chosen, images_hash, decoded = choose_images(data, split, num_images, min_images)
     bounds = [list(map(int, s)) for s in size_range]
     key = cache_key(CACHE_VERSION, "mixed-sizes", model_sha256, images_hash, preprocess.to_dict(), bounds)
     cache_dir = Path(cache_dir)
@@ -181,12 +159,7 @@ def load_mixed_calibration_set(data, split: str, num_images: int, preprocess: Pr
             f.write(np.ascontiguousarray(preprocess.with_size(h, w)(img), np.float32).tobytes())
             shapes.append((h, w))
             ok_ids.append(src.ident(i))
-        if len(skipped) > max_decode_failures * len(chosen):
-            raise UserError(f"{where}: {len(skipped)} of {len(chosen)} calibration images could not be decoded "
-                            f"(first: {skipped[0]}); fix or remove the broken files")
-        if len(shapes) < min_images:
-            raise UserError(f"{where}: found {len(shapes)} decodable calibration images; calibration needs at least "
-                            f"{min_images}")
+        check_decoded(where, len(chosen), len(shapes), skipped, min_images, max_decode_failures)
     atomic_write_json(side, {"ids": ok_ids, "skipped": skipped, "images_hash": images_hash,
                              "model_sha256": model_sha256, "preprocess": preprocess.to_dict(), "source": source,
                              "shapes": [list(s) for s in shapes], "resized": resized, "size_range": bounds})
