@@ -77,22 +77,16 @@ def collect_interleaved(calls: dict[str, Callable[[], float]], warmup: int, iter
     what the machine does meanwhile (a noisy neighbour, a frequency change) weighs on every scope
     alike and their ratio is fair; ``duration`` is shared by all of them. Returns the milliseconds
     per scope."""
-    names = list(calls)
-    rounds = [lambda: [calls[n]() for n in names]]  # one round: every scope once
-    for _ in tqdm(range(warmup), desc=f"{desc} warm-up", disable=not progress or warmup == 0, leave=False,
-                  dynamic_ncols=True):
-        rounds[0]()
-    gc.collect()
-    samples: dict[str, list[float]] = {n: [] for n in names}
+    samples: dict[str, list[float]] = {n: [] for n in calls}
 
-    def one_round() -> float:
+    def one_round() -> float:  # every scope once
         t = time.perf_counter()
-        for n, ms in zip(names, rounds[0]()):
-            samples[n].append(ms)
+        for n, call in calls.items():
+            samples[n].append(call())
         return (time.perf_counter() - t) * 1e3
 
-    collect(one_round, 0, iterations, duration, progress, desc)
-    return samples
+    collect(one_round, warmup, iterations, duration, progress, desc)
+    return {n: v[warmup:] for n, v in samples.items()}  # the warm-up rounds' samples dropped
 
 
 def _wall(fn: Callable[[], object]) -> Callable[[], float]:
